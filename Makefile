@@ -1,0 +1,21 @@
+# etcd_lock: PostgreSQL extension exposing etcd locks as SQL functions (PGXS)
+MODULE_big = etcd_lock
+OBJS = src/etcd_lock.o src/guc.o src/gateway.o src/shmem.o src/lockops.o \
+	src/locktable.o src/worker.o src/functions.o
+EXTENSION = etcd_lock
+DATA = sql/etcd_lock--1.0.sql
+PGFILEDESC = "etcd_lock - distributed locks stored in etcd"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+SHLIB_LINK = -lcurl -ljansson
+
+# pg_regress against a throwaway instance preloaded with the extension;
+# scripts/test.sh writes regress.conf (it points at the etcd it started).
+REGRESS = etcd_lock_api etcd_lock_errors etcd_lock_xact
+REGRESS_OPTS = --temp-instance=./tmp_check_regress --temp-config=./regress.conf
+TAP_TESTS = 1
+EXTRA_CLEAN = tmp_check_regress regress.conf
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

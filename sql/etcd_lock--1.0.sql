@@ -1,0 +1,61 @@
+/* etcd_lock--1.0.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION etcd_lock" to load this file. \quit
+
+-- Not STRICT: a NULL name must raise an error (22004), not return NULL.
+CREATE FUNCTION etcd_lock(name text, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_lock_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_lock(text, interval) IS
+'wait for the etcd lock NAME and hold it for the session; returns its fencing token';
+
+CREATE FUNCTION etcd_try_lock(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_lock_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_lock(text) IS
+'take the etcd lock NAME for the session if it is free; never waits';
+
+CREATE FUNCTION etcd_xact_lock(name text, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_xact_lock_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_xact_lock(text, interval) IS
+'wait for the etcd lock NAME and hold it until the end of the transaction; returns its fencing token';
+
+CREATE FUNCTION etcd_try_xact_lock(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_xact_lock_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_xact_lock(text) IS
+'take the etcd lock NAME until the end of the transaction if it is free; never waits';
+
+CREATE FUNCTION etcd_unlock(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_unlock_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_unlock(text) IS
+'release one session-level hold of the etcd lock NAME';
+
+CREATE FUNCTION etcd_unlock_all()
+RETURNS void
+AS 'MODULE_PATHNAME', 'etcd_unlock_all_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_unlock_all() IS
+'release every session-level etcd lock of this session';
+
+CREATE FUNCTION etcd_lock_token(name text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_lock_token_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_lock_token(text) IS
+'fencing token of the etcd lock NAME if this session holds it, else NULL';

@@ -1,0 +1,875 @@
+/*
+ * gateway.c
+ *		etcd's JSON gateway over libcurl.
+ *
+ * Each process (backend or worker) has one curl multi handle with two easy
+ * handles: one for plain requests (kept alive, so one connection serves all
+ * calls) and one for a streaming watch. Transfers are driven with curl's
+ * socket API; the process sleeps in a WaitEventSet on curl's sockets plus
+ * its latch, so pg_cancel_backend, statement_timeout and postmaster death
+ * interrupt any wait. All curl and jansson memory is malloc'd and freed on
+ * every path; results are copied into palloc'd memory by parse callbacks.
+ *
+ * Nothing here knows about locks.
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "common/base64.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/memutils.h"
+#include "utils/wait_event.h"
+
+#include "gateway.h"
+#include "guc.h"
+
+#define GW_MAX_SOCKETS		8
+#define GW_MAX_BODY			(16 * 1024 * 1024)	/* largest answer accepted */
+#define GW_MAX_WATCH_LINE	(4 * 1024 * 1024)
+
+typedef struct GwBuf
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+	bool		overflow;
+} GwBuf;
+
+typedef struct GwSock
+{
+	curl_socket_t fd;
+	int			what;			/* CURL_POLL_IN / OUT / INOUT */
+} GwSock;
+
+/* per-process state */
+static CURLM *gw_multi = NULL;
+static CURL *gw_easy = NULL;
+static CURL *gw_watch = NULL;
+static struct curl_slist *gw_headers = NULL;
+static struct curl_slist *gw_watch_headers = NULL;
+static char gw_errbuf[CURL_ERROR_SIZE];
+static char gw_watch_errbuf[CURL_ERROR_SIZE];
+
+static GwSock gw_socks[GW_MAX_SOCKETS];
+static int	gw_nsocks = 0;
+static bool gw_timer_armed = false;
+static TimestampTz gw_timer_at = 0;
+
+static GwBuf gw_body;			/* answer of the current request */
+static bool gw_req_done;
+static CURLcode gw_req_result;
+
+/* watch stream state */
+static GwBuf gw_wline;			/* bytes of the watch stream not yet parsed */
+static bool gw_watch_active = false;
+static bool gw_watch_done;		/* transfer ended */
+static bool gw_watch_created;
+static bool gw_watch_deleted;
+static bool gw_watch_broken;
+
+/* endpoints, parsed from etcd_lock.endpoints when it changes */
+static char *gw_eps[ETCD_MAX_ENDPOINTS];
+static int	gw_neps = 0;
+static char *gw_eps_source = NULL;
+static int	gw_cur = 0;			/* endpoint that answered last */
+
+/*
+ * gw_buf_append appends bytes to a malloc'd buffer; false (and the overflow
+ * flag) if it would exceed limit or memory runs out. Called from curl
+ * callbacks, so it must never ereport.
+ */
+static bool
+gw_buf_append(GwBuf *b, const char *p, size_t n, size_t limit)
+{
+	if (b->len + n + 1 > limit)
+	{
+		b->overflow = true;
+		return false;
+	}
+	if (b->len + n + 1 > b->cap)
+	{
+		size_t		cap = b->cap ? b->cap : 4096;
+		char	   *d;
+
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		d = realloc(b->data, cap);
+		if (!d)
+		{
+			b->overflow = true;
+			return false;
+		}
+		b->data = d;
+		b->cap = cap;
+	}
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+	return true;
+}
+
+static void
+gw_buf_reset(GwBuf *b)
+{
+	b->len = 0;
+	b->overflow = false;
+	if (b->data)
+		b->data[0] = '\0';
+	/* don't keep a huge buffer around after a huge answer */
+	if (b->cap > 1024 * 1024)
+	{
+		free(b->data);
+		b->data = NULL;
+		b->cap = 0;
+	}
+}
+
+static size_t
+gw_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	size_t		n = size * nmemb;
+
+	if (!gw_buf_append(&gw_body, ptr, n, GW_MAX_BODY))
+		return 0;				/* curl fails the transfer with WRITE_ERROR */
+	return n;
+}
+
+/*
+ * gw_watch_line interprets one line of the watch stream: each is a JSON
+ * object {"result":{...}} or {"error":{...}}. Sets the watch flags. Runs
+ * inside a curl callback: no ereport, jansson memory only.
+ */
+static void
+gw_watch_line(const char *line, size_t len)
+{
+	json_t	   *root,
+			   *res,
+			   *events;
+	json_error_t jerr;
+
+	if (len == 0)
+		return;
+	root = json_loadb(line, len, 0, &jerr);
+	if (!root || !json_is_object(root))
+	{
+		gw_watch_broken = true;
+		json_decref(root);
+		return;
+	}
+	res = json_object_get(root, "result");
+	if (!json_is_object(res))
+	{
+		/* {"error":{...}} or something else: not a usable watch */
+		gw_watch_broken = true;
+		json_decref(root);
+		return;
+	}
+	if (json_is_true(json_object_get(res, "created")))
+		gw_watch_created = true;
+	if (json_is_true(json_object_get(res, "canceled")))
+		gw_watch_broken = true;
+	events = json_object_get(res, "events");
+	if (json_is_array(events))
+	{
+		size_t		i;
+		json_t	   *ev;
+
+		json_array_foreach(events, i, ev)
+		{
+			json_t	   *type = json_object_get(ev, "type");
+
+			if (json_is_string(type) && strcmp(json_string_value(type), "DELETE") == 0)
+				gw_watch_deleted = true;
+			else if (json_is_integer(type) && json_integer_value(type) == 1)
+				gw_watch_deleted = true;
+		}
+	}
+	json_decref(root);
+}
+
+static size_t
+gw_watch_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	size_t		n = size * nmemb;
+	char	   *nl;
+
+	if (!gw_buf_append(&gw_wline, ptr, n, GW_MAX_WATCH_LINE))
+	{
+		gw_watch_broken = true;
+		return 0;
+	}
+	while ((nl = memchr(gw_wline.data, '\n', gw_wline.len)) != NULL)
+	{
+		size_t		linelen = nl - gw_wline.data;
+
+		gw_watch_line(gw_wline.data, linelen);
+		memmove(gw_wline.data, nl + 1, gw_wline.len - linelen - 1);
+		gw_wline.len -= linelen + 1;
+		gw_wline.data[gw_wline.len] = '\0';
+	}
+	return n;
+}
+
+static int
+gw_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
+{
+	int			i;
+
+	for (i = 0; i < gw_nsocks; i++)
+		if (gw_socks[i].fd == s)
+			break;
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (i < gw_nsocks)
+			gw_socks[i] = gw_socks[--gw_nsocks];
+		return 0;
+	}
+	if (i == gw_nsocks)
+	{
+		if (gw_nsocks >= GW_MAX_SOCKETS)
+			return -1;
+		gw_nsocks++;
+	}
+	gw_socks[i].fd = s;
+	gw_socks[i].what = what;
+	return 0;
+}
+
+static int
+gw_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+	if (timeout_ms < 0)
+		gw_timer_armed = false;
+	else
+	{
+		gw_timer_armed = true;
+		gw_timer_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	}
+	return 0;
+}
+
+static CURL *
+gw_new_easy(char *errbuf, struct curl_slist *headers)
+{
+	CURL	   *e = curl_easy_init();
+
+	if (!e)
+		elog(ERROR, "etcd_lock: could not initialize libcurl");
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	return e;
+}
+
+/*
+ * gw_init creates this process's curl handles once.
+ */
+static void
+gw_init(void)
+{
+	if (gw_multi)
+		return;
+	if (curl_global_init(CURL_GLOBAL_ALL) != 0)
+		elog(ERROR, "etcd_lock: could not initialize libcurl");
+	gw_headers = curl_slist_append(NULL, "Content-Type: application/json");
+	gw_headers = curl_slist_append(gw_headers, "Expect:");
+	gw_watch_headers = curl_slist_append(NULL, "Content-Type: application/json");
+	gw_watch_headers = curl_slist_append(gw_watch_headers, "Expect:");
+	/* a watch on a member cut off from quorum must fail, not hang */
+	gw_watch_headers = curl_slist_append(gw_watch_headers, "Grpc-Metadata-hasleader: true");
+	if (!gw_headers || !gw_watch_headers)
+		elog(ERROR, "etcd_lock: out of memory");
+
+	gw_easy = gw_new_easy(gw_errbuf, gw_headers);
+	curl_easy_setopt(gw_easy, CURLOPT_WRITEFUNCTION, gw_write_cb);
+	gw_watch = gw_new_easy(gw_watch_errbuf, gw_watch_headers);
+	curl_easy_setopt(gw_watch, CURLOPT_WRITEFUNCTION, gw_watch_write_cb);
+
+	gw_multi = curl_multi_init();
+	if (!gw_multi)
+		elog(ERROR, "etcd_lock: could not initialize libcurl");
+	curl_multi_setopt(gw_multi, CURLMOPT_SOCKETFUNCTION, gw_socket_cb);
+	curl_multi_setopt(gw_multi, CURLMOPT_TIMERFUNCTION, gw_timer_cb);
+}
+
+/*
+ * gw_endpoints returns the parsed endpoint list, reparsing it when the
+ * setting changed. The check hook already validated it.
+ */
+static int
+gw_endpoints(void)
+{
+	const char *src = etcd_lock_endpoints ? etcd_lock_endpoints : "";
+
+	if (gw_eps_source == NULL || strcmp(gw_eps_source, src) != 0)
+	{
+		char		err[300];
+		char	   *eps[ETCD_MAX_ENDPOINTS];
+		int			n = etcd_lock_parse_endpoints(src, eps, ETCD_MAX_ENDPOINTS,
+												  err, sizeof(err));
+
+		if (n < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for etcd_lock.endpoints"),
+					 errdetail("%s", err)));
+		while (gw_neps > 0)
+			free(gw_eps[--gw_neps]);
+		memcpy(gw_eps, eps, sizeof(char *) * n);
+		gw_neps = n;
+		gw_cur = 0;
+		if (gw_eps_source)
+			free(gw_eps_source);
+		gw_eps_source = strdup(src);
+		if (!gw_eps_source)
+			elog(ERROR, "etcd_lock: out of memory");
+	}
+	return gw_neps;
+}
+
+const char *
+etcd_current_endpoint(void)
+{
+	if (gw_endpoints() == 0)
+		return "";
+	return gw_eps[gw_cur % gw_neps];
+}
+
+/*
+ * gw_collect reads curl's completion messages into the done flags.
+ */
+static void
+gw_collect(void)
+{
+	CURLMsg    *msg;
+	int			left;
+
+	while ((msg = curl_multi_info_read(gw_multi, &left)) != NULL)
+	{
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		if (msg->easy_handle == gw_easy)
+		{
+			gw_req_done = true;
+			gw_req_result = msg->data.result;
+		}
+		else if (msg->easy_handle == gw_watch)
+			gw_watch_done = true;
+	}
+}
+
+/*
+ * gw_drive runs curl's transfers until cond() holds or the deadline passes.
+ * It sleeps on curl's sockets, curl's timer and the process latch; a latch
+ * wakeup runs CHECK_FOR_INTERRUPTS, which may throw (the caller cleans up
+ * its transfer in PG_CATCH). Returns whether cond() became true.
+ */
+static bool
+gw_drive(bool (*cond) (void), TimestampTz deadline)
+{
+	int			running;
+
+	curl_multi_socket_action(gw_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	gw_collect();
+	for (;;)
+	{
+		WaitEventSet *set;
+		WaitEvent	evs[GW_MAX_SOCKETS + 2];
+		int			nev,
+					i;
+		long		timeout;
+		TimestampTz now;
+		bool		latch = false;
+
+		if (cond())
+			return true;
+		now = GetCurrentTimestamp();
+		if (now >= deadline)
+			return false;
+		timeout = (long) ((deadline - now + 999) / 1000);
+		if (gw_timer_armed)
+			timeout = Min(timeout, Max(0, (long) ((gw_timer_at - now + 999) / 1000)));
+		if (gw_nsocks == 0)
+			timeout = Min(timeout, 10);	/* e.g. a resolver without a socket */
+
+		set = CreateWaitEventSet(CurrentMemoryContext, gw_nsocks + 2);
+		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		for (i = 0; i < gw_nsocks; i++)
+		{
+			uint32		ev = 0;
+
+			if (gw_socks[i].what & CURL_POLL_IN)
+				ev |= WL_SOCKET_READABLE;
+			if (gw_socks[i].what & CURL_POLL_OUT)
+				ev |= WL_SOCKET_WRITEABLE;
+			if (ev)
+				AddWaitEventToSet(set, ev, gw_socks[i].fd, NULL, NULL);
+		}
+		nev = WaitEventSetWait(set, timeout, evs, lengthof(evs), PG_WAIT_EXTENSION);
+		/* free the set before anything below can throw: it holds an fd */
+		FreeWaitEventSet(set);
+
+		for (i = 0; i < nev; i++)
+		{
+			int			flags = 0;
+
+			if (evs[i].events & WL_LATCH_SET)
+			{
+				latch = true;
+				continue;
+			}
+			if (evs[i].events & WL_SOCKET_READABLE)
+				flags |= CURL_CSELECT_IN;
+			if (evs[i].events & WL_SOCKET_WRITEABLE)
+				flags |= CURL_CSELECT_OUT;
+			if (flags)
+				curl_multi_socket_action(gw_multi, evs[i].fd, flags, &running);
+		}
+		if (nev == 0 || (gw_timer_armed && GetCurrentTimestamp() >= gw_timer_at))
+			curl_multi_socket_action(gw_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		gw_collect();
+		if (latch)
+		{
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+}
+
+static bool
+gw_req_cond(void)
+{
+	return gw_req_done;
+}
+
+/*
+ * gw_error_reply fills st from an etcd error body. Both shapes are parsed:
+ * 3.4/3.5 {"error":"..","message":"..","code":N} and 3.6 {"code":N,
+ * "message":".."}; a body that is neither keeps the HTTP status only.
+ */
+static void
+gw_error_reply(EtcdStatus *st, long http)
+{
+	json_t	   *root;
+	json_error_t jerr;
+	const char *msg = NULL;
+
+	st->kind = ETCD_ERROR_REPLY;
+	st->http_status = http;
+	st->grpc_code = 0;
+	root = gw_body.data ? json_loadb(gw_body.data, gw_body.len, 0, &jerr) : NULL;
+	if (json_is_object(root))
+	{
+		json_t	   *m = json_object_get(root, "message");
+		json_t	   *e = json_object_get(root, "error");
+		json_t	   *c = json_object_get(root, "code");
+
+		if (json_is_string(m))
+			msg = json_string_value(m);
+		else if (json_is_string(e))
+			msg = json_string_value(e);
+		if (json_is_integer(c))
+			st->grpc_code = (int) json_integer_value(c);
+	}
+	if (msg)
+		snprintf(st->message, sizeof(st->message), "HTTP %ld: %s (code %d)",
+				 http, msg, st->grpc_code);
+	else
+		snprintf(st->message, sizeof(st->message), "HTTP %ld", http);
+	json_decref(root);
+}
+
+/*
+ * gw_perform runs the prepared request on gw_easy until it completes or the
+ * deadline passes (false). The handle is detached on every path.
+ */
+static bool
+gw_perform(TimestampTz deadline)
+{
+	bool		finished;
+
+	gw_buf_reset(&gw_body);
+	gw_errbuf[0] = '\0';
+	gw_req_done = false;
+	curl_multi_add_handle(gw_multi, gw_easy);
+	PG_TRY();
+	{
+		finished = gw_drive(gw_req_cond, deadline);
+	}
+	PG_CATCH();
+	{
+		curl_multi_remove_handle(gw_multi, gw_easy);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	curl_multi_remove_handle(gw_multi, gw_easy);
+	return finished;
+}
+
+/*
+ * gw_parse hands root to the parse callback and frees it on every path.
+ */
+static bool
+gw_parse(json_t *root, EtcdParseFn parse, void *arg)
+{
+	bool		ok;
+
+	PG_TRY();
+	{
+		ok = json_is_object(root) && (parse == NULL || parse(root, arg));
+	}
+	PG_CATCH();
+	{
+		json_decref(root);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	json_decref(root);
+	return ok;
+}
+
+/*
+ * etcd_request POSTs body to path (e.g. "/v3/kv/txn") and, on a 200 answer,
+ * hands the decoded JSON to parse. Connection failures, timeouts and 5xx
+ * answers move on to the next endpoint until one answers or
+ * etcd_lock.request_timeout has passed. Returns true on success; otherwise
+ * fills st and returns false. Interrupts throw (after cleaning up).
+ */
+bool
+etcd_request(const char *path, const char *body, EtcdParseFn parse, void *arg,
+			 EtcdStatus *st)
+{
+	TimestampTz deadline;
+	int			neps,
+				attempt;
+	char		tried[sizeof(st->message)];
+	size_t		tlen = 0;
+
+	gw_init();
+	neps = gw_endpoints();
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   etcd_lock_request_timeout);
+	memset(st, 0, sizeof(*st));
+	tried[0] = '\0';
+
+	for (attempt = 0; attempt < neps; attempt++)
+	{
+		int			idx = (gw_cur + attempt) % neps;
+		char		url[1024];
+		long		http = 0;
+		bool		finished;
+		CURLcode	rc;
+		long		remaining;
+
+		remaining = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+		if (remaining <= 0)
+			break;
+		snprintf(url, sizeof(url), "%s%s", gw_eps[idx], path);
+		curl_easy_setopt(gw_easy, CURLOPT_URL, url);
+		curl_easy_setopt(gw_easy, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(gw_easy, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
+		curl_easy_setopt(gw_easy, CURLOPT_CONNECTTIMEOUT_MS, remaining);
+		finished = gw_perform(deadline);
+
+		rc = finished ? gw_req_result : CURLE_OPERATION_TIMEDOUT;
+		if (rc == CURLE_OK)
+			curl_easy_getinfo(gw_easy, CURLINFO_RESPONSE_CODE, &http);
+		if (rc == CURLE_OK && http == 200)
+		{
+			json_t	   *root;
+			json_error_t jerr;
+			bool		ok;
+
+			gw_cur = idx;
+			root = json_loadb(gw_body.data ? gw_body.data : "", gw_body.len, 0, &jerr);
+			if (!root)
+			{
+				st->kind = ETCD_BAD_REPLY;
+				snprintf(st->message, sizeof(st->message),
+						 "%s answered invalid JSON (%s): %.100s",
+						 gw_eps[idx], jerr.text, gw_body.data ? gw_body.data : "");
+				return false;
+			}
+			ok = gw_parse(root, parse, arg);
+			if (!ok)
+			{
+				st->kind = ETCD_BAD_REPLY;
+				snprintf(st->message, sizeof(st->message),
+						 "%s answered an unexpected %s: %.200s",
+						 gw_eps[idx], path, gw_body.data ? gw_body.data : "");
+				return false;
+			}
+			st->kind = ETCD_OK;
+			return true;
+		}
+		if (rc == CURLE_OK && http < 500)
+		{
+			/* etcd answered: an error that another member would repeat */
+			gw_cur = idx;
+			gw_error_reply(st, http);
+			return false;
+		}
+		/* connection error, timeout, overflow or 5xx: try the next one */
+		if (tlen < sizeof(tried) - 1)
+		{
+			const char *why;
+			char		hbuf[32];
+
+			if (rc == CURLE_OK)
+			{
+				snprintf(hbuf, sizeof(hbuf), "HTTP %ld", http);
+				why = hbuf;
+			}
+			else if (rc == CURLE_WRITE_ERROR && gw_body.overflow)
+				why = "answer too large";
+			else if (!finished)
+				why = "timed out";
+			else
+				why = gw_errbuf[0] ? gw_errbuf : curl_easy_strerror(rc);
+			tlen += snprintf(tried + tlen, sizeof(tried) - tlen, "%s%s: %s",
+							 tlen ? "; " : "", gw_eps[idx], why);
+		}
+	}
+	st->kind = ETCD_UNREACHABLE;
+	snprintf(st->message, sizeof(st->message), "%s",
+			 tried[0] ? tried : "no time left within etcd_lock.request_timeout");
+	return false;
+}
+
+/*
+ * etcd_report_status raises the ERROR for a failed request. SQLSTATE 58000
+ * (system_error: an error external to PostgreSQL): not class 08, so drivers
+ * do not mistake it for a broken connection to PostgreSQL.
+ */
+void
+etcd_report_status(const EtcdStatus *st, const char *what)
+{
+	if (st->kind == ETCD_UNREACHABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("etcd_lock: could not %s: etcd is unreachable", what),
+				 errdetail("Endpoints tried: %s.", st->message),
+				 errhint("Check that etcd runs and that etcd_lock.endpoints names it.")));
+	else if (st->kind == ETCD_ERROR_REPLY)
+		ereport(ERROR,
+				(errcode(st->grpc_code == GRPC_PERMISSION_DENIED ?
+						 ERRCODE_INSUFFICIENT_PRIVILEGE : ERRCODE_SYSTEM_ERROR),
+				 errmsg("etcd_lock: could not %s: etcd answered an error", what),
+				 errdetail("etcd said: %s.", st->message)));
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("etcd_lock: could not %s: unexpected answer from etcd", what),
+				 errdetail("%s", st->message)));
+}
+
+void
+etcd_request_or_error(const char *path, const char *body, EtcdParseFn parse,
+					  void *arg, const char *what)
+{
+	EtcdStatus	st;
+
+	if (!etcd_request(path, body, parse, arg, &st))
+		etcd_report_status(&st, what);
+}
+
+/* ---------------------------------------------------------------------
+ * Watch
+ * ---------------------------------------------------------------------
+ */
+
+static bool
+gw_watch_created_cond(void)
+{
+	return gw_watch_created || gw_watch_broken || gw_watch_done;
+}
+
+static bool
+gw_watch_event_cond(void)
+{
+	return gw_watch_deleted || gw_watch_broken || gw_watch_done;
+}
+
+/*
+ * etcd_watch_open starts a watch on one key from the current revision (no
+ * start revision, so etcd serves it from its synced watcher group and
+ * events arrive as they happen) and waits until etcd confirms it. The
+ * caller re-reads the key afterwards: a deletion before the watch existed
+ * is seen by that read, one after it by the watch. Returns false with st
+ * filled if the watch could not be created.
+ */
+bool
+etcd_watch_open(const char *key, int keylen, EtcdStatus *st)
+{
+	StringInfoData body;
+	char		url[1024];
+	int			neps;
+	TimestampTz deadline;
+	bool		created;
+
+	gw_init();
+	neps = gw_endpoints();
+	etcd_watch_close();
+	memset(st, 0, sizeof(*st));
+
+	initStringInfo(&body);
+	appendStringInfoString(&body, "{\"create_request\":{\"key\":\"");
+	etcd_append_b64(&body, key, keylen);
+	appendStringInfoString(&body, "\"}}");
+
+	snprintf(url, sizeof(url), "%s/v3/watch", gw_eps[gw_cur % neps]);
+	curl_easy_setopt(gw_watch, CURLOPT_URL, url);
+	curl_easy_setopt(gw_watch, CURLOPT_COPYPOSTFIELDS, body.data);
+	pfree(body.data);
+	curl_easy_setopt(gw_watch, CURLOPT_CONNECTTIMEOUT_MS, (long) etcd_lock_request_timeout);
+	gw_buf_reset(&gw_wline);
+	gw_watch_errbuf[0] = '\0';
+	gw_watch_done = gw_watch_created = gw_watch_deleted = gw_watch_broken = false;
+	curl_multi_add_handle(gw_multi, gw_watch);
+	gw_watch_active = true;
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   etcd_lock_request_timeout);
+	PG_TRY();
+	{
+		created = gw_drive(gw_watch_created_cond, deadline) && gw_watch_created;
+	}
+	PG_CATCH();
+	{
+		etcd_watch_close();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (!created)
+	{
+		st->kind = ETCD_UNREACHABLE;
+		snprintf(st->message, sizeof(st->message), "%s: watch not created (%s)",
+				 gw_eps[gw_cur % neps],
+				 gw_watch_errbuf[0] ? gw_watch_errbuf :
+				 gw_watch_broken ? "stream error" : "timed out");
+		etcd_watch_close();
+		/* let the next request start with the next endpoint */
+		gw_cur = (gw_cur + 1) % neps;
+		return false;
+	}
+	return true;
+}
+
+/*
+ * etcd_watch_wait sleeps until the watched key is deleted, the stream
+ * breaks, or the deadline passes. Interrupts throw; the caller closes the
+ * watch in its cleanup.
+ */
+EtcdWatchResult
+etcd_watch_wait(TimestampTz deadline)
+{
+	if (!gw_watch_active)
+		return WATCH_BROKEN;
+	if (!gw_drive(gw_watch_event_cond, deadline))
+		return WATCH_TIMEOUT;
+	if (gw_watch_deleted)
+		return WATCH_DELETED;
+	return WATCH_BROKEN;
+}
+
+/*
+ * etcd_watch_close ends the watch stream (closing its connection). Safe to
+ * call when no watch is open.
+ */
+void
+etcd_watch_close(void)
+{
+	if (gw_watch_active)
+	{
+		curl_multi_remove_handle(gw_multi, gw_watch);
+		gw_watch_active = false;
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Encoding helpers
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * etcd_append_b64 appends the base64 encoding of data to buf.
+ */
+void
+etcd_append_b64(StringInfo buf, const char *data, int len)
+{
+	int			need = pg_b64_enc_len(len);
+	int			n;
+
+	enlargeStringInfo(buf, need + 1);
+	n = pg_b64_encode(data, len, buf->data + buf->len, need);
+	if (n < 0)
+		elog(ERROR, "etcd_lock: base64 encoding failed");
+	buf->len += n;
+	buf->data[buf->len] = '\0';
+}
+
+/*
+ * etcd_b64_decode decodes a base64 string into a palloc'd, NUL-terminated
+ * buffer; NULL if it is not valid base64.
+ */
+char *
+etcd_b64_decode(const char *src, int *outlen)
+{
+	int			srclen = strlen(src);
+	int			cap = pg_b64_dec_len(srclen);
+	char	   *dst = palloc(cap + 1);
+	int			n = pg_b64_decode(src, srclen, dst, cap);
+
+	if (n < 0)
+	{
+		pfree(dst);
+		return NULL;
+	}
+	dst[n] = '\0';
+	if (outlen)
+		*outlen = n;
+	return dst;
+}
+
+/*
+ * etcd_json_int64 reads an int64 field that etcd sends as a JSON string (or
+ * a number). A missing field is its default, 0. False on a wrong type.
+ */
+bool
+etcd_json_int64(json_t *obj, const char *field, int64 *out)
+{
+	json_t	   *v = json_is_object(obj) ? json_object_get(obj, field) : NULL;
+
+	*out = 0;
+	if (v == NULL || json_is_null(v))
+		return true;
+	if (json_is_integer(v))
+	{
+		*out = (int64) json_integer_value(v);
+		return true;
+	}
+	if (json_is_string(v))
+	{
+		const char *s = json_string_value(v);
+		char	   *end;
+		long long	val;
+
+		if (*s == '\0')
+			return false;
+		errno = 0;
+		val = strtoll(s, &end, 10);
+		if (errno != 0 || *end != '\0')
+			return false;
+		*out = (int64) val;
+		return true;
+	}
+	return false;
+}

@@ -1,0 +1,72 @@
+/*
+ * gateway.h
+ *		etcd's JSON gateway over libcurl: requests, failover, JSON helpers.
+ *
+ * Knows nothing of locks. One kept-alive connection per process (backend or
+ * worker); every wait sleeps on the process latch and the socket, so
+ * requests are interruptible and bounded by etcd_lock.request_timeout.
+ */
+#ifndef ETCD_LOCK_GATEWAY_H
+#define ETCD_LOCK_GATEWAY_H
+
+#include "lib/stringinfo.h"
+#include "utils/timestamp.h"
+
+typedef enum EtcdStatusKind
+{
+	ETCD_OK = 0,
+	ETCD_UNREACHABLE,			/* no endpoint answered in time */
+	ETCD_ERROR_REPLY,			/* etcd answered with an error */
+	ETCD_BAD_REPLY				/* the answer was not what etcd sends */
+} EtcdStatusKind;
+
+typedef struct EtcdStatus
+{
+	EtcdStatusKind kind;
+	long		http_status;
+	int			grpc_code;		/* gRPC code of an error reply, else 0 */
+	char		message[512];	/* etcd's message, or what went wrong */
+} EtcdStatus;
+
+/* gRPC codes etcd uses */
+#define GRPC_INVALID_ARGUMENT	3
+#define GRPC_NOT_FOUND			5
+#define GRPC_PERMISSION_DENIED	7
+#define GRPC_UNAVAILABLE		14
+#define GRPC_UNAUTHENTICATED	16
+
+/*
+ * A parse callback gets the decoded JSON of a 200 answer and copies what it
+ * needs into palloc'd memory. It returns false if the shape is wrong. It
+ * must not keep references into the JSON (freed after it returns).
+ */
+struct json_t;
+typedef bool (*EtcdParseFn) (struct json_t *root, void *arg);
+
+extern bool etcd_request(const char *path, const char *body,
+						 EtcdParseFn parse, void *arg, EtcdStatus *st);
+extern void etcd_request_or_error(const char *path, const char *body,
+								  EtcdParseFn parse, void *arg,
+								  const char *what);
+pg_attribute_noreturn()
+extern void etcd_report_status(const EtcdStatus *st, const char *what);
+
+/* Watching one key for its deletion (a streaming /v3/watch request). */
+typedef enum EtcdWatchResult
+{
+	WATCH_DELETED,				/* a DELETE event arrived */
+	WATCH_TIMEOUT,				/* the deadline passed */
+	WATCH_BROKEN				/* stream ended, canceled or failed: re-read */
+} EtcdWatchResult;
+
+extern bool etcd_watch_open(const char *key, int keylen, EtcdStatus *st);
+extern EtcdWatchResult etcd_watch_wait(TimestampTz deadline);
+extern void etcd_watch_close(void);
+
+/* JSON and encoding helpers */
+extern void etcd_append_b64(StringInfo buf, const char *data, int len);
+extern char *etcd_b64_decode(const char *src, int *outlen);
+extern bool etcd_json_int64(struct json_t *obj, const char *field, int64 *out);
+extern const char *etcd_current_endpoint(void);
+
+#endif

@@ -1,0 +1,211 @@
+/*
+ * guc.c
+ *		Every configuration parameter of etcd_lock, defined in one place.
+ *
+ * endpoints and lease_ttl are PGC_SIGHUP: the background worker keeps the
+ * backends' leases alive, so it must talk to the same etcd as they do.
+ * prefix is superuser-only: it confines every key the extension touches.
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "utils/guc.h"
+
+#include "guc.h"
+
+char	   *etcd_lock_endpoints = NULL;
+char	   *etcd_lock_prefix = NULL;
+int			etcd_lock_lease_ttl = 10;
+int			etcd_lock_request_timeout = 5000;
+
+/*
+ * etcd_lock_parse_endpoints splits a comma-separated endpoint list into
+ * malloc'd URL strings without trailing slashes. It checks each one: an
+ * http:// or https:// scheme, a non-empty host and, if present, a port in
+ * 1..65535. Returns the number of endpoints, or -1 with a message in errbuf.
+ * On success the caller owns out[0..n-1] (free them with free()).
+ */
+int
+etcd_lock_parse_endpoints(const char *list, char **out, int max,
+						  char *errbuf, size_t errlen)
+{
+	const char *p = list ? list : "";
+	int			n = 0;
+
+	while (*p)
+	{
+		const char *start,
+				   *end,
+				   *host,
+				   *hostend,
+				   *q;
+		size_t		len;
+		char	   *url;
+
+		while (*p == ' ' || *p == '\t' || *p == ',')
+			p++;
+		if (!*p)
+			break;
+		start = p;
+		while (*p && *p != ',')
+			p++;
+		end = p;
+		while (end > start && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '/'))
+			end--;
+		len = end - start;
+
+		if (len > 7 && strncmp(start, "http://", 7) == 0)
+			host = start + 7;
+		else if (len > 8 && strncmp(start, "https://", 8) == 0)
+			host = start + 8;
+		else
+		{
+			snprintf(errbuf, errlen, "endpoint \"%.*s\" must start with http:// or https://",
+					 (int) Min(len, 200), start);
+			goto fail;
+		}
+		hostend = host;
+		if (*hostend == '[')
+		{
+			while (hostend < end && *hostend != ']')
+				hostend++;
+			if (hostend < end)
+				hostend++;
+		}
+		else
+			while (hostend < end && *hostend != ':' && *hostend != '/')
+				hostend++;
+		if (hostend == host)
+		{
+			snprintf(errbuf, errlen, "endpoint \"%.*s\" has no host",
+					 (int) Min(len, 200), start);
+			goto fail;
+		}
+		if (hostend < end && *hostend == ':')
+		{
+			long		port = 0;
+
+			q = hostend + 1;
+			if (q == end || *q == '/')
+			{
+				snprintf(errbuf, errlen, "endpoint \"%.*s\" has an empty port",
+						 (int) Min(len, 200), start);
+				goto fail;
+			}
+			for (; q < end && *q != '/'; q++)
+			{
+				if (!isdigit((unsigned char) *q) || port > 65535)
+				{
+					port = -1;
+					break;
+				}
+				port = port * 10 + (*q - '0');
+			}
+			if (port < 1 || port > 65535)
+			{
+				snprintf(errbuf, errlen, "endpoint \"%.*s\" has an invalid port",
+						 (int) Min(len, 200), start);
+				goto fail;
+			}
+		}
+		for (q = host; q < end; q++)
+			if (isspace((unsigned char) *q))
+			{
+				snprintf(errbuf, errlen, "endpoint \"%.*s\" contains white space",
+						 (int) Min(len, 200), start);
+				goto fail;
+			}
+		if (n >= max)
+		{
+			snprintf(errbuf, errlen, "at most %d endpoints are supported", max);
+			goto fail;
+		}
+		url = malloc(len + 1);
+		if (!url)
+		{
+			snprintf(errbuf, errlen, "out of memory");
+			goto fail;
+		}
+		memcpy(url, start, len);
+		url[len] = '\0';
+		out[n++] = url;
+	}
+	if (n == 0)
+	{
+		snprintf(errbuf, errlen, "the endpoint list is empty");
+		return -1;
+	}
+	return n;
+
+fail:
+	while (n > 0)
+		free(out[--n]);
+	return -1;
+}
+
+static bool
+check_endpoints(char **newval, void **extra, GucSource source)
+{
+	char	   *eps[ETCD_MAX_ENDPOINTS];
+	char		err[300];
+	int			n = etcd_lock_parse_endpoints(*newval, eps, ETCD_MAX_ENDPOINTS,
+											  err, sizeof(err));
+
+	if (n < 0)
+	{
+		GUC_check_errdetail("%s", err);
+		return false;
+	}
+	while (n > 0)
+		free(eps[--n]);
+	return true;
+}
+
+static bool
+check_prefix(char **newval, void **extra, GucSource source)
+{
+	if (*newval && strlen(*newval) > ETCD_MAX_PREFIX)
+	{
+		GUC_check_errdetail("etcd_lock.prefix is limited to %d bytes.", ETCD_MAX_PREFIX);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * etcd_lock_define_gucs defines the parameters and reserves the prefix.
+ */
+void
+etcd_lock_define_gucs(void)
+{
+	DefineCustomStringVariable("etcd_lock.endpoints",
+							   "Comma-separated etcd client URLs (http:// or https://).",
+							   "Requests fail over to the next endpoint on connection errors.",
+							   &etcd_lock_endpoints,
+							   "http://127.0.0.1:2379",
+							   PGC_SIGHUP, 0,
+							   check_endpoints, NULL, NULL);
+	DefineCustomStringVariable("etcd_lock.prefix",
+							   "Prefix prepended to every lock name to form its etcd key.",
+							   "Empty by default, so lock names match etcd's Go concurrency.Mutex.",
+							   &etcd_lock_prefix,
+							   "",
+							   PGC_SUSET, 0,
+							   check_prefix, NULL, NULL);
+	DefineCustomIntVariable("etcd_lock.lease_ttl",
+							"TTL of each backend's etcd lease.",
+							"Locks of a backend that dies without releasing them free after this long.",
+							&etcd_lock_lease_ttl,
+							10, 2, 3600,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("etcd_lock.request_timeout",
+							"Upper bound for one etcd request, over all endpoints tried.",
+							NULL,
+							&etcd_lock_request_timeout,
+							5000, 100, 600000,
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	MarkGUCPrefixReserved("etcd_lock");
+}

@@ -1,0 +1,23 @@
+/*
+ * guc.h
+ *		Configuration parameters of etcd_lock (all under "etcd_lock.").
+ */
+#ifndef ETCD_LOCK_GUC_H
+#define ETCD_LOCK_GUC_H
+
+#define ETCD_MAX_NAME		1024	/* longest lock name, in bytes */
+#define ETCD_MAX_PREFIX		256		/* longest etcd_lock.prefix, in bytes */
+/* prefix + name + "/" + 16 hex digits + NUL */
+#define ETCD_MAX_KEY		(ETCD_MAX_PREFIX + ETCD_MAX_NAME + 1 + 16 + 1)
+#define ETCD_MAX_ENDPOINTS	16
+
+extern char *etcd_lock_endpoints;
+extern char *etcd_lock_prefix;
+extern int	etcd_lock_lease_ttl;
+extern int	etcd_lock_request_timeout;
+
+extern void etcd_lock_define_gucs(void);
+extern int	etcd_lock_parse_endpoints(const char *list, char **out, int max,
+									  char *errbuf, size_t errlen);
+
+#endif

@@ -1,0 +1,461 @@
+/*
+ * lockops.c
+ *		etcd_lock's lock algorithm, expressed as etcd requests.
+ *
+ * It is etcd's Go concurrency.Mutex algorithm, so both exclude each other:
+ * a lock name N is the key range "<prefix>N/", each contender puts its key
+ * "<prefix>N/<lease hex>" attached to its lease, and the holder is the key
+ * with the lowest create_revision. A waiter watches only its predecessor
+ * (the key created just before its own), so one release wakes one waiter.
+ * See src/README.md for the invariants.
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "miscadmin.h"
+
+#include <jansson.h>
+
+#include "gateway.h"
+#include "lockops.h"
+
+/*
+ * etcd_lock_keys fills k with the range prefix and our key for name.
+ */
+void
+etcd_lock_keys(EtcdLockKeys *k, const char *prefix, const char *name,
+			   int64 lease_id)
+{
+	k->pfx = psprintf("%s%s/", prefix ? prefix : "", name);
+	k->pfxlen = strlen(k->pfx);
+	k->key = psprintf("%s%llx", k->pfx, (unsigned long long) lease_id);
+	k->keylen = strlen(k->key);
+}
+
+/*
+ * append_range_end appends the base64 of the end of the range of all keys
+ * starting with pfx: pfx with its last byte incremented, dropping trailing
+ * 0xff bytes ("\0" means "to the end of the key space").
+ */
+static void
+append_range_end(StringInfo buf, const char *pfx, int len)
+{
+	char	   *end = palloc(len + 1);
+	int			n = len;
+
+	memcpy(end, pfx, len);
+	while (n > 0 && (unsigned char) end[n - 1] == 0xff)
+		n--;
+	if (n == 0)
+	{
+		end[0] = '\0';
+		n = 1;
+	}
+	else
+		end[n - 1]++;
+	etcd_append_b64(buf, end, n);
+	pfree(end);
+}
+
+/* ---- lease calls ---- */
+
+typedef struct LeaseReply
+{
+	int64		id;
+	int64		ttl;
+} LeaseReply;
+
+static bool
+parse_lease_grant(json_t *root, void *arg)
+{
+	LeaseReply *r = arg;
+
+	return etcd_json_int64(root, "ID", &r->id) &&
+		etcd_json_int64(root, "TTL", &r->ttl) && r->id != 0 && r->ttl > 0;
+}
+
+/*
+ * etcd_lease_grant asks etcd for a new lease of ttl seconds; returns its ID.
+ */
+int64
+etcd_lease_grant(int ttl)
+{
+	LeaseReply	r = {0};
+	char		body[64];
+
+	snprintf(body, sizeof(body), "{\"TTL\":\"%d\"}", ttl);
+	etcd_request_or_error("/v3/lease/grant", body, parse_lease_grant, &r,
+						  "grant a lease");
+	return r.id;
+}
+
+static bool
+parse_keepalive(json_t *root, void *arg)
+{
+	LeaseReply *r = arg;
+	json_t	   *res = json_object_get(root, "result");
+
+	/* a lease that no longer exists answers a result without TTL */
+	if (!json_is_object(res))
+		return false;
+	return etcd_json_int64(res, "TTL", &r->ttl);
+}
+
+/*
+ * etcd_lease_keepalive renews a lease once. On success *ttl is the new TTL,
+ * or 0 if etcd says the lease no longer exists.
+ */
+bool
+etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st)
+{
+	LeaseReply	r = {0};
+	char		body[64];
+
+	snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", lease_id);
+	if (!etcd_request("/v3/lease/keepalive", body, parse_keepalive, &r, st))
+		return false;
+	*ttl = r.ttl > 0 ? (int) Min(r.ttl, INT_MAX) : 0;
+	return true;
+}
+
+/*
+ * etcd_lease_revoke revokes a lease, deleting every key attached to it. A
+ * lease that is already gone counts as revoked.
+ */
+bool
+etcd_lease_revoke(int64 lease_id, EtcdStatus *st)
+{
+	char		body[64];
+
+	snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", lease_id);
+	if (etcd_request("/v3/lease/revoke", body, NULL, NULL, st))
+		return true;
+	return st->kind == ETCD_ERROR_REPLY && st->grpc_code == GRPC_NOT_FOUND;
+}
+
+/* ---- acquire ---- */
+
+typedef struct AcquireReply
+{
+	const char *key_b64;		/* our key, base64 */
+	bool		try_only;
+	int64		rev;			/* our key's create_revision, 0 if none */
+	bool		held;
+} AcquireReply;
+
+/*
+ * first_kv returns kvs[0] of responses[i].response_range, or NULL if the
+ * range is empty; sets *ok false on a malformed answer.
+ */
+static json_t *
+first_kv(json_t *responses, size_t i, bool *ok)
+{
+	json_t	   *rr = json_object_get(json_array_get(responses, i), "response_range");
+	json_t	   *kvs;
+
+	if (!json_is_object(rr))
+	{
+		*ok = false;
+		return NULL;
+	}
+	kvs = json_object_get(rr, "kvs");
+	if (kvs == NULL)
+		return NULL;
+	if (!json_is_array(kvs))
+	{
+		*ok = false;
+		return NULL;
+	}
+	return json_is_object(json_array_get(kvs, 0)) ? json_array_get(kvs, 0) : NULL;
+}
+
+static bool
+parse_acquire(json_t *root, void *arg)
+{
+	AcquireReply *r = arg;
+	json_t	   *responses = json_object_get(root, "responses");
+	bool		succeeded = json_is_true(json_object_get(root, "succeeded"));
+	bool		ok = true;
+	int64		oldest_rev;
+	json_t	   *mine,
+			   *oldest,
+			   *okey;
+
+	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->rev))
+		return false;
+	if (r->try_only)
+	{
+		/* compare: the whole range is empty; then our put is the holder */
+		r->held = succeeded;
+		if (!succeeded)
+			r->rev = 0;
+		return r->rev > 0 || !succeeded;
+	}
+	if (!json_is_array(responses) || json_array_size(responses) != 2)
+		return false;
+	if (!succeeded)
+	{
+		/* our key existed already: read its create_revision */
+		mine = first_kv(responses, 0, &ok);
+		if (!ok || !etcd_json_int64(mine, "create_revision", &r->rev))
+			return false;
+		if (mine == NULL)
+			return false;		/* existed at compare, gone at range: cannot be */
+	}
+	oldest = first_kv(responses, 1, &ok);
+	if (!ok || oldest == NULL ||
+		!etcd_json_int64(oldest, "create_revision", &oldest_rev))
+		return false;
+	okey = json_object_get(oldest, "key");
+	r->held = oldest_rev == r->rev && json_is_string(okey) &&
+		strcmp(json_string_value(okey), r->key_b64) == 0;
+	return r->rev > 0;
+}
+
+/*
+ * etcd_lock_acquire sends the one acquire request. Normal mode: put our key
+ * with our lease if it does not exist, and read the oldest key under the
+ * name, in one txn; *rev is our key's create_revision and the result says
+ * whether it is the oldest (we hold the lock). try_only: put our key only
+ * if no key exists under the name at all, so a failed try leaves nothing
+ * behind; *rev is 0 then.
+ */
+bool
+etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
+				  bool try_only, int64 *rev)
+{
+	StringInfoData b;
+	StringInfoData key64;
+	AcquireReply r = {0};
+
+	initStringInfo(&key64);
+	etcd_append_b64(&key64, k->key, k->keylen);
+
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"compare\":[{\"key\":\"");
+	if (try_only)
+	{
+		etcd_append_b64(&b, k->pfx, k->pfxlen);
+		appendStringInfoString(&b, "\",\"range_end\":\"");
+		append_range_end(&b, k->pfx, k->pfxlen);
+	}
+	else
+		appendStringInfoString(&b, key64.data);
+	appendStringInfo(&b, "\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}],"
+					 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"value\":\"", key64.data);
+	etcd_append_b64(&b, value, strlen(value));
+	appendStringInfo(&b, "\",\"lease\":\"" INT64_FORMAT "\"}}", lease_id);
+	if (!try_only)
+	{
+		StringInfoData oldest;
+
+		initStringInfo(&oldest);
+		appendStringInfoString(&oldest, "{\"request_range\":{\"key\":\"");
+		etcd_append_b64(&oldest, k->pfx, k->pfxlen);
+		appendStringInfoString(&oldest, "\",\"range_end\":\"");
+		append_range_end(&oldest, k->pfx, k->pfxlen);
+		appendStringInfoString(&oldest, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
+							   "\"limit\":\"1\",\"keys_only\":true}}");
+		appendStringInfo(&b, ",%s],\"failure\":[{\"request_range\":{\"key\":\"%s\",\"keys_only\":true}},%s]",
+						 oldest.data, key64.data, oldest.data);
+		pfree(oldest.data);
+	}
+	else
+		appendStringInfoChar(&b, ']');
+	appendStringInfoChar(&b, '}');
+
+	r.key_b64 = key64.data;
+	r.try_only = try_only;
+	etcd_request_or_error("/v3/kv/txn", b.data, parse_acquire, &r, "acquire a lock");
+	pfree(b.data);
+	pfree(key64.data);
+	*rev = r.rev;
+	return r.held;
+}
+
+/* ---- wait ---- */
+
+typedef struct PredReply
+{
+	int64		my_rev;			/* create_revision of our key now, 0 if gone */
+	char	   *pred;			/* predecessor key (palloc'd), NULL if none */
+	int			predlen;
+} PredReply;
+
+static bool
+parse_pred(json_t *root, void *arg)
+{
+	PredReply  *r = arg;
+	json_t	   *responses = json_object_get(root, "responses");
+	json_t	   *mine,
+			   *pred,
+			   *pkey;
+	bool		ok = true;
+
+	if (!json_is_array(responses) || json_array_size(responses) != 2)
+		return false;
+	mine = first_kv(responses, 0, &ok);
+	if (!ok || !etcd_json_int64(mine, "create_revision", &r->my_rev))
+		return false;
+	pred = first_kv(responses, 1, &ok);
+	if (!ok)
+		return false;
+	r->pred = NULL;
+	if (pred)
+	{
+		pkey = json_object_get(pred, "key");
+		if (!json_is_string(pkey))
+			return false;
+		r->pred = etcd_b64_decode(json_string_value(pkey), &r->predlen);
+		if (r->pred == NULL)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * read_pred reads, in one txn, our key and the key created just before it
+ * under the same name (our predecessor in the queue).
+ */
+static void
+read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
+{
+	StringInfoData b;
+
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"success\":[{\"request_range\":{\"key\":\"");
+	etcd_append_b64(&b, k->key, k->keylen);
+	appendStringInfoString(&b, "\",\"keys_only\":true}},{\"request_range\":{\"key\":\"");
+	etcd_append_b64(&b, k->pfx, k->pfxlen);
+	appendStringInfoString(&b, "\",\"range_end\":\"");
+	append_range_end(&b, k->pfx, k->pfxlen);
+	appendStringInfo(&b, "\",\"sort_order\":\"DESCEND\",\"sort_target\":\"CREATE\","
+					 "\"limit\":\"1\",\"keys_only\":true,\"max_create_revision\":\"" INT64_FORMAT "\"}}]}",
+					 rev - 1);
+	memset(r, 0, sizeof(*r));
+	etcd_request_or_error("/v3/kv/txn", b.data, parse_pred, r, "read the lock queue");
+	pfree(b.data);
+}
+
+static bool
+parse_count(json_t *root, void *arg)
+{
+	return etcd_json_int64(root, "count", (int64 *) arg);
+}
+
+static bool
+key_exists(const char *key, int keylen)
+{
+	StringInfoData b;
+	int64		count = 0;
+
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"key\":\"");
+	etcd_append_b64(&b, key, keylen);
+	appendStringInfoString(&b, "\",\"count_only\":true}");
+	etcd_request_or_error("/v3/kv/range", b.data, parse_count, &count, "read the lock queue");
+	pfree(b.data);
+	return count > 0;
+}
+
+/*
+ * etcd_lock_wait waits until our key (create_revision rev) is the oldest
+ * under the name. Each round reads our predecessor, watches it (a watch
+ * without a start revision, so etcd delivers its deletion at once), then
+ * re-reads it so a deletion between the read and the watch is not missed.
+ * Returns true when we hold the lock, false if the deadline passed (0 = no
+ * deadline). Errors if our key vanished (our lease expired) or lease_ok()
+ * says the lease was lost. The caller removes our key on false or error.
+ */
+static bool
+wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
+		  bool (*lease_ok) (void))
+{
+	if (deadline == 0)
+		deadline = DT_NOEND;
+	for (;;)
+	{
+		PredReply	p;
+		EtcdStatus	st;
+
+		CHECK_FOR_INTERRUPTS();
+		if (lease_ok && !lease_ok())
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("etcd_lock: the lease of this session expired while it waited for a lock")));
+		read_pred(k, rev, &p);
+		if (p.my_rev != rev)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("etcd_lock: this session's place in the lock queue disappeared"),
+					 errdetail("The key of this session's lease is gone from etcd; the lease probably expired.")));
+		if (p.pred == NULL)
+			return true;
+		if (GetCurrentTimestamp() >= deadline)
+			return false;
+		if (!etcd_watch_open(p.pred, p.predlen, &st))
+		{
+			/* no watch to be had: poll, bounded by the deadline */
+			pg_usleep(10000);
+			continue;
+		}
+		if (key_exists(p.pred, p.predlen))
+		{
+			/*
+			 * Any outcome (deletion, broken stream, a second without news as
+			 * a safety net) leads to reading the queue again.
+			 */
+			(void) etcd_watch_wait(Min(deadline,
+									   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000)));
+		}
+		etcd_watch_close();
+		pfree(p.pred);
+	}
+}
+
+bool
+etcd_lock_wait(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
+			   bool (*lease_ok) (void))
+{
+	bool		result;
+
+	PG_TRY();
+	{
+		result = wait_loop(k, rev, deadline, lease_ok);
+	}
+	PG_CATCH();
+	{
+		etcd_watch_close();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/* ---- release ---- */
+
+/*
+ * etcd_lock_release deletes key if its create_revision still equals token,
+ * so a late release can never remove a newer acquisition. True once etcd
+ * answered (whether or not the key was still there).
+ */
+bool
+etcd_lock_release(const char *key, int keylen, int64 token, EtcdStatus *st)
+{
+	StringInfoData b;
+	StringInfoData key64;
+	bool		ok;
+
+	initStringInfo(&key64);
+	etcd_append_b64(&key64, key, keylen);
+	initStringInfo(&b);
+	appendStringInfo(&b, "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+					 "\"create_revision\":\"" INT64_FORMAT "\"}],"
+					 "\"success\":[{\"request_delete_range\":{\"key\":\"%s\"}}]}",
+					 key64.data, token, key64.data);
+	ok = etcd_request("/v3/kv/txn", b.data, NULL, NULL, st);
+	pfree(b.data);
+	pfree(key64.data);
+	return ok;
+}

@@ -1,0 +1,34 @@
+/*
+ * lockops.h
+ *		The lock algorithm as etcd operations (acquire, wait, release) and
+ *		lease calls. Knows nothing of SQL; speaks through gateway.h.
+ */
+#ifndef ETCD_LOCK_LOCKOPS_H
+#define ETCD_LOCK_LOCKOPS_H
+
+#include "gateway.h"
+
+/* A lock name turned into etcd keys: key = pfx + lease id in hex. */
+typedef struct EtcdLockKeys
+{
+	char	   *pfx;			/* prefix + name + "/" */
+	int			pfxlen;
+	char	   *key;			/* pfx + "%llx" of the lease */
+	int			keylen;
+} EtcdLockKeys;
+
+extern void etcd_lock_keys(EtcdLockKeys *k, const char *prefix,
+						   const char *name, int64 lease_id);
+
+extern int64 etcd_lease_grant(int ttl);
+extern bool etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st);
+extern bool etcd_lease_revoke(int64 lease_id, EtcdStatus *st);
+
+extern bool etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id,
+							  const char *value, bool try_only, int64 *rev);
+extern bool etcd_lock_wait(const EtcdLockKeys *k, int64 rev,
+						   TimestampTz deadline, bool (*lease_ok) (void));
+extern bool etcd_lock_release(const char *key, int keylen, int64 token,
+							  EtcdStatus *st);
+
+#endif

@@ -1,0 +1,694 @@
+/*
+ * locktable.c
+ *		The backend's local lock table and its transaction hooks.
+ *
+ * One entry per lock name this backend holds. Every acquisition is recorded
+ * with the subtransaction that made it and its scope (session or xact), so:
+ *	- a second acquisition of a held name costs no etcd request;
+ *	- xact acquisitions end at the end of their transaction;
+ *	- any acquisition made in a (sub)transaction that aborts is undone;
+ *	- the etcd key is released when the last acquisition is gone.
+ * Session and xact holds of one name share one etcd key.
+ *
+ * Releases at transaction end never touch the network: they are queued in
+ * shared memory for the background worker. Before this backend acquires a
+ * name again it takes such a queued release back (it still holds the key)
+ * or waits until the worker has sent it, so a late release can never
+ * remove a newer acquisition of the same key.
+ */
+#include "postgres.h"
+
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "postmaster/postmaster.h"
+#include "storage/condition_variable.h"
+#include "storage/ipc.h"
+#include "storage/lock.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "gateway.h"
+#include "guc.h"
+#include "lockops.h"
+#include "locktable.h"
+#include "shmem.h"
+
+typedef struct LocalAcq
+{
+	SubTransactionId subid;		/* InvalidSubTransactionId once committed */
+	bool		xact;			/* transaction scope */
+} LocalAcq;
+
+typedef struct LocalLock
+{
+	char		pfx[ETCD_MAX_KEY];	/* hash key: prefix + name + "/" */
+	char	   *name;
+	char	   *key;
+	int			keylen;
+	int64		token;
+	int64		lease_id;
+	int			nacq;
+	int			maxacq;
+	LocalAcq   *acqs;
+} LocalLock;
+
+static HTAB *lt_locks = NULL;
+static int64 lt_lease = 0;		/* this backend's lease, 0 if none */
+static int	lt_xact_acqs = 0;	/* acquisitions made in the current xact */
+static bool lt_exit_registered = false;
+
+static char *lt_database = NULL;
+static char *lt_user = NULL;
+
+static void lt_xact_cb(XactEvent event, void *arg);
+static void lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg);
+
+/*
+ * etcd_locktable_init registers the transaction hooks (at preload).
+ */
+void
+etcd_locktable_init(void)
+{
+	RegisterXactCallback(lt_xact_cb, NULL);
+	RegisterSubXactCallback(lt_subxact_cb, NULL);
+}
+
+static void
+lt_create_table(void)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = ETCD_MAX_KEY;
+	ctl.entrysize = sizeof(LocalLock);
+	lt_locks = hash_create("etcd_lock local locks", 16, &ctl,
+						   HASH_ELEM | HASH_STRINGS);
+}
+
+static void
+lt_free_entry(LocalLock *e)
+{
+	if (e->name)
+		pfree(e->name);
+	if (e->key)
+		pfree(e->key);
+	if (e->acqs)
+		pfree(e->acqs);
+	hash_search(lt_locks, e->pfx, HASH_REMOVE, NULL);
+}
+
+static bool
+lt_lease_lost(void)
+{
+	volatile EtcdLeaseSlot *slot;
+
+	if (lt_lease == 0)
+		return false;
+	slot = etcd_my_slot();
+	return slot->state == LEASE_LOST && slot->lease_id == lt_lease;
+}
+
+static bool
+lt_lease_ok(void)
+{
+	return !lt_lease_lost();
+}
+
+/*
+ * lt_forget_lease drops the lease and every local entry (used when the
+ * lease was lost, and at exit). The slot is freed for the next backend.
+ */
+static void
+lt_forget_lease(StringInfo lost_names)
+{
+	if (lt_locks)
+	{
+		HASH_SEQ_STATUS seq;
+		LocalLock  *e;
+
+		hash_seq_init(&seq, lt_locks);
+		while ((e = hash_seq_search(&seq)) != NULL)
+		{
+			if (lost_names && e->nacq > 0)
+				appendStringInfo(lost_names, "%s\"%s\"",
+								 lost_names->len ? ", " : "", e->name);
+			lt_free_entry(e);
+		}
+	}
+	if (lt_lease != 0)
+	{
+		EtcdLeaseSlot *slot = etcd_my_slot();
+
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		if (slot->lease_id == lt_lease)
+			slot->state = LEASE_NONE;
+		LWLockRelease(etcd_shared->lock);
+	}
+	lt_lease = 0;
+	lt_xact_acqs = 0;
+}
+
+/*
+ * lt_check_lost raises the lease-lost ERROR, once, if the worker found this
+ * backend's lease gone. The locks it held are forgotten; the next lock call
+ * gets a fresh lease.
+ */
+static void
+lt_check_lost(void)
+{
+	StringInfoData names;
+
+	if (!lt_lease_lost())
+		return;
+	initStringInfo(&names);
+	lt_forget_lease(&names);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("etcd_lock: the etcd lease of this session expired; its locks were lost"),
+			 names.len ? errdetail("Lost locks: %s.", names.data) : 0,
+			 errhint("Another session may have taken these locks. Use fencing tokens to protect work outside the database.")));
+}
+
+/*
+ * lt_backend_exit hands the lease to the worker for revocation, so this
+ * backend's locks free at once without blocking its exit.
+ */
+static void
+lt_backend_exit(int code, Datum arg)
+{
+	int64		lease = lt_lease;
+	bool		live = lease != 0 && !lt_lease_lost();
+
+	lt_forget_lease(NULL);
+	if (live)
+		etcd_queue_release(REL_REVOKE, lease, NULL, 0, 0, false);
+}
+
+/*
+ * lt_ensure_lease grants this backend's lease on first use and registers
+ * it for the worker's keepalives.
+ */
+static void
+lt_ensure_lease(void)
+{
+	EtcdLeaseSlot *slot;
+	TimestampTz sent;
+	int			ttl = etcd_lock_lease_ttl;
+	int64		id;
+
+	if (lt_lease != 0)
+		return;
+	sent = GetCurrentTimestamp();
+	id = etcd_lease_grant(ttl);
+	slot = etcd_my_slot();
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	slot->pid = MyProcPid;
+	slot->lease_id = id;
+	slot->ttl = ttl;
+	slot->last_ok = sent;
+	slot->next_keepalive = TimestampTzPlusMilliseconds(sent, ttl * 1000 / 3);
+	slot->state = LEASE_LIVE;
+	LWLockRelease(etcd_shared->lock);
+	lt_lease = id;
+	if (!lt_exit_registered)
+	{
+		before_shmem_exit(lt_backend_exit, 0);
+		lt_exit_registered = true;
+	}
+	etcd_wake_worker();
+}
+
+/*
+ * lt_value builds the JSON value stored in our key: who holds it.
+ */
+static char *
+lt_value(void)
+{
+	StringInfoData b;
+	char		host[256];
+	char		sysid[32];
+
+	if (lt_database == NULL)
+	{
+		char	   *db = get_database_name(MyDatabaseId);
+		char	   *user = GetUserNameFromId(GetSessionUserId(), true);
+
+		lt_database = MemoryContextStrdup(TopMemoryContext, db ? db : "");
+		lt_user = MemoryContextStrdup(TopMemoryContext, user ? user : "");
+	}
+	if (gethostname(host, sizeof(host)) != 0)
+		host[0] = '\0';
+	host[sizeof(host) - 1] = '\0';
+	snprintf(sysid, sizeof(sysid), UINT64_FORMAT, GetSystemIdentifier());
+
+	initStringInfo(&b);
+	appendStringInfo(&b, "{\"instance\":\"%s\",\"host\":", sysid);
+	escape_json(&b, host);
+	appendStringInfo(&b, ",\"port\":%d,\"pid\":%d,\"database\":", PostPortNumber, MyProcPid);
+	escape_json(&b, lt_database);
+	appendStringInfoString(&b, ",\"user\":");
+	escape_json(&b, lt_user);
+	appendStringInfoString(&b, ",\"application_name\":");
+	escape_json(&b, application_name ? application_name : "");
+	appendStringInfoString(&b, ",\"acquired_at\":");
+	escape_json(&b, timestamptz_to_str(GetCurrentTimestamp()));
+	appendStringInfoChar(&b, '}');
+	return b.data;
+}
+
+static void
+lt_push_acq(LocalLock *e, bool xact)
+{
+	if (e->nacq >= e->maxacq)
+	{
+		int			n = e->maxacq ? e->maxacq * 2 : 4;
+
+		if (e->acqs)
+			e->acqs = repalloc(e->acqs, n * sizeof(LocalAcq));
+		else
+			e->acqs = MemoryContextAlloc(TopMemoryContext, n * sizeof(LocalAcq));
+		e->maxacq = n;
+	}
+	e->acqs[e->nacq].subid = GetCurrentSubTransactionId();
+	e->acqs[e->nacq].xact = xact;
+	e->nacq++;
+	lt_xact_acqs++;
+}
+
+/*
+ * lt_wait_queued makes sure no queued release of our key is outstanding:
+ * takes back a pending release of a held key (returns true, *token set) or
+ * waits until the worker has sent it. Bounded by the caller's deadline and
+ * by twice the request timeout (the worker cannot reach etcd).
+ */
+static bool
+lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
+			   bool *timed_out)
+{
+	TimestampTz giveup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 2 * etcd_lock_request_timeout);
+	bool		taken = false;
+
+	*timed_out = false;
+	for (;;)
+	{
+		EtcdReclaim r = etcd_reclaim_release(lt_lease, k->key, k->keylen, token);
+		TimestampTz now;
+
+		if (r != RECLAIM_WAIT)
+		{
+			taken = r == RECLAIM_TAKEN;
+			break;
+		}
+		now = GetCurrentTimestamp();
+		if (deadline != 0 && now >= deadline)
+		{
+			*timed_out = true;
+			break;
+		}
+		if (now >= giveup)
+		{
+			ConditionVariableCancelSleep();
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("etcd_lock: could not acquire a lock: an earlier release of it has not reached etcd"),
+					 errhint("Check that etcd is reachable from this server.")));
+		}
+		ConditionVariableTimedSleep(&etcd_shared->release_cv, 10, PG_WAIT_EXTENSION);
+	}
+	ConditionVariableCancelSleep();
+	return taken;
+}
+
+static void
+lt_raise_timeout(const char *name, bool by_lock_timeout)
+{
+	if (by_lock_timeout)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("canceling wait for etcd lock \"%s\" due to lock_timeout", name)));
+	ereport(ERROR,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("could not obtain etcd lock \"%s\" within the timeout", name)));
+}
+
+/*
+ * etcd_acquire takes the lock name for this session (xact: until the end of
+ * the transaction). wait=false never waits. timeout_ms < 0 waits without
+ * limit (lock_timeout still applies). Returns true and the fencing token if
+ * the lock is held; false only when wait=false and it is taken by another.
+ */
+bool
+etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
+			 int64 *token)
+{
+	char		pfx[ETCD_MAX_KEY];
+	LocalLock  *e;
+	bool		found;
+	EtcdLockKeys k;
+	volatile TimestampTz deadline = 0;
+	volatile bool by_lock_timeout = false;
+	volatile int64 rev = 0;
+	volatile bool key_sent = false;
+	bool		held = false;
+
+	lt_check_lost();
+	if (lt_locks == NULL)
+		lt_create_table();
+
+	snprintf(pfx, sizeof(pfx), "%s%s/", etcd_lock_prefix ? etcd_lock_prefix : "", name);
+	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+	if (e && e->nacq > 0)
+	{
+		lt_push_acq(e, xact);
+		*token = e->token;
+		return true;
+	}
+
+	if (wait)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		if (timeout_ms >= 0)
+			deadline = TimestampTzPlusMilliseconds(now, Min(timeout_ms, INT_MAX));
+		if (LockTimeout > 0 &&
+			(deadline == 0 || TimestampTzPlusMilliseconds(now, LockTimeout) < deadline))
+		{
+			deadline = TimestampTzPlusMilliseconds(now, LockTimeout);
+			by_lock_timeout = true;
+		}
+	}
+
+	lt_ensure_lease();
+	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease);
+
+	e = hash_search(lt_locks, pfx, HASH_ENTER, &found);
+	if (!found)
+	{
+		e->name = MemoryContextStrdup(TopMemoryContext, name);
+		e->key = MemoryContextStrdup(TopMemoryContext, k.key);
+		e->keylen = k.keylen;
+		e->token = 0;
+		e->lease_id = lt_lease;
+		e->nacq = 0;
+		e->maxacq = 0;
+		e->acqs = NULL;
+	}
+
+	PG_TRY();
+	{
+		int64		reclaimed = 0;
+		bool		timed_out;
+
+		if (lt_wait_queued(&k, &reclaimed, wait ? deadline : 0, &timed_out))
+		{
+			held = true;
+			rev = reclaimed;
+		}
+		else if (timed_out)
+			lt_raise_timeout(name, by_lock_timeout);
+		else
+		{
+			int64		r;
+
+			key_sent = true;
+			held = etcd_lock_acquire(&k, lt_lease, lt_value(), !wait, &r);
+			rev = r;
+			if (!held && wait)
+			{
+				held = etcd_lock_wait(&k, rev, deadline, lt_lease_ok);
+				if (!held)
+				{
+					EtcdStatus	st;
+
+					/* give up our place before the error returns */
+					if (etcd_lock_release(k.key, k.keylen, rev, &st))
+						key_sent = false;
+					lt_raise_timeout(name, by_lock_timeout);
+				}
+			}
+			if (!held)
+				key_sent = false;	/* a failed try leaves no key */
+		}
+	}
+	PG_CATCH();
+	{
+		/*
+		 * Interrupted, timed out or failed: our key may exist in etcd (as a
+		 * place in the queue). The worker deletes it; token 0 = whatever
+		 * revision it has, which is safe because this backend will not use
+		 * the key again before that release is done.
+		 */
+		if (key_sent)
+			etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, 0, false);
+		if (e->nacq == 0)
+			lt_free_entry(e);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	if (!held)
+	{
+		lt_free_entry(e);
+		return false;
+	}
+	e->token = rev;
+	lt_push_acq(e, xact);
+	*token = rev;
+	return true;
+}
+
+/*
+ * lt_release_async hands the release of e's key to the worker and forgets
+ * e. Never throws, never blocks: used from transaction callbacks.
+ */
+static void
+lt_release_async(LocalLock *e)
+{
+	if (e->lease_id == lt_lease && !lt_lease_lost())
+		etcd_queue_release(REL_DELETE, e->lease_id, e->key, e->keylen, e->token, true);
+	lt_free_entry(e);
+}
+
+/*
+ * etcd_release undoes one session acquisition of name (etcd_unlock). When
+ * the last one goes, the key is deleted synchronously: once this returns
+ * true, another session can take the lock. Returns false with a WARNING if
+ * this session holds no session-level lock of that name.
+ */
+bool
+etcd_release(const char *name)
+{
+	char		pfx[ETCD_MAX_KEY];
+	LocalLock  *e = NULL;
+	int			i;
+
+	lt_check_lost();
+	snprintf(pfx, sizeof(pfx), "%s%s/", etcd_lock_prefix ? etcd_lock_prefix : "", name);
+	if (lt_locks)
+		e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+	for (i = e ? e->nacq - 1 : -1; i >= 0; i--)
+		if (!e->acqs[i].xact)
+			break;
+	if (i < 0)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("you don't own an etcd lock named \"%s\"", name)));
+		return false;
+	}
+	if (e->nacq == 1)
+	{
+		EtcdStatus	st;
+
+		if (!etcd_lock_release(e->key, e->keylen, e->token, &st))
+			etcd_report_status(&st, "release a lock");
+	}
+	if (e->acqs[i].subid != InvalidSubTransactionId && lt_xact_acqs > 0)
+		lt_xact_acqs--;
+	memmove(&e->acqs[i], &e->acqs[i + 1], (e->nacq - i - 1) * sizeof(LocalAcq));
+	e->nacq--;
+	if (e->nacq == 0)
+		lt_free_entry(e);
+	return true;
+}
+
+/*
+ * etcd_release_all drops every session-level acquisition. Keys no longer
+ * held are deleted synchronously; if etcd cannot be reached, the rest are
+ * handed to the worker (WARNING) so this never waits beyond one request
+ * timeout.
+ */
+void
+etcd_release_all(void)
+{
+	HASH_SEQ_STATUS seq;
+	LocalLock  *e;
+	bool		etcd_down = false;
+	int			queued = 0;
+
+	lt_check_lost();
+	if (lt_locks == NULL)
+		return;
+	hash_seq_init(&seq, lt_locks);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		int			i,
+					j = 0;
+
+		for (i = 0; i < e->nacq; i++)
+		{
+			if (e->acqs[i].xact)
+				e->acqs[j++] = e->acqs[i];
+			else if (e->acqs[i].subid != InvalidSubTransactionId && lt_xact_acqs > 0)
+				lt_xact_acqs--;
+		}
+		e->nacq = j;
+		if (e->nacq > 0)
+			continue;
+		if (!etcd_down)
+		{
+			EtcdStatus	st;
+
+			if (etcd_lock_release(e->key, e->keylen, e->token, &st))
+			{
+				lt_free_entry(e);
+				continue;
+			}
+			etcd_down = true;
+		}
+		queued++;
+		lt_release_async(e);
+	}
+	if (queued > 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("etcd_lock: could not reach etcd; %d lock release(s) will be retried in the background", queued)));
+}
+
+/*
+ * etcd_token returns the fencing token of a lock this session holds.
+ */
+bool
+etcd_token(const char *name, int64 *token)
+{
+	char		pfx[ETCD_MAX_KEY];
+	LocalLock  *e;
+
+	if (lt_locks == NULL || lt_lease_lost())
+		return false;
+	snprintf(pfx, sizeof(pfx), "%s%s/", etcd_lock_prefix ? etcd_lock_prefix : "", name);
+	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+	if (e == NULL || e->nacq == 0)
+		return false;
+	*token = e->token;
+	return true;
+}
+
+/*
+ * lt_end_xact applies the end of the top transaction: commit keeps session
+ * acquisitions (now permanent) and drops xact ones; abort drops everything
+ * acquired in it. Keys left with no acquisition are released via the
+ * worker.
+ */
+static void
+lt_end_xact(bool commit)
+{
+	HASH_SEQ_STATUS seq;
+	LocalLock  *e;
+
+	hash_seq_init(&seq, lt_locks);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		int			i,
+					j = 0;
+
+		for (i = 0; i < e->nacq; i++)
+		{
+			LocalAcq	a = e->acqs[i];
+
+			if (a.subid == InvalidSubTransactionId)
+				e->acqs[j++] = a;
+			else if (commit && !a.xact)
+			{
+				a.subid = InvalidSubTransactionId;
+				e->acqs[j++] = a;
+			}
+		}
+		e->nacq = j;
+		if (e->nacq == 0)
+			lt_release_async(e);
+	}
+	lt_xact_acqs = 0;
+}
+
+static void
+lt_xact_cb(XactEvent event, void *arg)
+{
+	if (lt_locks == NULL || lt_xact_acqs == 0)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot PREPARE a transaction that has acquired etcd locks"),
+					 errdetail("A prepared transaction has no session to release them.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			lt_end_xact(true);
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			lt_end_xact(false);
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
+			  SubTransactionId parentSubid, void *arg)
+{
+	HASH_SEQ_STATUS seq;
+	LocalLock  *e;
+
+	if (lt_locks == NULL || lt_xact_acqs == 0)
+		return;
+	if (event != SUBXACT_EVENT_COMMIT_SUB && event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+	hash_seq_init(&seq, lt_locks);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		int			i,
+					j = 0;
+
+		for (i = 0; i < e->nacq; i++)
+		{
+			if (e->acqs[i].subid != mySubid)
+				e->acqs[j++] = e->acqs[i];
+			else if (event == SUBXACT_EVENT_COMMIT_SUB)
+			{
+				e->acqs[i].subid = parentSubid;
+				e->acqs[j++] = e->acqs[i];
+			}
+			else if (lt_xact_acqs > 0)
+				lt_xact_acqs--;
+		}
+		e->nacq = j;
+		if (e->nacq == 0)
+			lt_release_async(e);
+	}
+}

@@ -1,0 +1,194 @@
+/*
+ * shmem.c
+ *		Shared memory: the lease registry and the release queue.
+ *
+ * A backend registers its lease in its own slot; the worker renews every
+ * LIVE lease and marks a lease LOST when etcd says it is gone. Releases
+ * that must not block a backend (at transaction end, at exit) are queued
+ * here and performed by the worker. The queue has no order: two entries
+ * for one key never coexist, because a backend takes back or waits for a
+ * queued release of a key before it acquires that key again
+ * (etcd_reclaim_release).
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/backendid.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+
+#include "shmem.h"
+
+EtcdShared *etcd_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static int
+etcd_nreleases(void)
+{
+	return Max(256, MaxBackends * 4);
+}
+
+static Size
+etcd_shmem_size(void)
+{
+	Size		sz = MAXALIGN(sizeof(EtcdShared));
+
+	sz = add_size(sz, MAXALIGN(mul_size(MaxBackends, sizeof(EtcdLeaseSlot))));
+	sz = add_size(sz, mul_size(etcd_nreleases(), sizeof(EtcdRelease)));
+	return sz;
+}
+
+static void
+etcd_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(etcd_shmem_size());
+	RequestNamedLWLockTranche("etcd_lock", 1);
+}
+
+static void
+etcd_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	etcd_shared = ShmemInitStruct("etcd_lock", etcd_shmem_size(), &found);
+	if (!found)
+	{
+		char	   *p = (char *) etcd_shared;
+
+		memset(etcd_shared, 0, etcd_shmem_size());
+		etcd_shared->lock = &(GetNamedLWLockTranche("etcd_lock"))->lock;
+		ConditionVariableInit(&etcd_shared->release_cv);
+		etcd_shared->nslots = MaxBackends;
+		etcd_shared->nreleases = etcd_nreleases();
+		p += MAXALIGN(sizeof(EtcdShared));
+		etcd_shared->slots = (EtcdLeaseSlot *) p;
+		p += MAXALIGN(mul_size(MaxBackends, sizeof(EtcdLeaseSlot)));
+		etcd_shared->releases = (EtcdRelease *) p;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+etcd_shmem_install_hooks(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = etcd_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = etcd_shmem_startup;
+}
+
+/*
+ * etcd_my_slot returns this backend's lease slot.
+ */
+EtcdLeaseSlot *
+etcd_my_slot(void)
+{
+	Assert(MyBackendId >= 1 && MyBackendId <= etcd_shared->nslots);
+	return &etcd_shared->slots[MyBackendId - 1];
+}
+
+/*
+ * etcd_wake_worker sets the worker's latch, if it runs.
+ */
+void
+etcd_wake_worker(void)
+{
+	Latch	   *latch;
+
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	latch = etcd_shared->worker_latch;
+	LWLockRelease(etcd_shared->lock);
+	if (latch)
+		SetLatch(latch);
+}
+
+/*
+ * etcd_queue_release hands a release to the worker and wakes it. Never
+ * throws and never waits on the network, so it is safe in transaction
+ * callbacks. Returns false if the queue is full (the key then stays until
+ * the backend's lease is revoked at exit or expires).
+ */
+bool
+etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
+				   int keylen, int64 token, bool held)
+{
+	int			i;
+	bool		queued = false;
+
+	if (keylen >= ETCD_MAX_KEY)
+		return false;
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < etcd_shared->nreleases; i++)
+	{
+		EtcdRelease *r = &etcd_shared->releases[i];
+
+		if (r->state != REL_FREE)
+			continue;
+		r->state = REL_PENDING;
+		r->kind = kind;
+		r->held = held;
+		r->lease_id = lease_id;
+		r->token = token;
+		r->queued_at = GetCurrentTimestamp();
+		r->retry_at = 0;
+		r->keylen = keylen;
+		if (keylen > 0)
+			memcpy(r->key, key, keylen);
+		r->key[keylen] = '\0';
+		etcd_shared->npending++;
+		queued = true;
+		break;
+	}
+	LWLockRelease(etcd_shared->lock);
+	if (queued)
+		etcd_wake_worker();
+	return queued;
+}
+
+/*
+ * etcd_reclaim_release looks for a queued release of key by lease_id. A
+ * pending release of a held key is taken back: the key still exists and is
+ * still the oldest under its name, so the caller keeps holding the lock with
+ * *token and sends nothing to etcd. A release the worker is sending (or of
+ * a key that was only a queue place) must finish first: RECLAIM_WAIT.
+ */
+EtcdReclaim
+etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int64 *token)
+{
+	EtcdReclaim result = RECLAIM_NONE;
+	int			i;
+
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	if (etcd_shared->npending > 0)
+	{
+		for (i = 0; i < etcd_shared->nreleases; i++)
+		{
+			EtcdRelease *r = &etcd_shared->releases[i];
+
+			if (r->state == REL_FREE || r->kind != REL_DELETE ||
+				r->lease_id != lease_id || r->keylen != keylen ||
+				memcmp(r->key, key, keylen) != 0)
+				continue;
+			if (r->state == REL_PENDING && r->held)
+			{
+				*token = r->token;
+				r->state = REL_FREE;
+				etcd_shared->npending--;
+				result = RECLAIM_TAKEN;
+			}
+			else
+				result = RECLAIM_WAIT;
+			break;
+		}
+	}
+	LWLockRelease(etcd_shared->lock);
+	return result;
+}

@@ -1,0 +1,92 @@
+/*
+ * shmem.h
+ *		The only state the backends and the background worker share: one
+ *		lease slot per backend and the queue of releases the worker performs.
+ */
+#ifndef ETCD_LOCK_SHMEM_H
+#define ETCD_LOCK_SHMEM_H
+
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "utils/timestamp.h"
+
+#include "guc.h"
+
+typedef enum EtcdLeaseState
+{
+	LEASE_NONE = 0,				/* slot unused */
+	LEASE_LIVE,					/* the worker keeps it alive */
+	LEASE_LOST					/* etcd says it is gone */
+} EtcdLeaseState;
+
+/* One per backend, indexed by MyBackendId - 1. */
+typedef struct EtcdLeaseSlot
+{
+	int			state;			/* EtcdLeaseState */
+	pid_t		pid;
+	int64		lease_id;
+	int			ttl;			/* seconds */
+	TimestampTz next_keepalive; /* when the worker renews it next */
+	TimestampTz last_ok;		/* send time of the last successful renewal */
+} EtcdLeaseSlot;
+
+typedef enum EtcdReleaseState
+{
+	REL_FREE = 0,
+	REL_PENDING,				/* waiting for the worker */
+	REL_BUSY					/* the worker is sending it */
+} EtcdReleaseState;
+
+typedef enum EtcdReleaseKind
+{
+	REL_DELETE,					/* delete key if create_revision == token */
+	REL_REVOKE					/* revoke lease_id (backend exited) */
+} EtcdReleaseKind;
+
+typedef struct EtcdRelease
+{
+	int			state;			/* EtcdReleaseState */
+	int			kind;			/* EtcdReleaseKind */
+	bool		held;			/* the key was a held lock, not a queue place */
+	int64		lease_id;
+	int64		token;			/* create_revision of the key */
+	TimestampTz queued_at;
+	TimestampTz retry_at;		/* after a failure: not before this */
+	int			keylen;
+	char		key[ETCD_MAX_KEY];
+} EtcdRelease;
+
+typedef struct EtcdShared
+{
+	LWLock	   *lock;			/* protects everything below */
+	Latch	   *worker_latch;
+	pid_t		worker_pid;
+	ConditionVariable release_cv;	/* broadcast when a release finished */
+	int			nslots;
+	int			nreleases;
+	int			npending;		/* entries in state PENDING or BUSY */
+	EtcdLeaseSlot *slots;
+	EtcdRelease *releases;
+} EtcdShared;
+
+extern EtcdShared *etcd_shared;
+
+extern void etcd_shmem_install_hooks(void);
+extern EtcdLeaseSlot *etcd_my_slot(void);
+extern void etcd_wake_worker(void);
+extern bool etcd_queue_release(EtcdReleaseKind kind, int64 lease_id,
+							   const char *key, int keylen, int64 token,
+							   bool held);
+
+typedef enum EtcdReclaim
+{
+	RECLAIM_NONE,				/* nothing queued for this key */
+	RECLAIM_TAKEN,				/* a queued release of a held key was taken back */
+	RECLAIM_WAIT				/* a release of it is in flight or not reclaimable */
+} EtcdReclaim;
+
+extern EtcdReclaim etcd_reclaim_release(int64 lease_id, const char *key,
+										int keylen, int64 *token);
+
+#endif
