@@ -1,0 +1,52 @@
+-- The SQL surface of etcd_lock against a real etcd (one session).
+CREATE EXTENSION etcd_lock;
+
+-- etcd_lock returns a positive fencing token; re-entrant acquisitions
+-- return the same token and need as many unlocks.
+SELECT etcd_lock('/regress/a') AS t1 \gset
+SELECT :t1 > 0 AS got_token;
+SELECT etcd_lock('/regress/a') = :t1 AS reentrant_same_token;
+SELECT etcd_lock_token('/regress/a') = :t1 AS token_matches;
+SELECT etcd_unlock('/regress/a') AS first_unlock;
+SELECT etcd_lock_token('/regress/a') = :t1 AS still_held_after_one_unlock;
+SELECT etcd_unlock('/regress/a') AS second_unlock;
+SELECT etcd_lock_token('/regress/a') IS NULL AS released;
+-- unlocking what we do not hold: false with a WARNING, like pg_advisory_unlock
+SELECT etcd_unlock('/regress/a') AS unlock_not_held;
+
+-- tokens strictly increase across successive holders of a name
+SELECT etcd_lock('/regress/a') > :t1 AS token_increases;
+SELECT etcd_unlock('/regress/a');
+
+-- a timeout on a free lock does not matter
+SELECT etcd_lock('/regress/t', '1 second') > 0 AS with_timeout;
+SELECT etcd_lock('/regress/t', '0') > 0 AS zero_timeout_reentrant;
+SELECT etcd_unlock('/regress/t') AND etcd_unlock('/regress/t') AS unlocked_twice;
+
+-- try-lock
+SELECT etcd_try_lock('/regress/b') AS try_free;
+SELECT etcd_try_lock('/regress/b') AS try_reentrant;
+SELECT etcd_lock_token('/regress/b') > 0 AS try_has_token;
+SELECT etcd_unlock('/regress/b'), etcd_unlock('/regress/b');
+
+-- etcd_unlock_all releases every session lock at once
+SELECT etcd_lock('/regress/u1') > 0, etcd_lock('/regress/u2') > 0, etcd_lock('/regress/u2') > 0;
+SELECT etcd_unlock_all();
+SELECT etcd_lock_token('/regress/u1') IS NULL AS u1_free, etcd_lock_token('/regress/u2') IS NULL AS u2_free;
+
+-- odd but valid names: unicode, slashes, dots, spaces, 1024 bytes
+SELECT etcd_lock('/jobs/../etc') > 0 AS dots, etcd_lock('späße ☃') > 0 AS unicode,
+       etcd_lock('with space') > 0 AS spaces, etcd_lock(repeat('n', 1024)) > 0 AS longest;
+SELECT etcd_unlock_all();
+
+-- usable in a read-only transaction
+BEGIN READ ONLY;
+SELECT etcd_xact_lock('/regress/ro') > 0 AS in_read_only;
+COMMIT;
+
+-- every function: VOLATILE, PARALLEL UNSAFE, not STRICT (NULL raises)
+SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args,
+       p.provolatile, p.proparallel, p.proisstrict
+FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid
+JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'etcd_lock'
+ORDER BY 1, 2;

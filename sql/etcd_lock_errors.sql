@@ -1,0 +1,54 @@
+-- Bad input gets a clear error with the right SQLSTATE, never a crash.
+CREATE FUNCTION sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE q;
+	RETURN 'no error';
+EXCEPTION WHEN others THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+
+SELECT sqlstate_of($$SELECT etcd_lock(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_try_lock(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_xact_lock(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_try_xact_lock(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_unlock(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_lock_token(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_lock('')$$);
+SELECT sqlstate_of($$SELECT etcd_try_lock('')$$);
+SELECT sqlstate_of($$SELECT etcd_unlock('')$$);
+SELECT sqlstate_of($$SELECT etcd_lock(repeat('x', 1025))$$);
+SELECT sqlstate_of($$SELECT etcd_xact_lock(repeat('é', 513))$$);
+SELECT sqlstate_of($$SELECT etcd_lock('/r', '-1 second')$$);
+SELECT sqlstate_of($$SELECT etcd_xact_lock('/r', '-1 day')$$);
+-- none of these took a lock
+SELECT etcd_lock_token('/r') IS NULL AS nothing_taken;
+
+-- malformed endpoints are refused when set, with a reason (22023)
+ALTER SYSTEM SET etcd_lock.endpoints = '127.0.0.1:2379';
+ALTER SYSTEM SET etcd_lock.endpoints = 'http://127.0.0.1:99999';
+ALTER SYSTEM SET etcd_lock.endpoints = 'http://127.0.0.1:';
+ALTER SYSTEM SET etcd_lock.endpoints = '';
+ALTER SYSTEM SET etcd_lock.endpoints = ' , ';
+ALTER SYSTEM SET etcd_lock.endpoints = 'ftp://127.0.0.1:2379';
+-- endpoints and lease_ttl are server-wide (the worker must agree with us)
+SELECT sqlstate_of($$SET etcd_lock.endpoints = 'http://127.0.0.1:2379'$$);
+SELECT sqlstate_of($$SET etcd_lock.lease_ttl = 5$$);
+SELECT sqlstate_of($$SET etcd_lock.request_timeout = 10$$);
+-- the prefix reserved: unknown etcd_lock.* settings are refused
+SELECT sqlstate_of($$SET etcd_lock.no_such_setting = 1$$);
+-- the prefix is superuser-only
+CREATE ROLE etcd_lock_regress_user;
+SET ROLE etcd_lock_regress_user;
+SELECT sqlstate_of($$SET etcd_lock.prefix = '/other/'$$);
+RESET ROLE;
+DROP ROLE etcd_lock_regress_user;
+
+-- PREPARE TRANSACTION is refused once etcd locks were taken in it
+BEGIN;
+SELECT etcd_xact_lock('/regress/prep') > 0 AS locked;
+PREPARE TRANSACTION 'etcd_lock_regress';
+SELECT etcd_lock_token('/regress/prep') IS NULL AS released_by_failed_prepare;
+BEGIN;
+SELECT etcd_lock('/regress/prep2') > 0 AS locked;
+PREPARE TRANSACTION 'etcd_lock_regress';
+SELECT etcd_lock_token('/regress/prep2') IS NULL AS released_by_failed_prepare;
