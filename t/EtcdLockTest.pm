@@ -1,0 +1,167 @@
+# Helpers for etcd_lock's TAP tests: a real etcd on loopback per test file,
+# PostgreSQL nodes preloaded with the extension, background sessions, and
+# reads of etcd's keys over the JSON gateway (curl).
+package EtcdLockTest;
+
+use strict;
+use warnings;
+use Exporter 'import';
+use JSON::PP;
+use MIME::Base64;
+use POSIX ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+our @EXPORT = qw(start_etcd etcd_node session start_query finish_query
+  query_done etcd_keys etcd_put wait_until);
+
+my @etcd_pids;
+
+# start_etcd(): a single-member etcd with its data in a temp dir; returns a
+# hash with endpoint and pid. Stopped (by PID) when the test file ends.
+sub start_etcd
+{
+	my $dir = PostgreSQL::Test::Utils::tempdir('etcd');
+	my $cport = PostgreSQL::Test::Cluster::get_free_port();
+	my $pport = PostgreSQL::Test::Cluster::get_free_port();
+	my $ep = "http://127.0.0.1:$cport";
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDOUT, '>', "$dir/etcd.log");
+		open(STDERR, '>&', \*STDOUT);
+		exec('etcd', '--name', 'tap', '--data-dir', "$dir/data",
+			'--listen-client-urls', $ep, '--advertise-client-urls', $ep,
+			'--listen-peer-urls', "http://127.0.0.1:$pport",
+			'--initial-advertise-peer-urls', "http://127.0.0.1:$pport",
+			'--initial-cluster', "tap=http://127.0.0.1:$pport");
+		POSIX::_exit(127);
+	}
+	push @etcd_pids, $pid;
+	for (1 .. 100)
+	{
+		last if system("curl -sf $ep/version >/dev/null 2>&1") == 0;
+		usleep(100_000);
+	}
+	return { endpoint => $ep, pid => $pid, dir => $dir };
+}
+
+END
+{
+	local $?;    # waitpid must not change the test's exit status
+	for my $pid (@etcd_pids)
+	{
+		kill 'CONT', $pid;
+		kill 'TERM', $pid;
+		waitpid($pid, 0);
+	}
+}
+
+# etcd_node(name, etcd, conf...): a started node preloaded with etcd_lock,
+# the extension created in database postgres.
+sub etcd_node
+{
+	my ($name, $etcd, %conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'etcd_lock'");
+	$node->append_conf('postgresql.conf', "etcd_lock.endpoints = '$etcd->{endpoint}'");
+	$node->append_conf('postgresql.conf', "$_ = '$conf{$_}'") for sort keys %conf;
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION IF NOT EXISTS etcd_lock');
+	return $node;
+}
+
+# session(node): a background psql session (errors do not stop it).
+sub session
+{
+	my ($node) = @_;
+	return $node->background_psql('postgres', on_error_stop => 0);
+}
+
+my $mark = 0;
+
+# start_query(session, sql): sends sql and returns at once; the returned
+# marker lets query_done/finish_query find its end.
+sub start_query
+{
+	my ($s, $sql) = @_;
+	$mark++;
+	my $m = "QDONE_$mark";
+	$s->{stdin} .= "$sql\n;\n\\echo $m\n\\warn $m\n";
+	$s->{run}->pump_nb;
+	return $m;
+}
+
+# query_done(session, marker): has the query finished?
+sub query_done
+{
+	my ($s, $m) = @_;
+	$s->{run}->pump_nb;
+	return $s->{stdout} =~ /$m\n/ && $s->{stderr} =~ /$m\n/;
+}
+
+# finish_query(session, marker, timeout_s): waits for the query's end;
+# returns (stdout, stderr) of it and clears them. Dies after timeout_s.
+sub finish_query
+{
+	my ($s, $m, $timeout) = @_;
+	$timeout //= 30;
+	my $deadline = time + $timeout;
+	until (query_done($s, $m))
+	{
+		die "query $m did not finish within ${timeout}s" if time > $deadline;
+		usleep(2_000);
+	}
+	my ($out, $err) = ($s->{stdout}, $s->{stderr});
+	$out =~ s/\n?$m\n//;
+	$err =~ s/\n?$m\n//;
+	$s->{stdout} = '';
+	$s->{stderr} = '';
+	return ($out, $err);
+}
+
+# wait_until(sub, timeout_s): polls sub every 10 ms; true if it became true.
+sub wait_until
+{
+	my ($cond, $timeout) = @_;
+	my $deadline = time + ($timeout // 30);
+	while (time < $deadline)
+	{
+		return 1 if $cond->();
+		usleep(10_000);
+	}
+	return 0;
+}
+
+# etcd_keys(etcd, prefix): the keys under prefix, with their values.
+sub etcd_keys
+{
+	my ($etcd, $prefix) = @_;
+	my $k = encode_base64($prefix, '');
+	my @b = unpack('C*', $prefix);
+	$b[-1]++;
+	my $end = encode_base64(pack('C*', @b), '');
+	my $json = `curl -s $etcd->{endpoint}/v3/kv/range -d '{"key":"$k","range_end":"$end"}'`;
+	my %kv;
+	my $r = JSON::PP::decode_json($json);
+	for my $e (@{ $r->{kvs} // [] })
+	{
+		$kv{ decode_base64($e->{key}) } = decode_base64($e->{value} // '');
+	}
+	return \%kv;
+}
+
+# etcd_put(etcd, key, value): a plain put (to play another client).
+sub etcd_put
+{
+	my ($etcd, $key, $value) = @_;
+	my $k = encode_base64($key, '');
+	my $v = encode_base64($value, '');
+	system("curl -s $etcd->{endpoint}/v3/kv/put -d '{\"key\":\"$k\",\"value\":\"$v\"}' >/dev/null");
+}
+
+1;
