@@ -33,6 +33,7 @@ sub start_etcd
 	{
 		open(STDOUT, '>', "$dir/etcd.log");
 		open(STDERR, '>&', \*STDOUT);
+		no warnings "exec";
 		exec('etcd', '--name', 'tap', '--data-dir', "$dir/data",
 			'--listen-client-urls', $ep, '--advertise-client-urls', $ep,
 			'--listen-peer-urls', "http://127.0.0.1:$pport",
