@@ -59,3 +59,31 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION etcd_lock_token(text) IS
 'fencing token of the etcd lock NAME if this session holds it, else NULL';
+
+-- Locks held or awaited by the backends of this instance (shared memory,
+-- no etcd call), like pg_locks.
+CREATE FUNCTION etcd_locks_internal(
+    OUT pid integer, OUT name text, OUT scope text, OUT mode text,
+    OUT count integer, OUT token bigint, OUT lease_id text,
+    OUT since timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'etcd_locks_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE VIEW etcd_locks AS SELECT * FROM etcd_locks_internal();
+
+COMMENT ON VIEW etcd_locks IS
+'etcd locks held or awaited by the backends of this instance';
+
+-- What etcd says, across every client of the etcd cluster: per lock name
+-- under name_prefix, its holder, the number of waiters and the holder
+-- lease's remaining TTL. Holder details (JSON) need pg_read_all_stats.
+CREATE FUNCTION etcd_lock_holders(name_prefix text DEFAULT '',
+    OUT name text, OUT token bigint, OUT lease_id text, OUT holder jsonb,
+    OUT waiters integer, OUT ttl_seconds bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'etcd_lock_holders_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_lock_holders(text) IS
+'holders and waiter counts of etcd locks, read from etcd';

@@ -39,13 +39,30 @@ SELECT etcd_lock('/jobs/../etc') > 0 AS dots, etcd_lock('späße ☃') > 0 AS un
        etcd_lock('with space') > 0 AS spaces, etcd_lock(repeat('n', 1024)) > 0 AS longest;
 SELECT etcd_unlock_all();
 
+-- etcd_locks shows this session's holds, from shared memory
+SELECT etcd_lock('/regress/v') AS tv \gset
+SELECT etcd_lock('/regress/v') = :tv AS reentrant;
+BEGIN;
+SELECT etcd_xact_lock('/regress/v') = :tv AS xact_on_same_key;
+SELECT name, scope, mode, count, token = :tv AS token_ok, lease_id ~ '^[0-9a-f]+$' AS hex_lease
+  FROM etcd_locks WHERE pid = pg_backend_pid();
+COMMIT;
+SELECT name, scope, mode, count FROM etcd_locks WHERE pid = pg_backend_pid();
+-- and etcd agrees: one key, held by us, nobody waiting
+SELECT name, token = :tv AS token_ok, holder->>'pid' = pg_backend_pid()::text AS us,
+       waiters, ttl_seconds > 0 AS live
+  FROM etcd_lock_holders('/regress/');
+SELECT etcd_unlock_all();
+SELECT count(*) AS left_in_view FROM etcd_locks WHERE pid = pg_backend_pid();
+SELECT count(*) AS left_in_etcd FROM etcd_lock_holders('/regress/');
+
 -- usable in a read-only transaction
 BEGIN READ ONLY;
 SELECT etcd_xact_lock('/regress/ro') > 0 AS in_read_only;
 COMMIT;
 
 -- every function: VOLATILE, PARALLEL UNSAFE, not STRICT (NULL raises)
-SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args,
+SELECT p.proname, p.pronargs,
        p.provolatile, p.proparallel, p.proisstrict
 FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'etcd_lock'

@@ -6,14 +6,23 @@
 
 #include <limits.h>
 
+#include "catalog/pg_authid_d.h"
+#include "common/jsonapi.h"
 #include "datatype/timestamp.h"
 #include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
 #include "etcd_lock.h"
 #include "guc.h"
+#include "lockops.h"
 #include "locktable.h"
+#include "shmem.h"
 
 PG_FUNCTION_INFO_V1(etcd_lock_sql);
 PG_FUNCTION_INFO_V1(etcd_try_lock_sql);
@@ -22,6 +31,8 @@ PG_FUNCTION_INFO_V1(etcd_try_xact_lock_sql);
 PG_FUNCTION_INFO_V1(etcd_unlock_sql);
 PG_FUNCTION_INFO_V1(etcd_unlock_all_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_token_sql);
+PG_FUNCTION_INFO_V1(etcd_locks_sql);
+PG_FUNCTION_INFO_V1(etcd_lock_holders_sql);
 
 static void
 check_preloaded(void)
@@ -155,4 +166,121 @@ etcd_lock_token_sql(PG_FUNCTION_ARGS)
 	if (!etcd_token(name, &token))
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(token);
+}
+
+/*
+ * etcd_locks_sql returns one row per lock held or awaited by any backend of
+ * this instance, from shared memory (no etcd call), like pg_locks.
+ */
+Datum
+etcd_locks_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	EtcdLockInfo *copy;
+	int			n = 0,
+				i;
+
+	check_preloaded();
+	InitMaterializedSRF(fcinfo, 0);
+
+	/* copy under the lock, build tuples after */
+	copy = palloc(sizeof(EtcdLockInfo) * etcd_shared->ninfos);
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	for (i = 0; i < etcd_shared->ninfos; i++)
+		if (etcd_shared->infos[i].mode != LOCKINFO_FREE)
+			copy[n++] = etcd_shared->infos[i];
+	LWLockRelease(etcd_shared->lock);
+
+	for (i = 0; i < n; i++)
+	{
+		Datum		values[8];
+		bool		nulls[8] = {0};
+		EtcdLockInfo *li = &copy[i];
+		bool		held = li->mode == LOCKINFO_HELD;
+		char		hex[24];
+
+		values[0] = Int32GetDatum(li->pid);
+		values[1] = CStringGetTextDatum(li->name);
+		values[2] = CStringGetTextDatum(li->nsession > 0 && li->nxact > 0 ? "session+xact" :
+										li->nxact > 0 ? "xact" : "session");
+		values[3] = CStringGetTextDatum(held ? "held" : "waiting");
+		values[4] = Int32GetDatum(held ? li->nsession + li->nxact : 0);
+		values[5] = Int64GetDatum(li->token);
+		nulls[5] = !held;
+		snprintf(hex, sizeof(hex), "%llx", (unsigned long long) li->lease_id);
+		values[6] = CStringGetTextDatum(hex);
+		values[7] = TimestampTzGetDatum(li->since);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * holder_jsonb turns a holder's key value into jsonb, or NULL when it is
+ * not a JSON object (etcd's Go mutex stores an empty value).
+ */
+static bool
+holder_jsonb(const char *value, Datum *out)
+{
+	JsonLexContext *lex;
+
+	if (value[0] != '{' || strstr(value, "\\u0000") != NULL)
+		return false;
+	if (pg_verify_mbstr(GetDatabaseEncoding(), value, strlen(value), true) == false)
+		return false;
+	lex = makeJsonLexContextCstringLen(pstrdup(value), strlen(value),
+									   GetDatabaseEncoding(), false);
+	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
+		return false;
+	*out = DirectFunctionCall1(jsonb_in, CStringGetDatum(value));
+	return true;
+}
+
+/*
+ * etcd_lock_holders_sql reads etcd: one row per lock name under the given
+ * name prefix, with its holder, waiters and the holder lease's TTL. The
+ * holder's details (who, where) are shown only to members of
+ * pg_read_all_stats (and superusers); others see names and tokens.
+ */
+Datum
+etcd_lock_holders_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *name_prefix;
+	EtcdHolder *h;
+	int			n,
+				i;
+	bool		details;
+
+	check_preloaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("etcd lock name prefix must not be null")));
+	name_prefix = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (strlen(name_prefix) > ETCD_MAX_NAME)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd lock name prefix is too long")));
+	details = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
+
+	InitMaterializedSRF(fcinfo, 0);
+	h = etcd_lock_holders(etcd_lock_prefix, name_prefix, &n);
+	for (i = 0; i < n; i++)
+	{
+		Datum		values[6];
+		bool		nulls[6] = {0};
+		char		hex[24];
+
+		values[0] = CStringGetTextDatum(h[i].name);
+		values[1] = Int64GetDatum(h[i].token);
+		snprintf(hex, sizeof(hex), "%llx", (unsigned long long) h[i].lease_id);
+		values[2] = CStringGetTextDatum(hex);
+		nulls[3] = !details || !holder_jsonb(h[i].value, &values[3]);
+		values[4] = Int32GetDatum(h[i].waiters);
+		values[5] = Int64GetDatum(h[i].ttl);
+		nulls[5] = h[i].ttl < 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

@@ -459,3 +459,163 @@ etcd_lock_release(const char *key, int keylen, int64 token, EtcdStatus *st)
 	pfree(key64.data);
 	return ok;
 }
+
+/* ---- listing holders ---- */
+
+typedef struct ListReply
+{
+	const char *prefix;
+	int			prefixlen;
+	EtcdHolder *items;
+	int			n;
+	int			cap;
+} ListReply;
+
+/*
+ * parse_list keeps the keys that look like lock keys: attached to a lease
+ * and ending in "/<that lease in hex>" (the scheme etcd's Go mutex uses).
+ * Anything else in the range (other applications' keys) is skipped.
+ */
+static bool
+parse_list(json_t *root, void *arg)
+{
+	ListReply  *r = arg;
+	json_t	   *kvs = json_object_get(root, "kvs");
+	json_t	   *kv;
+	size_t		i;
+
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	json_array_foreach(kvs, i, kv)
+	{
+		json_t	   *jkey = json_object_get(kv, "key");
+		json_t	   *jval = json_object_get(kv, "value");
+		int64		rev,
+					lease;
+		char	   *key,
+				   *slash,
+				   *val = NULL;
+		char		hex[24];
+		int			keylen;
+
+		if (!json_is_string(jkey) ||
+			!etcd_json_int64(kv, "create_revision", &rev) ||
+			!etcd_json_int64(kv, "lease", &lease))
+			return false;
+		if (lease == 0)
+			continue;
+		key = etcd_b64_decode(json_string_value(jkey), &keylen);
+		if (key == NULL)
+			return false;
+		slash = strrchr(key, '/');
+		snprintf(hex, sizeof(hex), "%llx", (unsigned long long) lease);
+		if ((int) strlen(key) != keylen || keylen < r->prefixlen ||
+			memcmp(key, r->prefix, r->prefixlen) != 0 ||
+			slash == NULL || slash < key + r->prefixlen + 1 ||
+			strcmp(slash + 1, hex) != 0)
+		{
+			pfree(key);
+			continue;
+		}
+		if (json_is_string(jval))
+			val = etcd_b64_decode(json_string_value(jval), NULL);
+		*slash = '\0';
+		if (r->n >= r->cap)
+		{
+			r->cap = r->cap ? r->cap * 2 : 16;
+			r->items = r->items ? repalloc(r->items, r->cap * sizeof(EtcdHolder)) :
+				palloc(r->cap * sizeof(EtcdHolder));
+		}
+		r->items[r->n].name = pstrdup(key + r->prefixlen);
+		r->items[r->n].token = rev;
+		r->items[r->n].lease_id = lease;
+		r->items[r->n].value = val ? val : pstrdup("");
+		r->items[r->n].waiters = 0;
+		r->items[r->n].ttl = -1;
+		r->n++;
+		pfree(key);
+	}
+	return true;
+}
+
+static int
+holder_cmp(const void *a, const void *b)
+{
+	const EtcdHolder *x = a;
+	const EtcdHolder *y = b;
+	int			c = strcmp(x->name, y->name);
+
+	if (c != 0)
+		return c;
+	return x->token < y->token ? -1 : x->token > y->token;
+}
+
+static bool
+parse_ttl(json_t *root, void *arg)
+{
+	return etcd_json_int64(root, "TTL", (int64 *) arg);
+}
+
+/*
+ * etcd_lock_holders reads every lock key whose name starts with name_prefix
+ * (under etcd_lock.prefix) and returns one entry per lock name: its holder
+ * (the oldest key), the number of waiters, and the holder lease's remaining
+ * TTL. One range read plus one lease lookup per lock name.
+ */
+EtcdHolder *
+etcd_lock_holders(const char *prefix, const char *name_prefix, int *nholders)
+{
+	ListReply	r = {0};
+	StringInfoData b;
+	char	   *start = psprintf("%s%s", prefix ? prefix : "", name_prefix);
+	int			startlen = strlen(start);
+	int			i,
+				out = 0;
+
+	r.prefix = prefix ? prefix : "";
+	r.prefixlen = strlen(r.prefix);
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"key\":\"");
+	if (startlen == 0)
+	{
+		/* the whole key space: from "\0" to the end */
+		etcd_append_b64(&b, "\0", 1);
+		appendStringInfoString(&b, "\",\"range_end\":\"");
+		etcd_append_b64(&b, "\0", 1);
+	}
+	else
+	{
+		etcd_append_b64(&b, start, startlen);
+		appendStringInfoString(&b, "\",\"range_end\":\"");
+		append_range_end(&b, start, startlen);
+	}
+	appendStringInfoString(&b, "\"}");
+	etcd_request_or_error("/v3/kv/range", b.data, parse_list, &r, "list locks");
+
+	if (r.n > 1)
+		qsort(r.items, r.n, sizeof(EtcdHolder), holder_cmp);
+	/* keep the oldest key per name; count the rest as its waiters */
+	for (i = 0; i < r.n; i++)
+	{
+		if (out > 0 && strcmp(r.items[out - 1].name, r.items[i].name) == 0)
+		{
+			r.items[out - 1].waiters++;
+			continue;
+		}
+		r.items[out++] = r.items[i];
+	}
+	for (i = 0; i < out; i++)
+	{
+		char		body[64];
+		int64		ttl = -1;
+
+		snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", r.items[i].lease_id);
+		etcd_request_or_error("/v3/lease/timetolive", body, parse_ttl, &ttl,
+							  "read a lease");
+		r.items[i].ttl = ttl;
+	}
+	*nholders = out;
+	return r.items;
+}

@@ -31,4 +31,18 @@ extern bool etcd_lock_wait(const EtcdLockKeys *k, int64 rev,
 extern bool etcd_lock_release(const char *key, int keylen, int64 token,
 							  EtcdStatus *st);
 
+/* One lock name as etcd shows it, for etcd_lock_holders(). */
+typedef struct EtcdHolder
+{
+	char	   *name;			/* lock name (prefix stripped) */
+	int64		token;			/* holder's create_revision */
+	int64		lease_id;		/* holder's lease */
+	char	   *value;			/* holder's value ("" for Go clients) */
+	int			waiters;		/* keys queued behind the holder */
+	int64		ttl;			/* holder lease's remaining TTL, -1 if gone */
+} EtcdHolder;
+
+extern EtcdHolder *etcd_lock_holders(const char *prefix, const char *name_prefix,
+									 int *nholders);
+
 #endif

@@ -60,6 +60,7 @@ typedef struct LocalLock
 	int			nacq;
 	int			maxacq;
 	LocalAcq   *acqs;
+	EtcdLockInfo *info;			/* our entry in the etcd_locks view */
 } LocalLock;
 
 static HTAB *lt_locks = NULL;
@@ -98,6 +99,8 @@ lt_create_table(void)
 static void
 lt_free_entry(LocalLock *e)
 {
+	etcd_lockinfo_remove(e->info);
+	e->info = NULL;
 	if (e->name)
 		pfree(e->name);
 	if (e->key)
@@ -286,6 +289,23 @@ lt_push_acq(LocalLock *e, bool xact)
 }
 
 /*
+ * lt_publish shows e's current holds in the etcd_locks view.
+ */
+static void
+lt_publish(LocalLock *e)
+{
+	int			i,
+				nxact = 0;
+
+	if (e->info == NULL || e->nacq == 0)
+		return;
+	for (i = 0; i < e->nacq; i++)
+		if (e->acqs[i].xact)
+			nxact++;
+	etcd_lockinfo_set(e->info, LOCKINFO_HELD, e->nacq - nxact, nxact, e->token);
+}
+
+/*
  * lt_wait_queued makes sure no queued release of our key is outstanding:
  * takes back a pending release of a held key (returns true, *token set) or
  * waits until the worker has sent it. Bounded by the caller's deadline and
@@ -330,6 +350,26 @@ lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
 	return taken;
 }
 
+/*
+ * lt_wait_removed waits briefly for the worker to delete the queue key of a
+ * wait that is being abandoned (cancel, timeout, error), so nobody queues
+ * behind a ghost once the ERROR returns. Runs in an error path: interrupts
+ * are held, nothing here throws, and the wait is bounded (40 ms); if etcd is
+ * slower, the worker finishes the job after the error returned.
+ */
+static void
+lt_wait_removed(const EtcdLockKeys *k)
+{
+	TimestampTz giveup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 40);
+
+	HOLD_INTERRUPTS();
+	while (etcd_release_pending(lt_lease, k->key, k->keylen) &&
+		   GetCurrentTimestamp() < giveup)
+		ConditionVariableTimedSleep(&etcd_shared->release_cv, 5, PG_WAIT_EXTENSION);
+	ConditionVariableCancelSleep();
+	RESUME_INTERRUPTS();
+}
+
 static void
 lt_raise_timeout(const char *name, bool by_lock_timeout)
 {
@@ -371,6 +411,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 	if (e && e->nacq > 0)
 	{
 		lt_push_acq(e, xact);
+		lt_publish(e);
 		*token = e->token;
 		return true;
 	}
@@ -403,6 +444,8 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		e->nacq = 0;
 		e->maxacq = 0;
 		e->acqs = NULL;
+		e->info = etcd_lockinfo_add(name, lt_lease);
+		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
 	}
 
 	PG_TRY();
@@ -449,8 +492,9 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		 * revision it has, which is safe because this backend will not use
 		 * the key again before that release is done.
 		 */
-		if (key_sent)
-			etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, 0, false);
+		if (key_sent &&
+			etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, 0, false))
+			lt_wait_removed(&k);
 		if (e->nacq == 0)
 			lt_free_entry(e);
 		PG_RE_THROW();
@@ -464,6 +508,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 	}
 	e->token = rev;
 	lt_push_acq(e, xact);
+	lt_publish(e);
 	*token = rev;
 	return true;
 }
@@ -520,6 +565,8 @@ etcd_release(const char *name)
 	e->nacq--;
 	if (e->nacq == 0)
 		lt_free_entry(e);
+	else
+		lt_publish(e);
 	return true;
 }
 
@@ -555,7 +602,10 @@ etcd_release_all(void)
 		}
 		e->nacq = j;
 		if (e->nacq > 0)
+		{
+			lt_publish(e);
 			continue;
+		}
 		if (!etcd_down)
 		{
 			EtcdStatus	st;
@@ -628,6 +678,8 @@ lt_end_xact(bool commit)
 		e->nacq = j;
 		if (e->nacq == 0)
 			lt_release_async(e);
+		else
+			lt_publish(e);
 	}
 	lt_xact_acqs = 0;
 }
@@ -690,5 +742,7 @@ lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
 		e->nacq = j;
 		if (e->nacq == 0)
 			lt_release_async(e);
+		else
+			lt_publish(e);
 	}
 }

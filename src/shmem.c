@@ -30,13 +30,20 @@ etcd_nreleases(void)
 	return Max(256, MaxBackends * 4);
 }
 
+static int
+etcd_ninfos(void)
+{
+	return Max(256, MaxBackends * 8);
+}
+
 static Size
 etcd_shmem_size(void)
 {
 	Size		sz = MAXALIGN(sizeof(EtcdShared));
 
 	sz = add_size(sz, MAXALIGN(mul_size(MaxBackends, sizeof(EtcdLeaseSlot))));
-	sz = add_size(sz, mul_size(etcd_nreleases(), sizeof(EtcdRelease)));
+	sz = add_size(sz, MAXALIGN(mul_size(etcd_nreleases(), sizeof(EtcdRelease))));
+	sz = add_size(sz, mul_size(etcd_ninfos(), sizeof(EtcdLockInfo)));
 	return sz;
 }
 
@@ -72,6 +79,9 @@ etcd_shmem_startup(void)
 		etcd_shared->slots = (EtcdLeaseSlot *) p;
 		p += MAXALIGN(mul_size(MaxBackends, sizeof(EtcdLeaseSlot)));
 		etcd_shared->releases = (EtcdRelease *) p;
+		p += MAXALIGN(mul_size(etcd_nreleases(), sizeof(EtcdRelease)));
+		etcd_shared->ninfos = etcd_ninfos();
+		etcd_shared->infos = (EtcdLockInfo *) p;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -191,4 +201,94 @@ etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int64 *token)
 	}
 	LWLockRelease(etcd_shared->lock);
 	return result;
+}
+
+/*
+ * etcd_release_pending says whether a release of key by lease_id is still
+ * queued or being sent.
+ */
+bool
+etcd_release_pending(int64 lease_id, const char *key, int keylen)
+{
+	bool		found = false;
+	int			i;
+
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	for (i = 0; i < etcd_shared->nreleases && etcd_shared->npending > 0; i++)
+	{
+		EtcdRelease *r = &etcd_shared->releases[i];
+
+		if (r->state != REL_FREE && r->kind == REL_DELETE &&
+			r->lease_id == lease_id && r->keylen == keylen &&
+			memcmp(r->key, key, keylen) == 0)
+		{
+			found = true;
+			break;
+		}
+	}
+	LWLockRelease(etcd_shared->lock);
+	return found;
+}
+
+/*
+ * etcd_lockinfo_add publishes a lock this backend awaits or holds, for the
+ * etcd_locks view. NULL if the table is full: the lock works, it is only
+ * not shown.
+ */
+EtcdLockInfo *
+etcd_lockinfo_add(const char *name, int64 lease_id)
+{
+	EtcdLockInfo *found = NULL;
+	int			i;
+
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < etcd_shared->ninfos; i++)
+	{
+		EtcdLockInfo *info = &etcd_shared->infos[i];
+
+		if (info->mode != LOCKINFO_FREE)
+			continue;
+		info->mode = LOCKINFO_WAITING;
+		info->pid = MyProcPid;
+		info->owner = MyBackendId - 1;
+		info->nsession = 0;
+		info->nxact = 0;
+		info->token = 0;
+		info->lease_id = lease_id;
+		info->since = GetCurrentTimestamp();
+		strlcpy(info->name, name, sizeof(info->name));
+		found = info;
+		break;
+	}
+	LWLockRelease(etcd_shared->lock);
+	return found;
+}
+
+/*
+ * etcd_lockinfo_set updates a published entry (no-op for NULL).
+ */
+void
+etcd_lockinfo_set(EtcdLockInfo *info, EtcdLockMode mode, int nsession,
+				  int nxact, int64 token)
+{
+	if (info == NULL)
+		return;
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	if (info->mode != mode)
+		info->since = GetCurrentTimestamp();
+	info->mode = mode;
+	info->nsession = nsession;
+	info->nxact = nxact;
+	info->token = token;
+	LWLockRelease(etcd_shared->lock);
+}
+
+void
+etcd_lockinfo_remove(EtcdLockInfo *info)
+{
+	if (info == NULL)
+		return;
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	info->mode = LOCKINFO_FREE;
+	LWLockRelease(etcd_shared->lock);
 }

@@ -57,6 +57,30 @@ typedef struct EtcdRelease
 	char		key[ETCD_MAX_KEY];
 } EtcdRelease;
 
+/*
+ * What etcd_locks shows: one entry per lock name a backend holds or awaits.
+ * Written only by its owner backend (under the lock), read by anyone.
+ */
+typedef enum EtcdLockMode
+{
+	LOCKINFO_FREE = 0,
+	LOCKINFO_WAITING,
+	LOCKINFO_HELD
+} EtcdLockMode;
+
+typedef struct EtcdLockInfo
+{
+	int			mode;			/* EtcdLockMode */
+	pid_t		pid;
+	int			owner;			/* backend slot */
+	int			nsession;		/* session-level holds */
+	int			nxact;			/* transaction-level holds */
+	int64		token;
+	int64		lease_id;
+	TimestampTz since;
+	char		name[ETCD_MAX_NAME + 1];
+} EtcdLockInfo;
+
 typedef struct EtcdShared
 {
 	LWLock	   *lock;			/* protects everything below */
@@ -68,6 +92,8 @@ typedef struct EtcdShared
 	int			npending;		/* entries in state PENDING or BUSY */
 	EtcdLeaseSlot *slots;
 	EtcdRelease *releases;
+	int			ninfos;
+	EtcdLockInfo *infos;
 } EtcdShared;
 
 extern EtcdShared *etcd_shared;
@@ -85,6 +111,12 @@ typedef enum EtcdReclaim
 	RECLAIM_TAKEN,				/* a queued release of a held key was taken back */
 	RECLAIM_WAIT				/* a release of it is in flight or not reclaimable */
 } EtcdReclaim;
+
+extern EtcdLockInfo *etcd_lockinfo_add(const char *name, int64 lease_id);
+extern void etcd_lockinfo_set(EtcdLockInfo *info, EtcdLockMode mode,
+							  int nsession, int nxact, int64 token);
+extern void etcd_lockinfo_remove(EtcdLockInfo *info);
+extern bool etcd_release_pending(int64 lease_id, const char *key, int keylen);
 
 extern EtcdReclaim etcd_reclaim_release(int64 lease_id, const char *key,
 										int keylen, int64 *token);
