@@ -19,3 +19,7 @@ EXTRA_CLEAN = tmp_check_regress regress.conf
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies: a changed struct in a header must
+# rebuild every object, or the modules disagree on shared memory layout.
+$(OBJS): $(wildcard $(srcdir)/src/*.h)

@@ -547,6 +547,16 @@ bool
 etcd_request(const char *path, const char *body, EtcdParseFn parse, void *arg,
 			 EtcdStatus *st)
 {
+	return etcd_request_ex(path, body, parse, arg, st, etcd_lock_request_timeout);
+}
+
+/*
+ * etcd_request_ex is etcd_request with its own time bound (ms).
+ */
+bool
+etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
+				void *arg, EtcdStatus *st, int timeout_ms)
+{
 	TimestampTz deadline;
 	int			neps,
 				attempt;
@@ -555,8 +565,7 @@ etcd_request(const char *path, const char *body, EtcdParseFn parse, void *arg,
 
 	gw_init();
 	neps = gw_endpoints();
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   etcd_lock_request_timeout);
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(timeout_ms, 1));
 	memset(st, 0, sizeof(*st));
 	tried[0] = '\0';
 

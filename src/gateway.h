@@ -45,6 +45,9 @@ typedef bool (*EtcdParseFn) (struct json_t *root, void *arg);
 
 extern bool etcd_request(const char *path, const char *body,
 						 EtcdParseFn parse, void *arg, EtcdStatus *st);
+extern bool etcd_request_ex(const char *path, const char *body,
+							EtcdParseFn parse, void *arg, EtcdStatus *st,
+							int timeout_ms);
 extern void etcd_request_or_error(const char *path, const char *body,
 								  EtcdParseFn parse, void *arg,
 								  const char *what);

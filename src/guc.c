@@ -18,6 +18,15 @@ char	   *etcd_lock_endpoints = NULL;
 char	   *etcd_lock_prefix = NULL;
 int			etcd_lock_lease_ttl = 10;
 int			etcd_lock_request_timeout = 5000;
+int			etcd_lock_on_lease_loss = ON_LOSS_CANCEL;
+bool		etcd_lock_verify_on_commit = false;
+
+static const struct config_enum_entry on_lease_loss_options[] = {
+	{"cancel", ON_LOSS_CANCEL, false},
+	{"terminate", ON_LOSS_TERMINATE, false},
+	{"warn", ON_LOSS_WARN, false},
+	{NULL, 0, false}
+};
 
 /*
  * etcd_lock_parse_endpoints splits a comma-separated endpoint list into
@@ -207,5 +216,20 @@ etcd_lock_define_gucs(void)
 							5000, 100, 600000,
 							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomEnumVariable("etcd_lock.on_lease_loss",
+							 "What happens to a session whose etcd lease is lost while it holds locks.",
+							 "cancel: its running statement is cancelled; terminate: the session ends; "
+							 "warn: a WARNING at its next statement. In every mode its next lock call fails.",
+							 &etcd_lock_on_lease_loss,
+							 ON_LOSS_CANCEL, on_lease_loss_options,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("etcd_lock.verify_on_commit",
+							 "Verify at COMMIT, with one linearizable etcd read, that the session still holds its etcd locks.",
+							 "If a lock was lost, the COMMIT fails and the transaction rolls back.",
+							 &etcd_lock_verify_on_commit,
+							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 	MarkGUCPrefixReserved("etcd_lock");
 }

@@ -15,6 +15,15 @@ extern char *etcd_lock_endpoints;
 extern char *etcd_lock_prefix;
 extern int	etcd_lock_lease_ttl;
 extern int	etcd_lock_request_timeout;
+extern int	etcd_lock_on_lease_loss;
+extern bool etcd_lock_verify_on_commit;
+
+typedef enum EtcdOnLeaseLoss
+{
+	ON_LOSS_CANCEL,				/* cancel the holder's running statement */
+	ON_LOSS_TERMINATE,			/* end the holder's session */
+	ON_LOSS_WARN				/* WARNING at its next statement */
+} EtcdOnLeaseLoss;
 
 extern void etcd_lock_define_gucs(void);
 extern int	etcd_lock_parse_endpoints(const char *list, char **out, int max,

@@ -103,17 +103,18 @@ parse_keepalive(json_t *root, void *arg)
 }
 
 /*
- * etcd_lease_keepalive renews a lease once. On success *ttl is the new TTL,
- * or 0 if etcd says the lease no longer exists.
+ * etcd_lease_keepalive renews a lease once, within timeout_ms. On success
+ * *ttl is the new TTL, or 0 if etcd says the lease no longer exists.
  */
 bool
-etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st)
+etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st, int timeout_ms)
 {
 	LeaseReply	r = {0};
 	char		body[64];
 
 	snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", lease_id);
-	if (!etcd_request("/v3/lease/keepalive", body, parse_keepalive, &r, st))
+	if (!etcd_request_ex("/v3/lease/keepalive", body, parse_keepalive, &r, st,
+						 timeout_ms))
 		return false;
 	*ttl = r.ttl > 0 ? (int) Min(r.ttl, INT_MAX) : 0;
 	return true;
@@ -458,6 +459,53 @@ etcd_lock_release(const char *key, int keylen, int64 token, EtcdStatus *st)
 	pfree(b.data);
 	pfree(key64.data);
 	return ok;
+}
+
+/* ---- verification ---- */
+
+static bool
+parse_succeeded(json_t *root, void *arg)
+{
+	*(bool *) arg = json_is_true(json_object_get(root, "succeeded"));
+	return true;
+}
+
+/*
+ * etcd_locks_still_held checks, with linearizable reads (read-only txns of
+ * compares, up to 128 per txn), that every key still exists with its
+ * create_revision: then each is still the oldest under its name, so still
+ * held. False if any is gone.
+ */
+bool
+etcd_locks_still_held(char **keys, int *keylens, int64 *tokens, int n)
+{
+	int			done = 0;
+
+	while (done < n)
+	{
+		int			batch = Min(n - done, 128);
+		int			i;
+		bool		succeeded = false;
+		StringInfoData b;
+
+		initStringInfo(&b);
+		appendStringInfoString(&b, "{\"compare\":[");
+		for (i = done; i < done + batch; i++)
+		{
+			appendStringInfo(&b, "%s{\"key\":\"", i > done ? "," : "");
+			etcd_append_b64(&b, keys[i], keylens[i]);
+			appendStringInfo(&b, "\",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+							 "\"create_revision\":\"" INT64_FORMAT "\"}", tokens[i]);
+		}
+		appendStringInfoString(&b, "]}");
+		etcd_request_or_error("/v3/kv/txn", b.data, parse_succeeded, &succeeded,
+							  "verify the locks of this session");
+		pfree(b.data);
+		if (!succeeded)
+			return false;
+		done += batch;
+	}
+	return true;
 }
 
 /* ---- listing holders ---- */

@@ -21,7 +21,8 @@ extern void etcd_lock_keys(EtcdLockKeys *k, const char *prefix,
 						   const char *name, int64 lease_id);
 
 extern int64 etcd_lease_grant(int ttl);
-extern bool etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st);
+extern bool etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st,
+								 int timeout_ms);
 extern bool etcd_lease_revoke(int64 lease_id, EtcdStatus *st);
 
 extern bool etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id,
@@ -30,6 +31,9 @@ extern bool etcd_lock_wait(const EtcdLockKeys *k, int64 rev,
 						   TimestampTz deadline, bool (*lease_ok) (void));
 extern bool etcd_lock_release(const char *key, int keylen, int64 token,
 							  EtcdStatus *st);
+
+extern bool etcd_locks_still_held(char **keys, int *keylens, int64 *tokens,
+								  int n);
 
 /* One lock name as etcd shows it, for etcd_lock_holders(). */
 typedef struct EtcdHolder

@@ -22,6 +22,8 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "executor/executor.h"
+#include "tcop/utility.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "postmaster/postmaster.h"
@@ -61,12 +63,19 @@ typedef struct LocalLock
 	int			maxacq;
 	LocalAcq   *acqs;
 	EtcdLockInfo *info;			/* our entry in the etcd_locks view */
+	bool		counted;		/* counted in the slot's nheld */
 } LocalLock;
 
 static HTAB *lt_locks = NULL;
 static int64 lt_lease = 0;		/* this backend's lease, 0 if none */
 static int	lt_xact_acqs = 0;	/* acquisitions made in the current xact */
 static bool lt_exit_registered = false;
+
+static bool lt_loss_warned = false;	/* warn mode: WARNING given */
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
+static ExecutorStart_hook_type prev_ExecutorStart = NULL;
+static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
 static char *lt_database = NULL;
 static char *lt_user = NULL;
@@ -78,11 +87,24 @@ static void lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
 /*
  * etcd_locktable_init registers the transaction hooks (at preload).
  */
+static void lt_emit_log(ErrorData *edata);
+static void lt_ExecutorStart(QueryDesc *queryDesc, int eflags);
+static void lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
+							  bool readOnlyTree, ProcessUtilityContext context,
+							  ParamListInfo params, QueryEnvironment *queryEnv,
+							  DestReceiver *dest, QueryCompletion *qc);
+
 void
 etcd_locktable_init(void)
 {
 	RegisterXactCallback(lt_xact_cb, NULL);
 	RegisterSubXactCallback(lt_subxact_cb, NULL);
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = lt_emit_log;
+	prev_ExecutorStart = ExecutorStart_hook;
+	ExecutorStart_hook = lt_ExecutorStart;
+	prev_ProcessUtility = ProcessUtility_hook;
+	ProcessUtility_hook = lt_ProcessUtility;
 }
 
 static void
@@ -97,8 +119,18 @@ lt_create_table(void)
 }
 
 static void
+lt_count_held(LocalLock *e, bool held)
+{
+	if (e->counted == held || lt_lease == 0)
+		return;
+	e->counted = held;
+	etcd_my_slot()->nheld += held ? 1 : -1;
+}
+
+static void
 lt_free_entry(LocalLock *e)
 {
+	lt_count_held(e, false);
 	etcd_lockinfo_remove(e->info);
 	e->info = NULL;
 	if (e->name)
@@ -154,11 +186,107 @@ lt_forget_lease(StringInfo lost_names)
 
 		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 		if (slot->lease_id == lt_lease)
+		{
 			slot->state = LEASE_NONE;
+			slot->nheld = 0;
+		}
 		LWLockRelease(etcd_shared->lock);
 	}
 	lt_lease = 0;
 	lt_xact_acqs = 0;
+}
+
+/*
+ * lt_held_names lists the names of the locks this backend holds, quoted.
+ */
+static char *
+lt_held_names(void)
+{
+	StringInfoData names;
+	HASH_SEQ_STATUS seq;
+	LocalLock  *e;
+
+	initStringInfo(&names);
+	if (lt_locks == NULL)
+		return names.data;
+	hash_seq_init(&seq, lt_locks);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->nacq > 0)
+			appendStringInfo(&names, "%s\"%s\"", names.len ? ", " : "", e->name);
+	return names.data;
+}
+
+/*
+ * lt_emit_log rewrites the cancel (or terminate) that the worker sent for
+ * on_lease_loss into an error that says why and names the lost locks.
+ * Runs in ErrorContext; must not throw.
+ */
+static void
+lt_emit_log(ErrorData *edata)
+{
+	static bool in_hook = false;
+
+	if (!in_hook && lt_lease != 0 && etcd_shared != NULL &&
+		((edata->elevel == ERROR && edata->sqlerrcode == ERRCODE_QUERY_CANCELED) ||
+		 (edata->elevel == FATAL && edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)) &&
+		lt_lease_lost())
+	{
+		char	   *names;
+
+		in_hook = true;
+		names = lt_held_names();
+		edata->message = psprintf("%s: the etcd lease of this session expired; its locks were lost",
+								  edata->elevel == FATAL ? "terminating connection" :
+								  "canceling statement");
+		edata->detail = names[0] ? psprintf("Lost locks: %s.", names) : NULL;
+		edata->hint = pstrdup("Another session may hold these locks now. Use fencing tokens to protect work outside the database.");
+		edata->sqlerrcode = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+		in_hook = false;
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/*
+ * lt_warn_if_lost gives the on_lease_loss = warn WARNING, once per lease.
+ */
+static void
+lt_warn_if_lost(void)
+{
+	if (lt_lease == 0 || lt_loss_warned || !lt_lease_lost() ||
+		etcd_my_slot()->on_loss != ON_LOSS_WARN)
+		return;
+	lt_loss_warned = true;
+	ereport(WARNING,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the etcd lease of this session expired; its locks were lost"),
+			 errdetail("Lost locks: %s.", lt_held_names()),
+			 errhint("Another session may hold these locks now.")));
+}
+
+static void
+lt_ExecutorStart(QueryDesc *queryDesc, int eflags)
+{
+	lt_warn_if_lost();
+	if (prev_ExecutorStart)
+		prev_ExecutorStart(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
+static void
+lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
+				  bool readOnlyTree, ProcessUtilityContext context,
+				  ParamListInfo params, QueryEnvironment *queryEnv,
+				  DestReceiver *dest, QueryCompletion *qc)
+{
+	lt_warn_if_lost();
+	if (prev_ProcessUtility)
+		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+							params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
 }
 
 /*
@@ -175,6 +303,8 @@ lt_check_lost(void)
 		return;
 	initStringInfo(&names);
 	lt_forget_lease(&names);
+	if (names.len == 0)
+		return;					/* nothing was held: just take a new lease */
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("etcd_lock: the etcd lease of this session expired; its locks were lost"),
@@ -220,9 +350,13 @@ lt_ensure_lease(void)
 	slot->ttl = ttl;
 	slot->last_ok = sent;
 	slot->next_keepalive = TimestampTzPlusMilliseconds(sent, ttl * 1000 / 3);
+	slot->on_loss = etcd_lock_on_lease_loss;
+	slot->loss_expired = false;
+	slot->nheld = 0;
 	slot->state = LEASE_LIVE;
 	LWLockRelease(etcd_shared->lock);
 	lt_lease = id;
+	lt_loss_warned = false;
 	if (!lt_exit_registered)
 	{
 		before_shmem_exit(lt_backend_exit, 0);
@@ -405,6 +539,8 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 	lt_check_lost();
 	if (lt_locks == NULL)
 		lt_create_table();
+	if (lt_lease != 0)
+		etcd_my_slot()->on_loss = etcd_lock_on_lease_loss;
 
 	snprintf(pfx, sizeof(pfx), "%s%s/", etcd_lock_prefix ? etcd_lock_prefix : "", name);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
@@ -444,6 +580,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		e->nacq = 0;
 		e->maxacq = 0;
 		e->acqs = NULL;
+		e->counted = false;
 		e->info = etcd_lockinfo_add(name, lt_lease);
 		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
 	}
@@ -509,6 +646,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 	e->token = rev;
 	lt_push_acq(e, xact);
 	lt_publish(e);
+	lt_count_held(e, true);
 	*token = rev;
 	return true;
 }
@@ -684,9 +822,58 @@ lt_end_xact(bool commit)
 	lt_xact_acqs = 0;
 }
 
+/*
+ * lt_verify (etcd_lock.verify_on_commit) fails the COMMIT unless every lock
+ * this session holds is still held: the lease is not lost, its local
+ * deadline has not passed, and etcd still has each key with our revision
+ * (one linearizable read per 128 locks).
+ */
+static void
+lt_verify(void)
+{
+	HASH_SEQ_STATUS seq;
+	LocalLock  *e;
+	int			n = 0,
+				max = hash_get_num_entries(lt_locks);
+	char	  **keys = palloc(sizeof(char *) * max);
+	int		   *lens = palloc(sizeof(int) * max);
+	int64	   *tokens = palloc(sizeof(int64) * max);
+	EtcdLeaseSlot *slot;
+	bool		expired;
+
+	lt_check_lost();
+	hash_seq_init(&seq, lt_locks);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->nacq == 0)
+			continue;
+		keys[n] = e->key;
+		lens[n] = e->keylen;
+		tokens[n] = e->token;
+		n++;
+	}
+	if (n == 0)
+		return;
+	slot = etcd_my_slot();
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	expired = GetCurrentTimestamp() >= LEASE_DEADLINE(slot);
+	LWLockRelease(etcd_shared->lock);
+	if (expired || !etcd_locks_still_held(keys, lens, tokens, n))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etcd_lock: cannot commit: %s",
+						expired ? "the etcd lease of this session was not renewed in time; its locks may be lost" :
+						"an etcd lock of this session was lost"),
+				 errdetail("Locks held: %s.", lt_held_names()),
+				 errhint("The transaction was rolled back because etcd_lock.verify_on_commit is on.")));
+}
+
 static void
 lt_xact_cb(XactEvent event, void *arg)
 {
+	if (event == XACT_EVENT_PRE_COMMIT && etcd_lock_verify_on_commit &&
+		lt_locks != NULL && lt_lease != 0 && hash_get_num_entries(lt_locks) > 0)
+		lt_verify();
 	if (lt_locks == NULL || lt_xact_acqs == 0)
 		return;
 	switch (event)

@@ -29,7 +29,20 @@ typedef struct EtcdLeaseSlot
 	int			ttl;			/* seconds */
 	TimestampTz next_keepalive; /* when the worker renews it next */
 	TimestampTz last_ok;		/* send time of the last successful renewal */
+	int			on_loss;		/* EtcdOnLeaseLoss of the owner */
+	int			nheld;			/* locks the owner holds on this lease */
+	bool		loss_expired;	/* lost because the local deadline passed */
 } EtcdLeaseSlot;
+
+/*
+ * The local deadline of a lease: the send time of its last successful
+ * renewal plus its TTL, minus a safety margin (a tenth of the TTL, at least
+ * 500 ms). Past it, etcd may have expired the lease, so its locks count as
+ * lost even if etcd has not said so.
+ */
+#define LEASE_DEADLINE(slot) \
+	TimestampTzPlusMilliseconds((slot)->last_ok, \
+		(slot)->ttl * 1000L - Max(500L, (slot)->ttl * 100L))
 
 typedef enum EtcdReleaseState
 {

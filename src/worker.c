@@ -13,6 +13,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -203,14 +205,14 @@ process_releases(void)
  * run_keepalive renews one lease, turning a thrown ERROR into a failure.
  */
 static bool
-run_keepalive(int64 lease, int *newttl, EtcdStatus *st)
+run_keepalive(int64 lease, int *newttl, EtcdStatus *st, int timeout_ms)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile bool ok = false;
 
 	PG_TRY();
 	{
-		ok = etcd_lease_keepalive(lease, newttl, st);
+		ok = etcd_lease_keepalive(lease, newttl, st, timeout_ms);
 	}
 	PG_CATCH();
 	{
@@ -228,9 +230,32 @@ run_keepalive(int64 lease, int *newttl, EtcdStatus *st)
 }
 
 /*
+ * mark_lost marks a slot's lease LOST (caller holds the lock exclusively)
+ * and, if it holds locks, tells its backend as it asked: SIGINT cancels its running statement,
+ * SIGTERM ends the session; "warn" waits for its next statement. The
+ * backend's emit_log_hook turns the cancel/terminate message into one that
+ * names the lost locks.
+ */
+static void
+mark_lost(EtcdLeaseSlot *slot, bool expired)
+{
+	slot->state = LEASE_LOST;
+	slot->loss_expired = expired;
+	if (slot->pid > 0 && slot->nheld > 0)
+	{
+		if (slot->on_loss == ON_LOSS_CANCEL)
+			kill(slot->pid, SIGINT);
+		else if (slot->on_loss == ON_LOSS_TERMINATE)
+			kill(slot->pid, SIGTERM);
+	}
+}
+
+/*
  * process_keepalives renews every live lease that is due, sending queued
- * releases in between so they never wait behind a long sweep. Returns the
- * next time a lease is due.
+ * releases in between so they never wait behind a long sweep. A lease whose
+ * local deadline passes without a successful renewal, or that etcd reports
+ * gone, is marked lost. Each renewal is bounded by the time left before the
+ * deadline. Returns the next time something is due.
  */
 static TimestampTz
 process_keepalives(void)
@@ -242,21 +267,35 @@ process_keepalives(void)
 	{
 		EtcdLeaseSlot *slot = &etcd_shared->slots[i];
 		int64		lease;
-		int			ttl,
-					newttl = 0;
+		int			newttl = 0;
 		TimestampTz due,
-					sent;
+					sent,
+					deadline;
 		EtcdStatus	st;
-		bool		ok;
+		bool		ok,
+					lost = false;
+		long		left_ms;
 
-		LWLockAcquire(etcd_shared->lock, LW_SHARED);
+		sent = GetCurrentTimestamp();
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 		lease = slot->state == LEASE_LIVE ? slot->lease_id : 0;
-		ttl = slot->ttl;
 		due = slot->next_keepalive;
+		deadline = LEASE_DEADLINE(slot);
+		if (lease != 0 && sent >= deadline)
+		{
+			mark_lost(slot, true);
+			lost = true;
+		}
 		LWLockRelease(etcd_shared->lock);
+		if (lost)
+		{
+			ereport(LOG,
+					(errmsg("etcd_lock worker: lease %llx of backend pid %d lapsed: no successful renewal before its deadline",
+							(unsigned long long) lease, (int) slot->pid)));
+			continue;
+		}
 		if (lease == 0)
 			continue;
-		sent = GetCurrentTimestamp();
 		if (due > sent)
 		{
 			if (next_due == 0 || due < next_due)
@@ -264,7 +303,9 @@ process_keepalives(void)
 			continue;
 		}
 
-		ok = run_keepalive(lease, &newttl, &st);
+		left_ms = (long) ((deadline - sent) / 1000);
+		ok = run_keepalive(lease, &newttl, &st,
+						   (int) Max(1, Min(left_ms, etcd_lock_request_timeout)));
 
 		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 		if (slot->state == LEASE_LIVE && slot->lease_id == lease)
@@ -272,21 +313,31 @@ process_keepalives(void)
 			if (ok && newttl > 0)
 			{
 				slot->last_ok = sent;
-				slot->next_keepalive = TimestampTzPlusMilliseconds(sent, ttl * 1000L / 3);
+				slot->next_keepalive = TimestampTzPlusMilliseconds(sent, slot->ttl * 1000L / 3);
 			}
-			else if (ok)
-				slot->state = LEASE_LOST;
+			else if (ok || GetCurrentTimestamp() >= deadline)
+			{
+				mark_lost(slot, !ok);
+				lost = true;
+			}
 			else
-				slot->next_keepalive = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RETRY_MS);
-			if (slot->state == LEASE_LIVE &&
-				(next_due == 0 || slot->next_keepalive < next_due))
-				next_due = slot->next_keepalive;
+				slot->next_keepalive = Min(deadline,
+										   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RETRY_MS));
+			if (slot->state == LEASE_LIVE)
+			{
+				TimestampTz next = Min(slot->next_keepalive, LEASE_DEADLINE(slot));
+
+				if (next_due == 0 || next < next_due)
+					next_due = next;
+			}
 		}
 		LWLockRelease(etcd_shared->lock);
-		if (ok && newttl == 0)
+		if (lost)
 			ereport(LOG,
-					(errmsg("etcd_lock worker: lease %llx of backend slot %d no longer exists in etcd",
-							(unsigned long long) lease, i + 1)));
+					(errmsg("etcd_lock worker: lease %llx of backend pid %d is lost: %s",
+							(unsigned long long) lease, (int) slot->pid,
+							ok ? "etcd says it no longer exists" :
+							"no successful renewal before its deadline")));
 		else if (!ok)
 			ereport(LOG,
 					(errmsg("etcd_lock worker: could not renew lease %llx, will retry",

@@ -14,7 +14,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT = qw(start_etcd etcd_node session start_query finish_query
+our @EXPORT = qw(start_etcd run_etcd stop_etcd etcd_node session start_query finish_query
   query_done etcd_keys etcd_put wait_until);
 
 my @etcd_pids;
@@ -27,27 +27,53 @@ sub start_etcd
 	my $cport = PostgreSQL::Test::Cluster::get_free_port();
 	my $pport = PostgreSQL::Test::Cluster::get_free_port();
 	my $ep = "http://127.0.0.1:$cport";
+	my $etcd = {
+		endpoint => $ep,
+		dir => $dir,
+		args => [
+			'--name', 'tap', '--data-dir', "$dir/data",
+			'--listen-client-urls', $ep, '--advertise-client-urls', $ep,
+			'--listen-peer-urls', "http://127.0.0.1:$pport",
+			'--initial-advertise-peer-urls', "http://127.0.0.1:$pport",
+			'--initial-cluster', "tap=http://127.0.0.1:$pport"
+		]
+	};
+	run_etcd($etcd);
+	return $etcd;
+}
+
+# run_etcd(etcd): (re)starts the etcd process described by the hash and
+# waits until it answers.
+sub run_etcd
+{
+	my ($etcd) = @_;
 	my $pid = fork();
 	die "fork: $!" unless defined $pid;
 	if ($pid == 0)
 	{
-		open(STDOUT, '>', "$dir/etcd.log");
+		open(STDOUT, '>>', "$etcd->{dir}/etcd.log");
 		open(STDERR, '>&', \*STDOUT);
-		no warnings "exec";
-		exec('etcd', '--name', 'tap', '--data-dir', "$dir/data",
-			'--listen-client-urls', $ep, '--advertise-client-urls', $ep,
-			'--listen-peer-urls', "http://127.0.0.1:$pport",
-			'--initial-advertise-peer-urls', "http://127.0.0.1:$pport",
-			'--initial-cluster', "tap=http://127.0.0.1:$pport");
+		no warnings 'exec';
+		exec('etcd', @{ $etcd->{args} });
 		POSIX::_exit(127);
 	}
+	$etcd->{pid} = $pid;
 	push @etcd_pids, $pid;
 	for (1 .. 100)
 	{
-		last if system("curl -sf $ep/version >/dev/null 2>&1") == 0;
+		last if system("curl -sf -m 1 $etcd->{endpoint}/version >/dev/null 2>&1") == 0;
 		usleep(100_000);
 	}
-	return { endpoint => $ep, pid => $pid, dir => $dir };
+	return $etcd;
+}
+
+# stop_etcd(etcd): stops it (SIGTERM) and waits for it to exit.
+sub stop_etcd
+{
+	my ($etcd) = @_;
+	kill 'TERM', $etcd->{pid};
+	waitpid($etcd->{pid}, 0);
+	@etcd_pids = grep { $_ != $etcd->{pid} } @etcd_pids;
 }
 
 END
