@@ -14,7 +14,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT = qw(start_etcd run_etcd stop_etcd etcd_node session start_query finish_query
+our @EXPORT = qw(start_etcd start_etcd_cluster etcd_leader run_etcd stop_etcd etcd_node session start_query finish_query
   query_done etcd_keys etcd_put wait_until);
 
 my @etcd_pids;
@@ -65,6 +65,61 @@ sub run_etcd
 		usleep(100_000);
 	}
 	return $etcd;
+}
+
+# start_etcd_cluster(n): n etcd members on loopback forming one cluster;
+# returns a list of member hashes (endpoint, pid, ...), once it has a leader.
+sub start_etcd_cluster
+{
+	my ($n) = @_;
+	my @m;
+	for my $i (1 .. $n)
+	{
+		my $dir = PostgreSQL::Test::Utils::tempdir("etcd$i");
+		my $cport = PostgreSQL::Test::Cluster::get_free_port();
+		my $pport = PostgreSQL::Test::Cluster::get_free_port();
+		push @m, { name => "m$i", dir => $dir, endpoint => "http://127.0.0.1:$cport",
+			peer => "http://127.0.0.1:$pport" };
+	}
+	my $initial = join(',', map { "$_->{name}=$_->{peer}" } @m);
+	for my $e (@m)
+	{
+		$e->{args} = [
+			'--name', $e->{name}, '--data-dir', "$e->{dir}/data",
+			'--listen-client-urls', $e->{endpoint}, '--advertise-client-urls', $e->{endpoint},
+			'--listen-peer-urls', $e->{peer}, '--initial-advertise-peer-urls', $e->{peer},
+			'--initial-cluster', $initial, '--initial-cluster-state', 'new',
+			'--initial-cluster-token', 'etcd-lock-tap'
+		];
+		my $pid = fork();
+		die "fork: $!" unless defined $pid;
+		if ($pid == 0)
+		{
+			open(STDOUT, '>>', "$e->{dir}/etcd.log");
+			open(STDERR, '>&', \*STDOUT);
+			no warnings 'exec';
+			exec('etcd', @{ $e->{args} });
+			POSIX::_exit(127);
+		}
+		$e->{pid} = $pid;
+		push @etcd_pids, $pid;
+	}
+	wait_until(sub { defined etcd_leader(\@m) }, 30) or die 'etcd cluster has no leader';
+	return @m;
+}
+
+# etcd_leader(members): the member that is the leader now, or undef.
+sub etcd_leader
+{
+	my ($m) = @_;
+	for my $e (@$m)
+	{
+		next unless kill 0, $e->{pid};
+		my $st = `curl -s -m 1 $e->{endpoint}/v3/maintenance/status -d '{}'`;
+		next unless $st =~ /"member_id":"(\d+)".*"leader":"(\d+)"/s;
+		return $e if $1 eq $2;
+	}
+	return undef;
 }
 
 # stop_etcd(etcd): stops it (SIGTERM) and waits for it to exit.

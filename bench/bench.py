@@ -1,0 +1,874 @@
+#!/usr/bin/env python3
+"""etcd_lock benchmark driver (called by bench/run.sh; see bench/README.md).
+
+Runs every workload against the etcd and PostgreSQL that run.sh started,
+interleaving the extension with the reference workloads round by round,
+then writes results.json, prints the table and the targets, and draws
+latency.png. Configuration comes from the environment (run.sh sets it).
+"""
+import bisect
+import glob
+import json
+import os
+import re
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import urllib.request
+
+ENV = os.environ
+OUT = ENV["BENCH_OUT"]
+WORK = ENV["BENCH_WORK"]
+RAW = os.path.join(OUT, "raw")
+CLIENT = ENV["BENCH_CLIENT"]
+SHAPES = ENV["BENCH_SHAPES"]
+GO_MUTEX = ENV["GO_MUTEX"]
+FLOOR = ENV["HTTP_FLOOR"]
+ETCD = ENV["ETCD_ENDPOINT"].rstrip("/")
+ETCD_HOSTPORT = re.sub(r"^https?://", "", ETCD)
+ETCD_PID = int(ENV.get("BENCH_ETCD_PID") or 0)      # 0: not ours, never signalled
+PM_PID = int(ENV["BENCH_POSTMASTER_PID"])
+QUICK = ENV.get("QUICK", "0") not in ("", "0")
+LP = ENV.get("BENCH_LOCK_PREFIX", "/etcd_lock_bench")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+if QUICK:
+    CFG = dict(rounds=int(ENV.get("ROUNDS", 1)), pair_n=300, xact_n=300, shapes_n=300,
+               contend_c=[4, 16], contend_secs=2, contend_go_secs=2,
+               distinct_c=[8, 32], distinct_secs=2, distinct_go_n={8: 200, 32: 60},
+               idle_holders=50, idle_sessions=50, idle_secs=15,
+               abort_iters=10, abort_locks=10, leak_cycles=10000, leak_warmup=500)
+else:
+    CFG = dict(rounds=int(ENV.get("ROUNDS", 3)), pair_n=1500, xact_n=1500, shapes_n=1500,
+               contend_c=[4, 16], contend_secs=5, contend_go_secs=4,
+               distinct_c=[8, 32], distinct_secs=5, distinct_go_n={8: 1200, 32: 350},
+               idle_holders=500, idle_sessions=50, idle_secs=60,
+               abort_iters=20, abort_locks=10, leak_cycles=100000, leak_warmup=1000)
+
+CHILDREN = set()
+
+
+def log(msg):
+    print(time.strftime("[%H:%M:%S] ") + msg, file=sys.stderr, flush=True)
+
+
+def on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def kill_children():
+    for p in list(CHILDREN):
+        if p.poll() is None:
+            try:
+                p.kill()
+                p.wait(timeout=10)
+            except Exception:
+                pass
+        CHILDREN.discard(p)
+    etcd_continue()
+
+
+def etcd_continue():
+    if ETCD_PID:
+        try:
+            os.kill(ETCD_PID, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def run(cmd, timeout, cwd=None, check=True):
+    """Runs cmd (list), returns stdout; bounded by timeout seconds."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    CHILDREN.add(p)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise RuntimeError("timed out after %ss: %s" % (timeout, " ".join(cmd)))
+    finally:
+        CHILDREN.discard(p)
+    if check and p.returncode != 0:
+        raise RuntimeError("%s exited %s: %s" % (" ".join(cmd), p.returncode, (err or out)[-2000:]))
+    return out
+
+
+def psql(sql, timeout=60):
+    return run(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql], timeout).strip()
+
+
+def pct(sorted_vals, q):
+    """Same index rule as the references: sorted[n*q/100] (p50 = sorted[n/2])."""
+    n = len(sorted_vals)
+    if n == 0:
+        return None
+    return sorted_vals[min(n - 1, n * q // 100)]
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def ratio(a, b):
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def kv(line):
+    return {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.eE+-]+)", line)}
+
+
+def save_samples(name, vals):
+    with open(os.path.join(RAW, name + ".txt"), "w") as f:
+        f.write("\n".join("%.1f" % v for v in vals))
+        f.write("\n")
+
+
+# ------------------------------------------------------------ tools
+
+def pgbench(tag, script, clients, transactions=None, seconds=None):
+    """Runs pgbench with a per-transaction log; returns stats + latencies (us)."""
+    prefix = os.path.join(RAW, tag)
+    for f in glob.glob(prefix + ".*"):
+        os.unlink(f)
+    cmd = ["pgbench", "-n", "-f", script, "-c", str(clients), "-j", "1", "--log", "--log-prefix=" + prefix]
+    if transactions:
+        cmd += ["-t", str(transactions)]
+        timeout = 60 + transactions * clients * 0.05
+    else:
+        cmd += ["-T", str(seconds)]
+        timeout = 60 + seconds * 3
+    out = run(cmd, timeout)
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if not m or (failed and int(failed.group(1)) > 0):
+        raise RuntimeError("pgbench %s: unexpected output:\n%s" % (tag, out))
+    lat = []
+    for f in glob.glob(prefix + ".*"):
+        with open(f) as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3:
+                    lat.append(float(parts[2]))
+    lat.sort()
+    if transactions and len(lat) != transactions * clients:
+        raise RuntimeError("pgbench %s: %d logged transactions, expected %d" % (tag, len(lat), transactions * clients))
+    return dict(n=len(lat), p50_us=pct(lat, 50), p99_us=pct(lat, 99), ops_per_s=float(m.group(1))), lat
+
+
+def go_mutex(mode, n, c=None, lock="/go"):
+    cmd = [GO_MUTEX, "-mode", mode, "-n", str(n), "-ep", ETCD_HOSTPORT, "-lock", lock]
+    if c:
+        cmd += ["-c", str(c)]
+    out = run(cmd, 120 + n * (c or 1) * 0.2)
+    line = [l for l in out.splitlines() if l.startswith("go-mutex")][-1]
+    v = kv(line)
+    return dict(n=int(v["n"]), p50_us=v["p50_us"], p99_us=v["p99_us"], ops_per_s=v["ops_per_s"], line=line)
+
+
+def floor(n):
+    out = run([FLOOR, ETCD, str(n)], 60 + n * 0.05)
+    line = [l for l in out.splitlines() if l.startswith("floor")][-1]
+    v = kv(line)
+    return dict(n=int(v["n"]), p50_us=v["p50"], p99_us=v["p99"], ops_per_s=v["ops_per_s"], line=line)
+
+
+def shapes(n, lock):
+    out = run([SHAPES, ETCD, str(n), lock], 60 + n * 0.05)
+    line = [l for l in out.splitlines() if l.startswith("shapes")][-1]
+    v = kv(line)
+    return dict(n=int(v["n"]), p50_us=v["pair_p50_us"], p99_us=v["pair_p99_us"],
+                acquire_p50_us=v["acquire_p50_us"], release_p50_us=v["release_p50_us"],
+                ops_per_s=v["ops_per_s"], line=line)
+
+
+def write_script(name, text):
+    path = os.path.join(WORK, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def summarize(rounds, keys=("p50_us", "p99_us", "ops_per_s")):
+    s = {k: med([r.get(k) for r in rounds]) for k in keys}
+    s["rounds"] = rounds
+    return s
+
+
+# ------------------------------------------------------------ etcd / proc
+
+def etcd_metrics():
+    with urllib.request.urlopen(ETCD + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    want = {
+        "keepalive_msgs": r'^grpc_server_msg_received_total\{grpc_method="LeaseKeepAlive"[^}]*\} (\S+)',
+        "lease_renewed": r"^etcd_debugging_lease_renewed_total (\S+)",
+        "lease_granted": r"^etcd_debugging_lease_granted_total (\S+)",
+        "lease_revoked": r"^etcd_debugging_lease_revoked_total (\S+)",
+    }
+    res = {}
+    for k, pat in want.items():
+        m = re.search(pat, text, re.M)
+        res[k] = float(m.group(1)) if m else None
+    return res
+
+
+def etcd_post(path, body):
+    req = urllib.request.Request(ETCD + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read().decode())
+
+
+def b64(s):
+    import base64
+    return base64.b64encode(s.encode()).decode()
+
+
+def etcd_count_prefix(pfx):
+    end = pfx[:-1] + chr(ord(pfx[-1]) + 1)
+    r = etcd_post("/v3/kv/range", {"key": b64(pfx), "range_end": b64(end), "count_only": True})
+    return int(r.get("count", 0))
+
+
+def etcd_lease_count():
+    return len(etcd_post("/v3/lease/leases", {}).get("leases", []))
+
+
+def proc_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])      # utime + stime
+
+
+def proc_ppid(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def worker_pid():
+    """The etcd_lock worker among the children of OUR postmaster."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        pid = int(d)
+        try:
+            if proc_ppid(pid) != PM_PID:
+                continue
+            with open("/proc/%d/cmdline" % pid, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+        if "etcd_lock worker" in cmd:
+            found.append(pid)
+    if len(found) != 1:
+        raise RuntimeError("expected one etcd_lock worker under postmaster %d, found %s" % (PM_PID, found))
+    return found[0]
+
+
+def smaps(pid):
+    res = {}
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            m = re.match(r"(\w+):\s+(\d+) kB", line)
+            if m:
+                res[m.group(1)] = int(m.group(2))
+    res["Private"] = res.get("Private_Clean", 0) + res.get("Private_Dirty", 0)
+    return res
+
+
+# ------------------------------------------------------------ workloads
+
+def wl_pair(R):
+    n, xn = CFG["pair_n"], CFG["xact_n"]
+    scripts = {
+        "etcd_lock": write_script("pair_lock.sql", "SELECT etcd_lock('%s/pair');\nSELECT etcd_unlock('%s/pair');\n" % (LP, LP)),
+        "etcd_try_lock": write_script("pair_try.sql", "SELECT etcd_try_lock('%s/pairtry');\nSELECT etcd_unlock('%s/pairtry');\n" % (LP, LP)),
+        "advisory": write_script("pair_adv.sql", "SELECT pg_advisory_lock(1);\nSELECT pg_advisory_unlock(1);\n"),
+        "xact": write_script("xact.sql", "\\set n random(1, 1000)\nBEGIN;\nSELECT etcd_xact_lock('%s/bx/' || :n);\nCOMMIT;\n" % LP),
+    }
+    rounds = {k: [] for k in ("etcd_lock", "etcd_try_lock", "advisory", "xact", "go", "floor", "shapes")}
+    samples = {k: [] for k in ("etcd_lock", "etcd_try_lock", "advisory", "xact")}
+    for r in range(CFG["rounds"]):
+        log("pair round %d/%d" % (r + 1, CFG["rounds"]))
+        for k in ("etcd_lock", "go", "floor", "etcd_try_lock", "advisory", "xact", "shapes"):
+            if k == "go":
+                res = go_mutex("pair", n, lock=LP + "/gopair")
+            elif k == "floor":
+                res = floor(n)
+            elif k == "shapes":
+                res = shapes(n, LP + "/shapes")
+            else:
+                res, lat = pgbench("pair_%s_r%d" % (k, r), scripts[k], 1, transactions=xn if k == "xact" else n)
+                samples[k] += lat
+            res["round"] = r + 1
+            rounds[k].append(res)
+    for k, v in samples.items():
+        save_samples("pair_" + k, v)
+    s = {k: summarize(v) for k, v in rounds.items()}
+    s["shapes"]["acquire_p50_us"] = med([x["acquire_p50_us"] for x in rounds["shapes"]])
+    s["shapes"]["release_p50_us"] = med([x["release_p50_us"] for x in rounds["shapes"]])
+    for k in ("etcd_lock", "etcd_try_lock"):
+        e = s[k]
+        e["ext_cost_vs_floor"] = ratio(e["p50_us"] - s["advisory"]["p50_us"], s["floor"]["p50_us"])
+        e["vs_go"] = ratio(e["p50_us"], s["go"]["p50_us"])
+        e["vs_floor"] = ratio(e["p50_us"], s["floor"]["p50_us"])
+        # per-round paired ratios, to show their spread
+        e["ext_cost_vs_floor_by_round"] = [ratio(a["p50_us"] - b["p50_us"], c["p50_us"]) for a, b, c in
+                                           zip(rounds[k], rounds["advisory"], rounds["floor"])]
+        e["vs_go_by_round"] = [ratio(a["p50_us"], g["p50_us"]) for a, g in zip(rounds[k], rounds["go"])]
+        # where the pair's time goes (p50s): SQL round trips, etcd for these
+        # request shapes, and what is left (the extension's client side)
+        e["breakdown_p50_us"] = dict(
+            sql_round_trips=s["advisory"]["p50_us"],
+            etcd_gateway_requests=s["shapes"]["p50_us"],
+            extension_client_side=e["p50_us"] - s["advisory"]["p50_us"] - s["shapes"]["p50_us"])
+    s["xact"]["vs_go"] = ratio(s["xact"]["p50_us"], s["go"]["p50_us"])
+    s["xact"]["vs_floor"] = ratio(s["xact"]["p50_us"], s["floor"]["p50_us"])
+    s["shapes"]["vs_floor"] = ratio(s["shapes"]["p50_us"], s["floor"]["p50_us"])
+    s["go"]["vs_floor"] = ratio(s["go"]["p50_us"], s["floor"]["p50_us"])
+    s["config"] = dict(n=n, xact_n=xn, rounds=CFG["rounds"])
+    R["pair"] = s
+
+
+def r2a_latencies(path):
+    """Release-to-acquire: each acquisition minus the latest release before it."""
+    acqs, rels, pair_lat = [], [], []
+    with open(path) as f:
+        for line in f:
+            s, call, acq, rel, reld = (int(x) for x in line.split())
+            acqs.append(acq)
+            rels.append(rel)
+            pair_lat.append((reld - call) / 1e3)
+    acqs.sort()
+    rels.sort()
+    lat = []
+    for t in acqs:
+        i = bisect.bisect_right(rels, t) - 1
+        if i >= 0:
+            lat.append((t - rels[i]) / 1e3)
+    lat.sort()
+    return lat, len(acqs)
+
+
+def wl_contend(R):
+    script = write_script("contend.sql", "SELECT etcd_lock('%s/bc');\nSELECT etcd_unlock('%s/bc');\n" % (LP, LP))
+    res = {}
+    for c in CFG["contend_c"]:
+        rounds = {"pgbench": [], "client": [], "go": []}
+        pb_samples, r2a_samples = [], []
+        for r in range(CFG["rounds"]):
+            log("contend c=%d round %d/%d" % (c, r + 1, CFG["rounds"]))
+            st, lat = pgbench("contend_c%d_r%d" % (c, r), script, c, seconds=CFG["contend_secs"])
+            st["round"] = r + 1
+            rounds["pgbench"].append(st)
+            pb_samples += lat
+            ev = os.path.join(RAW, "contend_events_c%d_r%d.txt" % (c, r))
+            out = run([CLIENT, "contend", "-c", str(c), "-T", str(CFG["contend_secs"]), "-lock", LP + "/bcl", "-out", ev],
+                      CFG["contend_secs"] * 3 + 90)
+            v = kv(out)
+            lat2, nacq = r2a_latencies(ev)
+            r2a_samples += lat2
+            rounds["client"].append(dict(round=r + 1, acquisitions=nacq, handoffs_per_s=v.get("handoffs_per_s"),
+                                         r2a_p50_us=pct(lat2, 50), r2a_p99_us=pct(lat2, 99)))
+            g = go_mutex("contend", CFG["contend_go_secs"] * 10, c=c, lock=LP + "/gocontend")
+            g["round"] = r + 1
+            rounds["go"].append(g)
+        save_samples("contend_pair_c%d" % c, pb_samples)
+        save_samples("contend_r2a_c%d" % c, r2a_samples)
+        e = dict(handoffs_per_s=med([x["ops_per_s"] for x in rounds["pgbench"]]),
+                 pair_p50_us=med([x["p50_us"] for x in rounds["pgbench"]]),
+                 pair_p99_us=med([x["p99_us"] for x in rounds["pgbench"]]),
+                 r2a_p50_us=med([x["r2a_p50_us"] for x in rounds["client"]]),
+                 r2a_p99_us=med([x["r2a_p99_us"] for x in rounds["client"]]),
+                 client_handoffs_per_s=med([x["handoffs_per_s"] for x in rounds["client"]]))
+        go = summarize(rounds["go"])
+        e["vs_go"] = ratio(e["handoffs_per_s"], go["ops_per_s"])
+        e["vs_go_by_round"] = [ratio(a["ops_per_s"], g["ops_per_s"]) for a, g in zip(rounds["pgbench"], rounds["go"])]
+        e["rounds_pgbench"] = rounds["pgbench"]
+        e["rounds_client"] = rounds["client"]
+        res["c%d" % c] = dict(ext=e, go=go)
+    res["config"] = dict(seconds=CFG["contend_secs"], go_n_per_session=CFG["contend_go_secs"] * 10, rounds=CFG["rounds"])
+    R["contend"] = res
+
+
+def wl_distinct(R):
+    script = write_script("distinct.sql", "SELECT etcd_lock('%s/bd/' || :client_id);\nSELECT etcd_unlock('%s/bd/' || :client_id);\n" % (LP, LP))
+    res = {}
+    for c in CFG["distinct_c"]:
+        rounds = {"ext": [], "go": []}
+        samples = []
+        for r in range(CFG["rounds"]):
+            log("distinct c=%d round %d/%d" % (c, r + 1, CFG["rounds"]))
+            st, lat = pgbench("distinct_c%d_r%d" % (c, r), script, c, seconds=CFG["distinct_secs"])
+            st["round"] = r + 1
+            rounds["ext"].append(st)
+            samples += lat
+            g = go_mutex("distinct", CFG["distinct_go_n"][c], c=c, lock=LP + "/godistinct")
+            g["round"] = r + 1
+            rounds["go"].append(g)
+        save_samples("distinct_c%d" % c, samples)
+        e, go = summarize(rounds["ext"]), summarize(rounds["go"])
+        e["vs_go"] = ratio(e["ops_per_s"], go["ops_per_s"])
+        e["vs_go_by_round"] = [ratio(a["ops_per_s"], g["ops_per_s"]) for a, g in zip(rounds["ext"], rounds["go"])]
+        res["c%d" % c] = dict(ext=e, go=go)
+    res["config"] = dict(seconds=CFG["distinct_secs"], go_n_per_session=CFG["distinct_go_n"], rounds=CFG["rounds"])
+    R["distinct"] = res
+
+
+def lease_ttl_s():
+    v = psql("SELECT setting || ' ' || coalesce(unit, '') FROM pg_settings WHERE name = 'etcd_lock.lease_ttl'").split()
+    mult = {"s": 1, "ms": 0.001, "min": 60}.get(v[1] if len(v) > 1 else "s", 1)
+    return float(v[0]) * mult
+
+
+def wl_idle(R):
+    nh, ni, secs = CFG["idle_holders"], CFG["idle_sessions"], CFG["idle_secs"]
+    ttl = lease_ttl_s()
+    pidfile = os.path.join(WORK, "idle_pids.txt")
+    log("idle: opening %d lock-holding + %d never-locking sessions" % (nh, ni))
+    p = subprocess.Popen([CLIENT, "hold", "-n", str(nh), "-idle", str(ni), "-lock", LP + "/bi",
+                          "-pidfile", pidfile, "-max-secs", str(secs + 300)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    CHILDREN.add(p)
+    try:
+        deadline = time.monotonic() + 240
+        line = ""
+        while time.monotonic() < deadline and p.poll() is None:
+            rl, _, _ = select.select([p.stdout], [], [], 1.0)
+            if rl:
+                line = p.stdout.readline().strip()
+                if line == "ready":
+                    break
+        if line != "ready":
+            raise RuntimeError("hold did not get ready: %s" % (p.stderr.read() if p.poll() is not None else "timeout"))
+        holders, idles = [], []
+        with open(pidfile) as f:
+            for l in f:
+                kind, pid = l.split()
+                (holders if kind == "H" else idles).append(int(pid))
+        wpid = worker_pid()
+        leases_in_etcd = etcd_lease_count()
+        # one TTL/3 of settling: the burst of grants at connect time is over
+        time.sleep(min(ttl / 3, 5))
+        m0, w0, t0 = etcd_metrics(), proc_ticks(wpid), time.monotonic()
+        e0 = proc_ticks(ETCD_PID) if ETCD_PID else None
+        time.sleep(secs)
+        m1, w1, t1 = etcd_metrics(), proc_ticks(wpid), time.monotonic()
+        e1 = proc_ticks(ETCD_PID) if ETCD_PID else None
+        mem_h = [smaps(pid) for pid in holders]
+        mem_i = [smaps(pid) for pid in idles]
+        tokens_ok = psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+    finally:
+        try:
+            p.stdin.close()
+        except Exception:
+            pass
+        try:
+            p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        CHILDREN.discard(p)
+    wall = t1 - t0
+    ka = (m1["keepalive_msgs"] - m0["keepalive_msgs"]) / wall if m0["keepalive_msgs"] is not None else None
+    ren = (m1["lease_renewed"] - m0["lease_renewed"]) / wall if m0["lease_renewed"] is not None else None
+    per_lease = ka * (ttl / 3) / nh if ka is not None and nh else None
+    mem = {}
+    for key in ("Rss", "Pss", "Private", "Anonymous"):
+        h = med([x.get(key) for x in mem_h])
+        i = med([x.get(key) for x in mem_i])
+        mem[key] = dict(holder_median_kib=h, idle_median_kib=i, per_session_kib=(h - i) if h is not None and i is not None else None)
+    R["idle"] = dict(
+        holders=nh, idle_sessions=ni, seconds=round(wall, 2), lease_ttl_s=ttl, leases_in_etcd_at_start=leases_in_etcd,
+        client_backends_seen=int(tokens_ok),
+        keepalive_requests_per_s=ka, lease_renewals_per_s=ren,
+        expected_keepalives_per_s=nh / (ttl / 3),
+        keepalives_per_lease_per_ttl3=per_lease,
+        worker_pid=wpid, worker_cpu_pct=100.0 * (w1 - w0) / CLK_TCK / wall,
+        worker_cpu_s=(w1 - w0) / CLK_TCK,
+        etcd_cpu_pct=(100.0 * (e1 - e0) / CLK_TCK / wall) if e0 is not None else None,
+        memory=mem, per_session_kib=mem["Pss"]["per_session_kib"],
+        metrics_before=m0, metrics_after=m1)
+
+
+def parse_abort(path):
+    rb, base = [], []
+    with open(path) as f:
+        for line in f:
+            k, v = line.split()
+            (rb if k == "rollback" else base).append(float(v))
+    rb.sort()
+    base.sort()
+    return dict(n=len(rb), p50_us=pct(rb, 50), p99_us=pct(rb, 99), max_us=rb[-1] if rb else None,
+                baseline_no_locks_p50_us=pct(base, 50)), rb
+
+
+def wait_keys_gone(pfx, secs):
+    deadline = time.monotonic() + secs
+    n = etcd_count_prefix(pfx)
+    while n > 0 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        n = etcd_count_prefix(pfx)
+    return n
+
+
+def wl_abort(R):
+    it, nl = CFG["abort_iters"], CFG["abort_locks"]
+    res = dict(iterations=it, locks_per_txn=nl)
+    log("abort: ROLLBACK of %d xact locks, etcd up" % nl)
+    f = os.path.join(RAW, "abort_up.txt")
+    run([CLIENT, "abort", "-iters", str(it), "-locks", str(nl), "-lock", LP + "/baup", "-out", f], 120 + it * 5)
+    res["etcd_up"], rb = parse_abort(f)
+    save_samples("abort_up", rb)
+    res["etcd_up"]["keys_left_after_10s"] = wait_keys_gone(LP + "/baup/", 10)
+    if ETCD_PID:
+        log("abort: ROLLBACK of %d xact locks, etcd stopped (SIGSTOP pid %d)" % (nl, ETCD_PID))
+        f = os.path.join(RAW, "abort_down.txt")
+        try:
+            run([CLIENT, "abort", "-iters", str(it), "-locks", str(nl), "-lock", LP + "/badown",
+                 "-etcd-pid", str(ETCD_PID), "-out", f], 120 + it * 5)
+        finally:
+            etcd_continue()
+        res["etcd_down"], rb = parse_abort(f)
+        save_samples("abort_down", rb)
+        res["etcd_down"]["keys_left_after_10s"] = wait_keys_gone(LP + "/badown/", 10)
+    else:
+        res["etcd_down"] = dict(skipped="ETCD_ENDPOINT was given: not our etcd, so it is not stopped")
+    R["abort"] = res
+
+
+def wl_leak(R):
+    n = CFG["leak_cycles"]
+    log("leak: %d etcd_lock/etcd_unlock cycles in one session" % n)
+    f = os.path.join(RAW, "leak.txt")
+    run([CLIENT, "leak", "-n", str(n), "-warmup", str(CFG["leak_warmup"]), "-lock", LP + "/bl", "-out", f,
+         "-max-secs", str(int(n * 0.02 + 60))], n * 0.02 + 120)
+    samples, cycles, secs = [], None, None
+    with open(f) as fh:
+        for line in fh:
+            if line.startswith("sample"):
+                samples.append({k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", line)})
+            elif line.startswith("cycles"):
+                parts = line.split()
+                cycles, secs = int(parts[1]), float(parts[3])
+    first, last = samples[0], samples[-1]
+    R["leak"] = dict(cycles=cycles, warmup=CFG["leak_warmup"], seconds=secs,
+                     cycles_per_s=cycles / secs if secs else None,
+                     rss_before_kib=first["VmRSS"], rss_after_kib=last["VmRSS"],
+                     rss_growth_kib=last["VmRSS"] - first["VmRSS"],
+                     anon_growth_kib=last["RssAnon"] - first["RssAnon"],
+                     pss_growth_kib=last["Pss"] - first["Pss"],
+                     vmdata_growth_kib=last["VmData"] - first["VmData"],
+                     samples=samples)
+
+
+# ------------------------------------------------------------ report
+
+def fmt(v, digits=0):
+    if v is None:
+        return "n/a"
+    return ("%." + str(digits) + "f") % v
+
+
+def fx(v):
+    return "n/a" if v is None else "%.2fx" % v
+
+
+def targets(R):
+    T = []
+
+    def add(name, value, op, limit, unit=""):
+        if value is None:
+            ok = None
+        else:
+            ok = value <= limit if op == "<=" else value < limit if op == "<" else value >= limit
+        T.append(dict(target=name, value=value, op=op, limit=limit, unit=unit,
+                      result="PASS" if ok else ("MISS" if ok is not None else "N/A")))
+
+    p = R.get("pair")
+    if p:
+        add("pair: (etcd_lock pair p50 - advisory pair p50) / floor p50", p["etcd_lock"]["ext_cost_vs_floor"], "<=", 1.10, "x")
+        add("pair: etcd_lock pair p50 / go pair p50", p["etcd_lock"]["vs_go"], "<=", 1.30, "x")
+        add("pair: xact txn p50 / go pair p50", p["xact"]["vs_go"], "<=", 0.90, "x")
+    c = R.get("contend")
+    if c:
+        for cc, lim in ((4, 10), (16, 5)):
+            if "c%d" % cc in c:
+                add("contend c=%d: handoffs/s / go handoffs/s" % cc, c["c%d" % cc]["ext"]["vs_go"], ">=", lim, "x")
+        for cc in (4, 16):
+            if "c%d" % cc in c:
+                add("contend c=%d: release-to-acquire p50" % cc, c["c%d" % cc]["ext"]["r2a_p50_us"], "<", 3000, "us")
+    d = R.get("distinct")
+    if d:
+        for cc, lim in ((8, 1.0), (32, 0.8)):
+            if "c%d" % cc in d:
+                add("distinct c=%d: acquisitions/s / go" % cc, d["c%d" % cc]["ext"]["vs_go"], ">=", lim, "x")
+    i = R.get("idle")
+    if i:
+        add("idle: keepalives per lease per TTL/3", i["keepalives_per_lease_per_ttl3"], "<=", 1.0)
+        add("idle: worker CPU (%% of a core, %d holders)" % i["holders"], i["worker_cpu_pct"], "<", 2.0, "%")
+        add("idle: memory per lock-holding session (Pss, holder - idle)", i["per_session_kib"], "<", 256, "KiB")
+    a = R.get("abort")
+    if a:
+        add("abort: ROLLBACK p50 with 10 xact locks, etcd up", a["etcd_up"].get("p50_us"), "<=", 1000, "us")
+        add("abort: ROLLBACK p50 with 10 xact locks, etcd stopped", a["etcd_down"].get("p50_us"), "<=", 1000, "us")
+    l = R.get("leak")
+    if l:
+        add("leak: backend RSS growth over %d cycles" % l["cycles"], l["rss_growth_kib"], "<", 1024, "KiB")
+    return T
+
+
+def table(R):
+    L = []
+    p = R.get("pair")
+    if p:
+        e = p["etcd_lock"]
+        L.append("pair etcd_lock/unlock          p50_us=%s p99_us=%s ops_per_s=%s ext_cost_vs_floor=%s vs_go=%s vs_floor=%s"
+                 % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"]), fx(e["ext_cost_vs_floor"]), fx(e["vs_go"]), fx(e["vs_floor"])))
+        e = p["etcd_try_lock"]
+        L.append("pair etcd_try_lock/unlock      p50_us=%s p99_us=%s ops_per_s=%s ext_cost_vs_floor=%s vs_go=%s vs_floor=%s"
+                 % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"]), fx(e["ext_cost_vs_floor"]), fx(e["vs_go"]), fx(e["vs_floor"])))
+        e = p["xact"]
+        L.append("pair xact txn (BEGIN;xact_lock;COMMIT) p50_us=%s p99_us=%s ops_per_s=%s vs_go=%s vs_floor=%s"
+                 % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"]), fx(e["vs_go"]), fx(e["vs_floor"])))
+        e = p["advisory"]
+        L.append("pair pg_advisory_lock/unlock   p50_us=%s p99_us=%s ops_per_s=%s (SQL round-trip cost)"
+                 % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"])))
+        e = p["go"]
+        L.append("pair go-mutex (reference)      p50_us=%s p99_us=%s ops_per_s=%s vs_floor=%s"
+                 % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"]), fx(e["vs_floor"])))
+        e = p["floor"]
+        L.append("pair http-floor (reference)    p50_us=%s p99_us=%s ops_per_s=%s"
+                 % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"])))
+        e = p["shapes"]
+        b = p["etcd_lock"]["breakdown_p50_us"]
+        L.append("pair ext request shapes, raw curl (diagnostic) p50_us=%s p99_us=%s (acquire %s + release %s) vs_floor=%s"
+                 % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["acquire_p50_us"]), fmt(e["release_p50_us"]), fx(e["vs_floor"])))
+        L.append("pair etcd_lock breakdown p50_us: sql_round_trips=%s + etcd_gateway_requests=%s + extension_client_side=%s"
+                 % (fmt(b["sql_round_trips"]), fmt(b["etcd_gateway_requests"]), fmt(b["extension_client_side"])))
+    c = R.get("contend")
+    if c:
+        for k in sorted((k for k in c if k.startswith("c")), key=lambda s: int(s[1:])):
+            e, g = c[k]["ext"], c[k]["go"]
+            L.append("contend %-3s etcd_lock          handoffs_per_s=%s pair_p50_us=%s pair_p99_us=%s release_to_acquire_p50_us=%s p99_us=%s vs_go=%s"
+                     % (k.replace("c", "c="), fmt(e["handoffs_per_s"]), fmt(e["pair_p50_us"]), fmt(e["pair_p99_us"]),
+                        fmt(e["r2a_p50_us"]), fmt(e["r2a_p99_us"]), fx(e["vs_go"])))
+            L.append("contend %-3s go-mutex           handoffs_per_s=%s pair_p50_us=%s pair_p99_us=%s"
+                     % (k.replace("c", "c="), fmt(g["ops_per_s"]), fmt(g["p50_us"]), fmt(g["p99_us"])))
+    d = R.get("distinct")
+    if d:
+        for k in sorted((k for k in d if k.startswith("c")), key=lambda s: int(s[1:])):
+            e, g = d[k]["ext"], d[k]["go"]
+            L.append("distinct %-3s etcd_lock         acquisitions_per_s=%s p50_us=%s p99_us=%s vs_go=%s"
+                     % (k.replace("c", "c="), fmt(e["ops_per_s"]), fmt(e["p50_us"]), fmt(e["p99_us"]), fx(e["vs_go"])))
+            L.append("distinct %-3s go-mutex          acquisitions_per_s=%s p50_us=%s p99_us=%s"
+                     % (k.replace("c", "c="), fmt(g["ops_per_s"]), fmt(g["p50_us"]), fmt(g["p99_us"])))
+    i = R.get("idle")
+    if i:
+        m = i["memory"]
+        L.append("idle %d holders %ss             keepalive_req_per_s=%s (expected %s) per_lease_per_ttl3=%s worker_cpu_pct=%s etcd_cpu_pct=%s"
+                 % (i["holders"], fmt(i["seconds"]), fmt(i["keepalive_requests_per_s"], 1), fmt(i["expected_keepalives_per_s"], 1),
+                    fmt(i["keepalives_per_lease_per_ttl3"], 2), fmt(i["worker_cpu_pct"], 2), fmt(i["etcd_cpu_pct"], 1)))
+        L.append("idle memory per session KiB (holder - never-locked): Pss=%s Rss=%s Private=%s Anonymous=%s (holder Pss %s, idle Pss %s)"
+                 % (fmt(m["Pss"]["per_session_kib"]), fmt(m["Rss"]["per_session_kib"]), fmt(m["Private"]["per_session_kib"]),
+                    fmt(m["Anonymous"]["per_session_kib"]), fmt(m["Pss"]["holder_median_kib"]), fmt(m["Pss"]["idle_median_kib"])))
+    a = R.get("abort")
+    if a:
+        for k in ("etcd_up", "etcd_down"):
+            e = a[k]
+            if "skipped" in e:
+                L.append("abort %-9s skipped: %s" % (k, e["skipped"]))
+            else:
+                L.append("abort %-9s ROLLBACK(10 xact locks) p50_us=%s p99_us=%s max_us=%s (no-lock ROLLBACK p50_us=%s) keys_left=%s"
+                         % (k, fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["max_us"]), fmt(e["baseline_no_locks_p50_us"]),
+                            e["keys_left_after_10s"]))
+    l = R.get("leak")
+    if l:
+        L.append("leak %d cycles one session      rss_growth_kib=%s anon_growth_kib=%s pss_growth_kib=%s (rss %s -> %s KiB, %s cycles/s)"
+                 % (l["cycles"], l["rss_growth_kib"], l["anon_growth_kib"], l["pss_growth_kib"], l["rss_before_kib"],
+                    l["rss_after_kib"], fmt(l["cycles_per_s"])))
+    return L
+
+
+def load_samples(name):
+    path = os.path.join(RAW, name + ".txt")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return sorted(float(x) for x in f if x.strip())
+
+
+def plot(R, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def ecdf(ax, vals, label, **kw):
+        if not vals:
+            return
+        n = len(vals)
+        ax.plot(vals, [(i + 1) / n for i in range(n)], label="%s (n=%d)" % (label, n), **kw)
+
+    def marks(ax, st, label, color):
+        if not st or st.get("p50_us") is None:
+            return
+        ax.axvline(st["p50_us"], color=color, ls="--", lw=1.2, label="%s p50 %.0f us" % (label, st["p50_us"]))
+        ax.axvline(st["p99_us"], color=color, ls=":", lw=1.2, label="%s p99 %.0f us" % (label, st["p99_us"]))
+
+    fig, axes = plt.subplots(1, 3, figsize=(19, 6))
+    ax = axes[0]
+    p = R.get("pair")
+    if p:
+        ecdf(ax, load_samples("pair_etcd_lock"), "ext etcd_lock+unlock", color="C0")
+        ecdf(ax, load_samples("pair_etcd_try_lock"), "ext etcd_try_lock+unlock", color="C9")
+        ecdf(ax, load_samples("pair_xact"), "ext BEGIN;xact_lock;COMMIT", color="C2")
+        ecdf(ax, load_samples("pair_advisory"), "pg_advisory pair (SQL only)", color="C7")
+        marks(ax, p["go"], "go-mutex", "C1")
+        marks(ax, p["floor"], "http-floor", "C3")
+    ax.set_title("pair: one session, uncontended acquire+release")
+    ax = axes[1]
+    c = R.get("contend")
+    if c:
+        for k, col, gcol in (("c4", "C0", "C1"), ("c16", "C4", "C5")):
+            if k in c:
+                ecdf(ax, load_samples("contend_pair_%s" % k), "ext %s lock wait+unlock" % k, color=col)
+                marks(ax, c[k]["go"], "go-mutex %s" % k, gcol)
+    ax.set_title("contend: per-pair latency (wait + release), one lock")
+    ax = axes[2]
+    if c:
+        for k, col in (("c4", "C0"), ("c16", "C4")):
+            if k in c:
+                ecdf(ax, load_samples("contend_r2a_%s" % k), "ext %s release->next acquire" % k, color=col)
+        ax.axvline(3000, color="k", ls="--", lw=1, label="target p50 < 3 ms")
+    ax.set_title("contend: release-to-acquire handoff latency")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (us, log scale)")
+        ax.set_ylabel("fraction of operations <= x")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    m = R.get("machine", {})
+    fig.suptitle("etcd_lock benchmark %s — %s cores, %s, %s (go-mutex / http-floor print only p50/p99: dashed/dotted lines)"
+                 % (R.get("finished_at", ""), m.get("nproc", "?"), m.get("etcd_version", "etcd ?"), m.get("postgres_version", "")),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def machine_info():
+    def cmd(c):
+        try:
+            return subprocess.run(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30).stdout.strip()
+        except Exception as e:
+            return "unavailable: %s" % e
+    repo = ENV.get("BENCH_REPO", ".")
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    mem = cmd(["sh", "-c", "awk '/MemTotal/ {print $2 \" kB\"}' /proc/meminfo"])
+    return dict(
+        nproc=cmd(["nproc"]), uname=cmd(["uname", "-a"]), cpu_model=cpu, mem_total=mem,
+        etcd_version=cmd(["etcd", "--version"]).splitlines()[0] if cmd(["etcd", "--version"]) else "",
+        etcd_version_full=cmd(["etcd", "--version"]),
+        etcd_server_version=cmd(["curl", "-s", ETCD + "/version"]),
+        postgres_version=cmd([os.path.join(ENV.get("PGBIN", "/usr/lib/postgresql/15/bin"), "postgres"), "--version"]),
+        pgbench_version=cmd(["pgbench", "--version"]),
+        go_version=cmd(["go", "version"]),
+        curl_version=cmd(["curl", "--version"]).splitlines()[0],
+        extension_version=psql("SELECT extversion FROM pg_extension WHERE extname = 'etcd_lock'"),
+        git_commit=cmd(["git", "-C", repo, "rev-parse", "HEAD"]),
+        git_status_porcelain=cmd(["git", "-C", repo, "status", "--porcelain"]).splitlines(),
+        etcd_endpoint=ETCD, etcd_started_by_bench=bool(ETCD_PID))
+
+
+def scan_pg_log():
+    path = ENV.get("BENCH_PG_LOG")
+    res = dict(path=path)
+    if not path or not os.path.exists(path):
+        return res
+    pats = {"panic": "PANIC", "crash": "terminated by signal", "fatal": "FATAL", "error": "ERROR",
+            "warning": "WARNING", "worker_could_not": "etcd_lock worker: could not"}
+    counts = {k: 0 for k in pats}
+    first = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            hit = False
+            for k, p in pats.items():
+                if p in line:
+                    counts[k] += 1
+                    hit = True
+            if hit and len(first) < 20:
+                first.append(line.rstrip())
+    res.update(counts=counts, first_lines=first)
+    return res
+
+
+def main():
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    os.makedirs(RAW, exist_ok=True)
+    R = dict(command=ENV.get("BENCH_COMMAND", "bash bench/run.sh"), quick=QUICK,
+             started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=CFG,
+             machine=machine_info(), lock_prefix=LP, errors={})
+    t_start = time.monotonic()
+    R["lease_ttl_s"] = lease_ttl_s()
+    only = [w for w in ENV.get("BENCH_ONLY", "").split(",") if w]
+    try:
+        for name, fn in (("pair", wl_pair), ("contend", wl_contend), ("distinct", wl_distinct),
+                         ("idle", wl_idle), ("abort", wl_abort), ("leak", wl_leak)):
+            if only and name not in only:
+                continue
+            t = time.monotonic()
+            try:
+                fn(R)
+            except (Exception, KeyboardInterrupt) as e:
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                R["errors"][name] = "".join(traceback.format_exception_only(type(e), e)).strip()
+                log("ERROR in %s: %s" % (name, R["errors"][name]))
+                traceback.print_exc()
+            R.setdefault("workload_seconds", {})[name] = round(time.monotonic() - t, 1)
+    finally:
+        kill_children()
+    R["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    R["postgres_log"] = scan_pg_log()
+    R["duration_s"] = round(time.monotonic() - t_start, 1)
+    R["targets"] = targets(R)
+    lines = table(R)
+    R["table"] = lines
+    try:
+        plot(R, os.path.join(OUT, "latency.png"))
+        R["plot"] = "latency.png"
+    except Exception as e:
+        R["errors"]["plot"] = "".join(traceback.format_exception_only(type(e), e)).strip()
+        log("ERROR drawing the plot: %s" % R["errors"]["plot"])
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(R, f, indent=1, sort_keys=False)
+        f.write("\n")
+    print()
+    print("== etcd_lock benchmark (%s%s), %s s of workloads ==" % ("QUICK" if QUICK else "full", ", rounds=%d" % CFG["rounds"], R["duration_s"]))
+    for l in lines:
+        print(l)
+    print()
+    print("== targets ==")
+    for t in R["targets"]:
+        v = t["value"]
+        vs = "n/a" if v is None else ("%.2f" % v if abs(v) < 100 else "%.0f" % v)
+        print("%-4s %-62s %s %s %s%s" % (t["result"], t["target"], vs, t["op"], t["limit"], t["unit"]))
+    if R["errors"]:
+        print()
+        for k, v in R["errors"].items():
+            print("ERROR %s: %s" % (k, v))
+    return 1 if R["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

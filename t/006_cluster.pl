@@ -1,0 +1,97 @@
+# A 3-member etcd cluster: kill the leader while 8 sessions take turns on
+# one lock. Lock traffic continues through the other members (failover of
+# requests, watches and keepalives), and no two holders ever overlap.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use EtcdLockTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my @members = start_etcd_cluster(3);
+my $eps = join(',', map { $_->{endpoint} } @members);
+my $node = PostgreSQL::Test::Cluster->new('cluster');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'etcd_lock'
+etcd_lock.endpoints = '$eps'
+etcd_lock.request_timeout = '2s'
+});
+$node->start;
+$node->safe_psql('postgres', q{
+CREATE EXTENSION etcd_lock;
+CREATE TABLE cs_log (id bigserial, who int, token bigint, t_enter timestamptz, t_exit timestamptz);
+CREATE TABLE errors (who int, at timestamptz, msg text);
+CREATE PROCEDURE worker(me int, n int) LANGUAGE plpgsql AS $$
+DECLARE tok bigint; i bigint; done int := 0; tries int := 0;
+BEGIN
+	WHILE done < n AND tries < n * 50 LOOP
+		tries := tries + 1;
+		BEGIN
+			tok := etcd_lock('/cluster', '20 s');
+		EXCEPTION WHEN others THEN
+			INSERT INTO errors VALUES (me, clock_timestamp(), SQLERRM);
+			COMMIT;
+			PERFORM pg_sleep(0.05);
+			CONTINUE;
+		END;
+		INSERT INTO cs_log (who, token, t_enter) VALUES (me, tok, clock_timestamp()) RETURNING id INTO i;
+		COMMIT;
+		PERFORM pg_sleep(0.005);
+		UPDATE cs_log SET t_exit = clock_timestamp() WHERE id = i;
+		COMMIT;
+		LOOP
+			BEGIN
+				PERFORM etcd_unlock('/cluster');
+				EXIT;
+			EXCEPTION WHEN others THEN
+				INSERT INTO errors VALUES (me, clock_timestamp(), 'unlock: ' || SQLERRM);
+				COMMIT;
+				PERFORM pg_sleep(0.05);
+			END;
+		END LOOP;
+		done := done + 1;
+	END LOOP;
+END $$;
+});
+
+my $n = 40;
+my @s = map { session($node) } 1 .. 8;
+my @m = map { start_query($s[$_], "CALL worker($_, $n)") } 0 .. 7;
+
+ok(wait_until(sub { $node->safe_psql('postgres', 'SELECT count(*) FROM cs_log') >= 60 }, 120),
+	'lock traffic runs on the 3-member cluster');
+my $leader = etcd_leader(\@members);
+ok(defined $leader, "found the leader ($leader->{name})");
+my $killed_at = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
+kill 'KILL', $leader->{pid};
+waitpid($leader->{pid}, 0);
+note "killed the leader $leader->{name} at $killed_at";
+
+for my $i (0 .. 7)
+{
+	my ($out, $err) = finish_query($s[$i], $m[$i], 300);
+	is($err, '', "session $i finished");
+}
+$_->quit for @s;
+
+is($node->safe_psql('postgres', 'SELECT count(*) FROM cs_log WHERE t_exit IS NOT NULL'), 8 * $n,
+	'every session completed all its critical sections');
+my $after = $node->safe_psql('postgres', "SELECT count(*) FROM cs_log WHERE t_enter > '$killed_at'");
+ok($after >= 50, "lock traffic continued after the leader died ($after critical sections)");
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM cs_log a JOIN cs_log b
+	  ON a.id < b.id AND a.t_enter < b.t_exit AND b.t_enter < a.t_exit}), '0',
+	'no two holders at once');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM (SELECT token, lag(token) OVER (ORDER BY t_enter) AS prev FROM cs_log) x
+	 WHERE token <= prev}), '0', 'fencing tokens strictly increase from holder to holder');
+my $errs = $node->safe_psql('postgres', 'SELECT count(*) FROM errors');
+note "lock calls that failed during the election and were retried: $errs";
+note $node->safe_psql('postgres', 'SELECT msg, count(*) FROM errors GROUP BY 1 ORDER BY 2 DESC LIMIT 5');
+ok(!$node->log_contains('terminated by signal'), 'no backend crashed');
+
+done_testing();
