@@ -143,12 +143,14 @@ END
 }
 
 # etcd_node(name, etcd, conf...): a started node preloaded with etcd_lock,
-# the extension created in database postgres.
+# the extension created in database postgres. allows_streaming => 1 makes it
+# a primary that a standby can be built from.
 sub etcd_node
 {
 	my ($name, $etcd, %conf) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	my $streaming = delete $conf{allows_streaming};
+	$node->init($streaming ? (allows_streaming => 1) : ());
 	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'etcd_lock'");
 	$node->append_conf('postgresql.conf', "etcd_lock.endpoints = '$etcd->{endpoint}'");
 	$node->append_conf('postgresql.conf', "$_ = '$conf{$_}'") for sort keys %conf;
