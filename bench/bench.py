@@ -21,17 +21,17 @@ import traceback
 import urllib.request
 
 ENV = os.environ
-OUT = ENV["BENCH_OUT"]
-WORK = ENV["BENCH_WORK"]
+OUT = ENV.get("BENCH_OUT") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+WORK = ENV.get("BENCH_WORK", "")
 RAW = os.path.join(OUT, "raw")
-CLIENT = ENV["BENCH_CLIENT"]
-SHAPES = ENV["BENCH_SHAPES"]
-GO_MUTEX = ENV["GO_MUTEX"]
-FLOOR = ENV["HTTP_FLOOR"]
-ETCD = ENV["ETCD_ENDPOINT"].rstrip("/")
+CLIENT = ENV.get("BENCH_CLIENT", "")
+SHAPES = ENV.get("BENCH_SHAPES", "")
+GO_MUTEX = ENV.get("GO_MUTEX", "")
+FLOOR = ENV.get("HTTP_FLOOR", "")
+ETCD = ENV.get("ETCD_ENDPOINT", "").rstrip("/")
 ETCD_HOSTPORT = re.sub(r"^https?://", "", ETCD)
 ETCD_PID = int(ENV.get("BENCH_ETCD_PID") or 0)      # 0: not ours, never signalled
-PM_PID = int(ENV["BENCH_POSTMASTER_PID"])
+PM_PID = int(ENV.get("BENCH_POSTMASTER_PID") or 0)
 QUICK = ENV.get("QUICK", "0") not in ("", "0")
 LP = ENV.get("BENCH_LOCK_PREFIX", "/etcd_lock_bench")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -623,6 +623,10 @@ def targets(R):
     return T
 
 
+def ckeys(d):
+    return sorted((k for k in d if re.fullmatch(r"c\d+", k)), key=lambda s: int(s[1:]))
+
+
 def table(R):
     L = []
     p = R.get("pair")
@@ -653,7 +657,7 @@ def table(R):
                  % (fmt(b["sql_round_trips"]), fmt(b["etcd_gateway_requests"]), fmt(b["extension_client_side"])))
     c = R.get("contend")
     if c:
-        for k in sorted((k for k in c if k.startswith("c")), key=lambda s: int(s[1:])):
+        for k in ckeys(c):
             e, g = c[k]["ext"], c[k]["go"]
             L.append("contend %-3s etcd_lock          handoffs_per_s=%s pair_p50_us=%s pair_p99_us=%s release_to_acquire_p50_us=%s p99_us=%s vs_go=%s"
                      % (k.replace("c", "c="), fmt(e["handoffs_per_s"]), fmt(e["pair_p50_us"]), fmt(e["pair_p99_us"]),
@@ -662,7 +666,7 @@ def table(R):
                      % (k.replace("c", "c="), fmt(g["ops_per_s"]), fmt(g["p50_us"]), fmt(g["p99_us"])))
     d = R.get("distinct")
     if d:
-        for k in sorted((k for k in d if k.startswith("c")), key=lambda s: int(s[1:])):
+        for k in ckeys(d):
             e, g = d[k]["ext"], d[k]["go"]
             L.append("distinct %-3s etcd_lock         acquisitions_per_s=%s p50_us=%s p99_us=%s vs_go=%s"
                      % (k.replace("c", "c="), fmt(e["ops_per_s"]), fmt(e["p50_us"]), fmt(e["p99_us"]), fx(e["vs_go"])))
@@ -839,10 +843,28 @@ def main():
     finally:
         kill_children()
     R["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    R["postgres_log"] = scan_pg_log()
     R["duration_s"] = round(time.monotonic() - t_start, 1)
-    R["targets"] = targets(R)
-    lines = table(R)
+    R["postgres_log"] = scan_pg_log()
+    write_json(R)          # first the figures, whatever happens to the report
+    return report(R)
+
+
+def write_json(R):
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(R, f, indent=1, sort_keys=False)
+        f.write("\n")
+
+
+def report(R):
+    """Targets, table, plot; rewrites results.json with them. Prints the table."""
+    try:
+        R["targets"] = targets(R)
+        lines = table(R)
+    except Exception as e:
+        R["errors"]["report"] = "".join(traceback.format_exception_only(type(e), e)).strip()
+        traceback.print_exc()
+        write_json(R)
+        return 1
     R["table"] = lines
     try:
         plot(R, os.path.join(OUT, "latency.png"))
@@ -850,11 +872,9 @@ def main():
     except Exception as e:
         R["errors"]["plot"] = "".join(traceback.format_exception_only(type(e), e)).strip()
         log("ERROR drawing the plot: %s" % R["errors"]["plot"])
-    with open(os.path.join(OUT, "results.json"), "w") as f:
-        json.dump(R, f, indent=1, sort_keys=False)
-        f.write("\n")
+    write_json(R)
     print()
-    print("== etcd_lock benchmark (%s%s), %s s of workloads ==" % ("QUICK" if QUICK else "full", ", rounds=%d" % CFG["rounds"], R["duration_s"]))
+    print("== etcd_lock benchmark (%s, rounds=%d), %s s of workloads ==" % ("QUICK" if R["quick"] else "full", R["config"]["rounds"], R["duration_s"]))
     for l in lines:
         print(l)
     print()
@@ -863,6 +883,10 @@ def main():
         v = t["value"]
         vs = "n/a" if v is None else ("%.2f" % v if abs(v) < 100 else "%.0f" % v)
         print("%-4s %-62s %s %s %s%s" % (t["result"], t["target"], vs, t["op"], t["limit"], t["unit"]))
+    pl = R.get("postgres_log", {}).get("counts")
+    if pl:
+        print()
+        print("postgres log: " + " ".join("%s=%d" % kv for kv in pl.items()))
     if R["errors"]:
         print()
         for k, v in R["errors"].items():
@@ -871,4 +895,11 @@ def main():
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--report":
+        # re-render the table and the plot from an existing results.json
+        with open(os.path.join(OUT, "results.json")) as f:
+            R = json.load(f)
+        for k in ("plot", "report"):
+            R["errors"].pop(k, None)
+        sys.exit(report(R))
     sys.exit(main())

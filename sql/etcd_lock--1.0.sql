@@ -71,6 +71,7 @@ AS 'MODULE_PATHNAME', 'etcd_locks_sql'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE VIEW etcd_locks AS SELECT * FROM etcd_locks_internal();
+GRANT SELECT ON etcd_locks TO PUBLIC;
 
 COMMENT ON VIEW etcd_locks IS
 'etcd locks held or awaited by the backends of this instance';
@@ -87,3 +88,25 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION etcd_lock_holders(text) IS
 'holders and waiter counts of etcd locks, read from etcd';
+
+-- Privileges: taking cluster-wide locks is a privilege the DBA grants.
+-- Members of etcd_lock_user may lock; everyone may look (etcd_locks,
+-- etcd_lock_holders; holder details need pg_read_all_stats).
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'etcd_lock_user') THEN
+		CREATE ROLE etcd_lock_user NOLOGIN;
+	END IF;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION
+    etcd_lock(text, interval), etcd_try_lock(text),
+    etcd_xact_lock(text, interval), etcd_try_xact_lock(text),
+    etcd_unlock(text), etcd_unlock_all(), etcd_lock_token(text)
+FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    etcd_lock(text, interval), etcd_try_lock(text),
+    etcd_xact_lock(text, interval), etcd_try_xact_lock(text),
+    etcd_unlock(text), etcd_unlock_all(), etcd_lock_token(text)
+TO etcd_lock_user;

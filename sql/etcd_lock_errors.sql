@@ -36,12 +36,28 @@ SELECT sqlstate_of($$SET etcd_lock.lease_ttl = 5$$);
 SELECT sqlstate_of($$SET etcd_lock.request_timeout = 10$$);
 -- the prefix reserved: unknown etcd_lock.* settings are refused
 SELECT sqlstate_of($$SET etcd_lock.no_such_setting = 1$$);
--- the prefix is superuser-only
+-- privileges: the prefix is superuser-only, credentials are hidden, and
+-- only members of etcd_lock_user may take locks
 CREATE ROLE etcd_lock_regress_user;
 SET ROLE etcd_lock_regress_user;
 SELECT sqlstate_of($$SET etcd_lock.prefix = '/other/'$$);
+SELECT sqlstate_of($$SELECT etcd_lock('/regress/priv')$$);
+SELECT sqlstate_of($$SELECT etcd_try_xact_lock('/regress/priv')$$);
+SELECT sqlstate_of($$SHOW etcd_lock.password_file$$);
+SELECT sqlstate_of($$SHOW etcd_lock.tls_key_file$$);
+SELECT sqlstate_of($$SHOW etcd_lock.username$$);
+SELECT name FROM pg_settings WHERE name LIKE 'etcd_lock.%' ORDER BY 1;
+-- looking is allowed
+SELECT count(*) >= 0 AS can_read_view FROM etcd_locks;
+RESET ROLE;
+GRANT etcd_lock_user TO etcd_lock_regress_user;
+SET ROLE etcd_lock_regress_user;
+SELECT etcd_lock('/regress/priv') > 0 AS member_can_lock;
+SELECT etcd_unlock('/regress/priv') AS member_can_unlock;
 RESET ROLE;
 DROP ROLE etcd_lock_regress_user;
+-- a superuser sees every setting
+SELECT name, setting FROM pg_settings WHERE name LIKE 'etcd_lock.%' AND name NOT IN ('etcd_lock.endpoints', 'etcd_lock.request_timeout') ORDER BY 1;
 
 -- PREPARE TRANSACTION is refused once etcd locks were taken in it
 BEGIN;

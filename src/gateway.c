@@ -14,12 +14,15 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
 #include <curl/curl.h>
 #include <jansson.h>
 
 #include "common/base64.h"
 #include "miscadmin.h"
+#include "storage/fd.h"
 #include "storage/latch.h"
+#include "utils/json.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
 
@@ -69,6 +72,12 @@ static bool gw_watch_done;		/* transfer ended */
 static bool gw_watch_created;
 static bool gw_watch_deleted;
 static bool gw_watch_broken;
+
+/* TLS settings applied to the handles, and the etcd auth token */
+static char *gw_tls_applied = NULL;	/* "ca|cert|key" last applied */
+static char *gw_token = NULL;	/* malloc'd; never logged */
+static char *gw_token_user = NULL;	/* who gw_token belongs to */
+static bool gw_watch_unauth;	/* the watch stream said: bad token */
 
 /* endpoints, parsed from etcd_lock.endpoints when it changes */
 static char *gw_eps[ETCD_MAX_ENDPOINTS];
@@ -163,6 +172,11 @@ gw_watch_line(const char *line, size_t len)
 	if (!json_is_object(res))
 	{
 		/* {"error":{...}} or something else: not a usable watch */
+		json_t	   *err = json_object_get(root, "error");
+
+		if (json_is_object(err) &&
+			json_integer_value(json_object_get(err, "grpc_code")) == GRPC_UNAUTHENTICATED)
+			gw_watch_unauth = true;
 		gw_watch_broken = true;
 		json_decref(root);
 		return;
@@ -269,6 +283,97 @@ gw_new_easy(char *errbuf, struct curl_slist *headers)
 }
 
 /*
+ * gw_set_headers (re)builds both handles' header lists, with the auth token
+ * if there is one. libcurl copies nothing: the lists must outlive their use.
+ */
+static void
+gw_set_headers(void)
+{
+	struct curl_slist *h = NULL,
+			   *w = NULL;
+	char	   *auth = NULL;
+
+	if (gw_token)
+	{
+		auth = malloc(strlen(gw_token) + 32);
+		if (!auth)
+			elog(ERROR, "etcd_lock: out of memory");
+		sprintf(auth, "Authorization: %s", gw_token);
+	}
+	h = curl_slist_append(h, "Content-Type: application/json");
+	h = curl_slist_append(h, "Expect:");
+	w = curl_slist_append(w, "Content-Type: application/json");
+	w = curl_slist_append(w, "Expect:");
+	/* a watch on a member cut off from quorum must fail, not hang */
+	w = curl_slist_append(w, "Grpc-Metadata-hasleader: true");
+	if (auth)
+	{
+		h = curl_slist_append(h, auth);
+		w = curl_slist_append(w, auth);
+		explicit_bzero(auth, strlen(auth));
+		free(auth);
+	}
+	if (!h || !w)
+		elog(ERROR, "etcd_lock: out of memory");
+	if (gw_easy)
+		curl_easy_setopt(gw_easy, CURLOPT_HTTPHEADER, h);
+	if (gw_watch)
+		curl_easy_setopt(gw_watch, CURLOPT_HTTPHEADER, w);
+	if (gw_headers)
+		curl_slist_free_all(gw_headers);
+	if (gw_watch_headers)
+		curl_slist_free_all(gw_watch_headers);
+	gw_headers = h;
+	gw_watch_headers = w;
+}
+
+static void
+gw_drop_token(void)
+{
+	if (gw_token)
+	{
+		explicit_bzero(gw_token, strlen(gw_token));
+		free(gw_token);
+		gw_token = NULL;
+		gw_set_headers();
+	}
+}
+
+/*
+ * gw_apply_tls sets the TLS files on both handles when the settings
+ * changed. Peer and host name verification stay on (libcurl's default).
+ */
+static void
+gw_apply_tls(void)
+{
+	const char *ca = etcd_lock_tls_ca_file ? etcd_lock_tls_ca_file : "";
+	const char *cert = etcd_lock_tls_cert_file ? etcd_lock_tls_cert_file : "";
+	const char *key = etcd_lock_tls_key_file ? etcd_lock_tls_key_file : "";
+	char	   *cfg = psprintf("%s|%s|%s", ca, cert, key);
+	CURL	   *handles[2] = {gw_easy, gw_watch};
+	int			i;
+
+	if (gw_tls_applied && strcmp(gw_tls_applied, cfg) == 0)
+	{
+		pfree(cfg);
+		return;
+	}
+	for (i = 0; i < 2; i++)
+	{
+		curl_easy_setopt(handles[i], CURLOPT_SSL_VERIFYPEER, 1L);
+		curl_easy_setopt(handles[i], CURLOPT_SSL_VERIFYHOST, 2L);
+		curl_easy_setopt(handles[i], CURLOPT_CAINFO, ca[0] ? ca : NULL);
+		curl_easy_setopt(handles[i], CURLOPT_SSLCERT, cert[0] ? cert : NULL);
+		curl_easy_setopt(handles[i], CURLOPT_SSLKEY, key[0] ? key : NULL);
+	}
+	if (gw_tls_applied)
+		free(gw_tls_applied);
+	gw_tls_applied = strdup(cfg);
+	pfree(cfg);
+	/* libcurl does not reuse a connection made with other TLS settings */
+}
+
+/*
  * gw_init creates this process's curl handles once.
  */
 static void
@@ -278,19 +383,11 @@ gw_init(void)
 		return;
 	if (curl_global_init(CURL_GLOBAL_ALL) != 0)
 		elog(ERROR, "etcd_lock: could not initialize libcurl");
-	gw_headers = curl_slist_append(NULL, "Content-Type: application/json");
-	gw_headers = curl_slist_append(gw_headers, "Expect:");
-	gw_watch_headers = curl_slist_append(NULL, "Content-Type: application/json");
-	gw_watch_headers = curl_slist_append(gw_watch_headers, "Expect:");
-	/* a watch on a member cut off from quorum must fail, not hang */
-	gw_watch_headers = curl_slist_append(gw_watch_headers, "Grpc-Metadata-hasleader: true");
-	if (!gw_headers || !gw_watch_headers)
-		elog(ERROR, "etcd_lock: out of memory");
-
-	gw_easy = gw_new_easy(gw_errbuf, gw_headers);
+	gw_easy = gw_new_easy(gw_errbuf, NULL);
 	curl_easy_setopt(gw_easy, CURLOPT_WRITEFUNCTION, gw_write_cb);
-	gw_watch = gw_new_easy(gw_watch_errbuf, gw_watch_headers);
+	gw_watch = gw_new_easy(gw_watch_errbuf, NULL);
 	curl_easy_setopt(gw_watch, CURLOPT_WRITEFUNCTION, gw_watch_write_cb);
+	gw_set_headers();
 
 	gw_multi = curl_multi_init();
 	if (!gw_multi)
@@ -551,23 +648,27 @@ etcd_request(const char *path, const char *body, EtcdParseFn parse, void *arg,
 }
 
 /*
- * etcd_request_ex is etcd_request with its own time bound (ms).
+ * gw_request sends one request, failing over between endpoints, without
+ * authentication logic (see etcd_request_ex).
  */
-bool
-etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
-				void *arg, EtcdStatus *st, int timeout_ms)
+static bool
+gw_request(const char *path, const char *body, EtcdParseFn parse,
+		   void *arg, EtcdStatus *st, int timeout_ms)
 {
 	TimestampTz deadline;
 	int			neps,
 				attempt;
 	char		tried[sizeof(st->message)];
-	size_t		tlen = 0;
+	char		tried_log[sizeof(st->log_message)];
+	size_t		tlen = 0,
+				tllen = 0;
 
 	gw_init();
 	neps = gw_endpoints();
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(timeout_ms, 1));
 	memset(st, 0, sizeof(*st));
 	tried[0] = '\0';
+	tried_log[0] = '\0';
 
 	for (attempt = 0; attempt < neps; attempt++)
 	{
@@ -626,30 +727,180 @@ etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
 			gw_error_reply(st, http);
 			return false;
 		}
-		/* connection error, timeout, overflow or 5xx: try the next one */
-		if (tlen < sizeof(tried) - 1)
+		/*
+		 * Connection error, timeout, overflow or 5xx: try the next one. The
+		 * client sees curl's fixed text for the error code; the server log
+		 * also gets curl's detailed message (it may name certificate files,
+		 * which only superusers may see).
+		 */
 		{
 			const char *why;
+			const char *why_log;
 			char		hbuf[32];
 
 			if (rc == CURLE_OK)
 			{
 				snprintf(hbuf, sizeof(hbuf), "HTTP %ld", http);
-				why = hbuf;
+				why = why_log = hbuf;
 			}
 			else if (rc == CURLE_WRITE_ERROR && gw_body.overflow)
-				why = "answer too large";
+				why = why_log = "answer too large";
 			else if (!finished)
-				why = "timed out";
+				why = why_log = "timed out";
 			else
-				why = gw_errbuf[0] ? gw_errbuf : curl_easy_strerror(rc);
-			tlen += snprintf(tried + tlen, sizeof(tried) - tlen, "%s%s: %s",
-							 tlen ? "; " : "", gw_eps[idx], why);
+			{
+				why = curl_easy_strerror(rc);
+				why_log = gw_errbuf[0] ? gw_errbuf : why;
+			}
+			if (tlen < sizeof(tried) - 1)
+				tlen += snprintf(tried + tlen, sizeof(tried) - tlen, "%s%s: %s",
+								 tlen ? "; " : "", gw_eps[idx], why);
+			if (tllen < sizeof(tried_log) - 1)
+				tllen += snprintf(tried_log + tllen, sizeof(tried_log) - tllen, "%s%s: %s",
+								  tllen ? "; " : "", gw_eps[idx], why_log);
 		}
 	}
 	st->kind = ETCD_UNREACHABLE;
 	snprintf(st->message, sizeof(st->message), "%s",
 			 tried[0] ? tried : "no time left within etcd_lock.request_timeout");
+	snprintf(st->log_message, sizeof(st->log_message), "%s",
+			 tried_log[0] ? tried_log : st->message);
+	return false;
+}
+
+/*
+ * gw_read_password reads etcd_lock.password_file, refusing a file that its
+ * group or others may read. The path appears in the server log only.
+ */
+static char *
+gw_read_password(void)
+{
+	const char *path = etcd_lock_password_file;
+	struct stat stb;
+	FILE	   *f;
+	char		buf[1024];
+	size_t		n;
+
+	if (path == NULL || path[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("etcd_lock: etcd_lock.username is set but etcd_lock.password_file is not")));
+	if (stat(path, &stb) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("etcd_lock: could not read the etcd password file"),
+				 errdetail_log("stat(\"%s\") failed: %m.", path)));
+	if (!S_ISREG(stb.st_mode) || (stb.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("etcd_lock: the etcd password file must be a plain file readable only by the server's user"),
+				 errhint("chmod 0600 the file named by etcd_lock.password_file."),
+				 errdetail_log("File \"%s\" has mode %04o.", path, (unsigned) (stb.st_mode & 07777))));
+	f = AllocateFile(path, "r");
+	if (f == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("etcd_lock: could not read the etcd password file"),
+				 errdetail_log("open(\"%s\") failed: %m.", path)));
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	FreeFile(f);
+	buf[n] = '\0';
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = '\0';
+	{
+		char	   *pw = pstrdup(buf);
+
+		explicit_bzero(buf, sizeof(buf));
+		return pw;
+	}
+}
+
+static bool
+parse_token(json_t *root, void *arg)
+{
+	json_t	   *t = json_object_get(root, "token");
+
+	if (!json_is_string(t))
+		return false;
+	*(char **) arg = strdup(json_string_value(t));
+	return *(char **) arg != NULL;
+}
+
+/*
+ * gw_authenticate gets a token for etcd_lock.username. Neither the password
+ * nor the token ever enters a message.
+ */
+static bool
+gw_authenticate(EtcdStatus *st, int timeout_ms)
+{
+	char	   *password = gw_read_password();
+	StringInfoData b;
+	char	   *token = NULL;
+	bool		ok;
+
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"name\":");
+	escape_json(&b, etcd_lock_username);
+	appendStringInfoString(&b, ",\"password\":");
+	escape_json(&b, password);
+	appendStringInfoChar(&b, '}');
+	explicit_bzero(password, strlen(password));
+	pfree(password);
+
+	gw_drop_token();
+	ok = gw_request("/v3/auth/authenticate", b.data, parse_token, &token, st, timeout_ms);
+	explicit_bzero(b.data, b.len);
+	pfree(b.data);
+	if (!ok)
+	{
+		char		why[sizeof(st->message)];
+
+		/* never echo an authenticate answer: it may hold a token */
+		if (st->kind == ETCD_BAD_REPLY)
+			snprintf(st->message, sizeof(st->message), "unexpected answer");
+		snprintf(why, sizeof(why), "%s", st->message);
+		snprintf(st->message, sizeof(st->message), "authentication as etcd user \"%s\" failed: %s",
+				 etcd_lock_username, why);
+		st->log_message[0] = '\0';
+		return false;
+	}
+	gw_token = token;
+	if (gw_token_user)
+		free(gw_token_user);
+	gw_token_user = strdup(etcd_lock_username);
+	gw_set_headers();
+	return true;
+}
+
+/*
+ * etcd_request_ex is etcd_request with its own time bound (ms). With
+ * etcd_lock.username set it authenticates first and, when etcd says the
+ * token is invalid (simple tokens expire), authenticates again and retries
+ * once, so token expiry is never visible to the user.
+ */
+bool
+etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
+				void *arg, EtcdStatus *st, int timeout_ms)
+{
+	bool		auth = etcd_lock_username && etcd_lock_username[0];
+
+	gw_init();
+	gw_apply_tls();
+	if (!auth && gw_token)
+		gw_drop_token();
+	if (auth && gw_token && (!gw_token_user || strcmp(gw_token_user, etcd_lock_username) != 0))
+		gw_drop_token();
+	if (auth && !gw_token && !gw_authenticate(st, timeout_ms))
+		return false;
+	if (gw_request(path, body, parse, arg, st, timeout_ms))
+		return true;
+	if (auth && st->kind == ETCD_ERROR_REPLY &&
+		(st->grpc_code == GRPC_UNAUTHENTICATED || st->http_status == 401))
+	{
+		if (!gw_authenticate(st, timeout_ms))
+			return false;
+		return gw_request(path, body, parse, arg, st, timeout_ms);
+	}
 	return false;
 }
 
@@ -666,6 +917,7 @@ etcd_report_status(const EtcdStatus *st, const char *what)
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("etcd_lock: could not %s: etcd is unreachable", what),
 				 errdetail("Endpoints tried: %s.", st->message),
+				 st->log_message[0] ? errdetail_log("Endpoints tried: %s.", st->log_message) : 0,
 				 errhint("Check that etcd runs and that etcd_lock.endpoints names it.")));
 	else if (st->kind == ETCD_ERROR_REPLY)
 		ereport(ERROR,
@@ -725,9 +977,11 @@ etcd_watch_open(const char *key, int keylen, EtcdStatus *st)
 	bool		created;
 
 	gw_init();
+	gw_apply_tls();
 	neps = gw_endpoints();
 	etcd_watch_close();
 	memset(st, 0, sizeof(*st));
+	gw_watch_unauth = false;
 
 	initStringInfo(&body);
 	appendStringInfoString(&body, "{\"create_request\":{\"key\":\"");
@@ -765,8 +1019,10 @@ etcd_watch_open(const char *key, int keylen, EtcdStatus *st)
 				 gw_watch_errbuf[0] ? gw_watch_errbuf :
 				 gw_watch_broken ? "stream error" : "timed out");
 		etcd_watch_close();
-		/* let the next request start with the next endpoint */
-		gw_cur = (gw_cur + 1) % neps;
+		if (gw_watch_unauth)
+			gw_drop_token();	/* the next request authenticates again */
+		else
+			gw_cur = (gw_cur + 1) % neps;	/* next request: next endpoint */
 		return false;
 	}
 	return true;

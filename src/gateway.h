@@ -26,6 +26,7 @@ typedef struct EtcdStatus
 	long		http_status;
 	int			grpc_code;		/* gRPC code of an error reply, else 0 */
 	char		message[512];	/* etcd's message, or what went wrong */
+	char		log_message[512];	/* more detail for the server log only */
 } EtcdStatus;
 
 /* gRPC codes etcd uses */

@@ -20,6 +20,11 @@ int			etcd_lock_lease_ttl = 10;
 int			etcd_lock_request_timeout = 5000;
 int			etcd_lock_on_lease_loss = ON_LOSS_CANCEL;
 bool		etcd_lock_verify_on_commit = false;
+char	   *etcd_lock_tls_ca_file = NULL;
+char	   *etcd_lock_tls_cert_file = NULL;
+char	   *etcd_lock_tls_key_file = NULL;
+char	   *etcd_lock_username = NULL;
+char	   *etcd_lock_password_file = NULL;
 
 static const struct config_enum_entry on_lease_loss_options[] = {
 	{"cancel", ON_LOSS_CANCEL, false},
@@ -231,5 +236,40 @@ etcd_lock_define_gucs(void)
 							 false,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+	/*
+	 * Security settings are server-wide (the worker authenticates too) and
+	 * hidden from non-superusers. There is deliberately no password setting:
+	 * PostgreSQL logs every changed parameter's new value on reload.
+	 */
+	DefineCustomStringVariable("etcd_lock.tls_ca_file",
+							   "CA certificate file that etcd's server certificate must be signed by.",
+							   "Empty: the system's trusted CAs. Server certificate and host name are always verified.",
+							   &etcd_lock_tls_ca_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("etcd_lock.tls_cert_file",
+							   "Client certificate file for etcd (--client-cert-auth).",
+							   NULL,
+							   &etcd_lock_tls_cert_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("etcd_lock.tls_key_file",
+							   "Private key file of the client certificate.",
+							   NULL,
+							   &etcd_lock_tls_key_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("etcd_lock.username",
+							   "etcd user to authenticate as (etcd auth enabled).",
+							   "Empty: no etcd authentication.",
+							   &etcd_lock_username, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("etcd_lock.password_file",
+							   "File holding the etcd user's password (readable only by the server's OS user).",
+							   NULL,
+							   &etcd_lock_password_file, "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 	MarkGUCPrefixReserved("etcd_lock");
 }

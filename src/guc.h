@@ -16,6 +16,11 @@ extern char *etcd_lock_prefix;
 extern int	etcd_lock_lease_ttl;
 extern int	etcd_lock_request_timeout;
 extern int	etcd_lock_on_lease_loss;
+extern char *etcd_lock_tls_ca_file;
+extern char *etcd_lock_tls_cert_file;
+extern char *etcd_lock_tls_key_file;
+extern char *etcd_lock_username;
+extern char *etcd_lock_password_file;
 extern bool etcd_lock_verify_on_commit;
 
 typedef enum EtcdOnLeaseLoss
