@@ -19,14 +19,16 @@ our @EXPORT = qw(start_etcd start_etcd_cluster etcd_leader run_etcd stop_etcd et
 
 my @etcd_pids;
 
-# start_etcd(): a single-member etcd with its data in a temp dir; returns a
-# hash with endpoint and pid. Stopped (by PID) when the test file ends.
+# start_etcd(scheme => 'https', args => [...], curl_opts => '...'): a
+# single-member etcd with its data in a temp dir; returns a hash with
+# endpoint and pid. Stopped (by PID) when the test file ends.
 sub start_etcd
 {
+	my (%opt) = @_;
 	my $dir = PostgreSQL::Test::Utils::tempdir('etcd');
 	my $cport = PostgreSQL::Test::Cluster::get_free_port();
 	my $pport = PostgreSQL::Test::Cluster::get_free_port();
-	my $ep = "http://127.0.0.1:$cport";
+	my $ep = ($opt{scheme} // 'http') . "://127.0.0.1:$cport";
 	my $etcd = {
 		endpoint => $ep,
 		dir => $dir,
@@ -35,8 +37,10 @@ sub start_etcd
 			'--listen-client-urls', $ep, '--advertise-client-urls', $ep,
 			'--listen-peer-urls', "http://127.0.0.1:$pport",
 			'--initial-advertise-peer-urls', "http://127.0.0.1:$pport",
-			'--initial-cluster', "tap=http://127.0.0.1:$pport"
-		]
+			'--initial-cluster', "tap=http://127.0.0.1:$pport",
+			@{ $opt{args} // [] }
+		],
+		curl_opts => $opt{curl_opts}
 	};
 	run_etcd($etcd);
 	return $etcd;
@@ -61,7 +65,8 @@ sub run_etcd
 	push @etcd_pids, $pid;
 	for (1 .. 100)
 	{
-		last if system("curl -sf -m 1 $etcd->{endpoint}/version >/dev/null 2>&1") == 0;
+		my $opts = $etcd->{curl_opts} // '';
+		last if system("curl -sf -m 1 $opts $etcd->{endpoint}/version >/dev/null 2>&1") == 0;
 		usleep(100_000);
 	}
 	return $etcd;
