@@ -84,6 +84,22 @@ my ($t2) = finish_query($s2, $m, 20);
 ok($t2 > $t1, 'TLS: release hands over');
 $s2->query_safe("SELECT etcd_unlock('/app/tls')");
 
+# --- connections (and TLS sessions) are reused: no handshake per lock
+{
+	(my $port = $ep) =~ s/.*://;
+	my $pid = $s1->query_safe('SELECT pg_backend_pid()');
+	my $conns = sub {
+		my @l = grep { /pid=$pid,/ } split /\n/, `ss -tnpH state established '( dport = :$port )' 2>/dev/null`;
+		return join(' ', sort map { (split /\s+/)[2] } @l);
+	};
+	$s1->query_safe("SELECT etcd_lock('/app/reuse'); SELECT etcd_unlock('/app/reuse');");
+	my $before = $conns->();
+	$s1->query_safe("SELECT etcd_lock('/app/reuse'), etcd_unlock('/app/reuse') FROM generate_series(1, 50)");
+	my $after = $conns->();
+	ok($before ne '', "the backend has a TLS connection to etcd ($before)");
+	is($after, $before, '50 more lock/unlock pairs used the same connection (no new handshake)');
+}
+
 # --- an SQL user cannot release another session's lock
 $s1->query_safe("SELECT etcd_lock('/app/mine')");
 my ($out, $err) = finish_query($s2, start_query($s2, "SELECT etcd_unlock('/app/mine')"), 10);
