@@ -709,6 +709,77 @@ etcd_release(const char *name)
 }
 
 /*
+ * lt_filter keeps the acquisitions of e for which keep() says so (keep may
+ * also rewrite one, e.g. move it to the parent subtransaction), counts the
+ * dropped ones made in this transaction, and shows the result in
+ * etcd_locks. Returns how many acquisitions are left; the caller releases
+ * the key when none are.
+ */
+static int
+lt_filter(LocalLock *e, bool (*keep) (LocalAcq *a, void *arg), void *arg)
+{
+	int			i,
+				j = 0;
+
+	for (i = 0; i < e->nacq; i++)
+	{
+		LocalAcq	a = e->acqs[i];
+
+		if (keep(&a, arg))
+			e->acqs[j++] = a;
+		else if (a.subid != InvalidSubTransactionId && lt_xact_acqs > 0)
+			lt_xact_acqs--;
+	}
+	e->nacq = j;
+	lt_publish(e);
+	return j;
+}
+
+/* etcd_unlock_all: only transaction-level holds stay */
+static bool
+keep_xact_holds(LocalAcq *a, void *arg)
+{
+	return a->xact;
+}
+
+/* top commit: earlier holds stay; session holds made in it become permanent */
+static bool
+keep_at_commit(LocalAcq *a, void *arg)
+{
+	if (a->subid == InvalidSubTransactionId)
+		return true;
+	if (a->xact)
+		return false;
+	a->subid = InvalidSubTransactionId;
+	return true;
+}
+
+/* top abort: whatever the transaction acquired goes */
+static bool
+keep_at_abort(LocalAcq *a, void *arg)
+{
+	return a->subid == InvalidSubTransactionId;
+}
+
+/* subcommit: holds of the subtransaction move to its parent (ids[1]) */
+static bool
+keep_at_subcommit(LocalAcq *a, void *arg)
+{
+	SubTransactionId *ids = arg;
+
+	if (a->subid == ids[0])
+		a->subid = ids[1];
+	return true;
+}
+
+/* subabort: holds made in the subtransaction (ids[0]) go */
+static bool
+keep_at_subabort(LocalAcq *a, void *arg)
+{
+	return a->subid != ((SubTransactionId *) arg)[0];
+}
+
+/*
  * etcd_release_all drops every session-level acquisition. Keys no longer
  * held are deleted synchronously; if etcd cannot be reached, the rest are
  * handed to the worker (WARNING) so this never waits beyond one request
@@ -728,22 +799,8 @@ etcd_release_all(void)
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		int			i,
-					j = 0;
-
-		for (i = 0; i < e->nacq; i++)
-		{
-			if (e->acqs[i].xact)
-				e->acqs[j++] = e->acqs[i];
-			else if (e->acqs[i].subid != InvalidSubTransactionId && lt_xact_acqs > 0)
-				lt_xact_acqs--;
-		}
-		e->nacq = j;
-		if (e->nacq > 0)
-		{
-			lt_publish(e);
+		if (lt_filter(e, keep_xact_holds, NULL) > 0)
 			continue;
-		}
 		if (!etcd_down)
 		{
 			EtcdStatus	st;
@@ -797,28 +854,8 @@ lt_end_xact(bool commit)
 
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
-	{
-		int			i,
-					j = 0;
-
-		for (i = 0; i < e->nacq; i++)
-		{
-			LocalAcq	a = e->acqs[i];
-
-			if (a.subid == InvalidSubTransactionId)
-				e->acqs[j++] = a;
-			else if (commit && !a.xact)
-			{
-				a.subid = InvalidSubTransactionId;
-				e->acqs[j++] = a;
-			}
-		}
-		e->nacq = j;
-		if (e->nacq == 0)
+		if (lt_filter(e, commit ? keep_at_commit : keep_at_abort, NULL) == 0)
 			lt_release_async(e);
-		else
-			lt_publish(e);
-	}
 	lt_xact_acqs = 0;
 }
 
@@ -903,6 +940,7 @@ lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
 {
 	HASH_SEQ_STATUS seq;
 	LocalLock  *e;
+	SubTransactionId ids[2] = {mySubid, parentSubid};
 
 	if (lt_locks == NULL || lt_xact_acqs == 0)
 		return;
@@ -910,26 +948,7 @@ lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
 		return;
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
-	{
-		int			i,
-					j = 0;
-
-		for (i = 0; i < e->nacq; i++)
-		{
-			if (e->acqs[i].subid != mySubid)
-				e->acqs[j++] = e->acqs[i];
-			else if (event == SUBXACT_EVENT_COMMIT_SUB)
-			{
-				e->acqs[i].subid = parentSubid;
-				e->acqs[j++] = e->acqs[i];
-			}
-			else if (lt_xact_acqs > 0)
-				lt_xact_acqs--;
-		}
-		e->nacq = j;
-		if (e->nacq == 0)
+		if (lt_filter(e, event == SUBXACT_EVENT_COMMIT_SUB ? keep_at_subcommit :
+					  keep_at_subabort, ids) == 0)
 			lt_release_async(e);
-		else
-			lt_publish(e);
-	}
 }
