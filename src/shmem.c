@@ -239,12 +239,18 @@ EtcdLockInfo *
 etcd_lockinfo_add(const char *name, int64 lease_id)
 {
 	EtcdLockInfo *found = NULL;
-	int			i;
+	int			n = etcd_shared->ninfos;
+	int			start = ((MyBackendId - 1) * 8) % n;
+	int			k;
 
+	/*
+	 * Start in this backend's own region (8 entries per backend), so the
+	 * usual search touches one or two entries, not the whole table.
+	 */
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-	for (i = 0; i < etcd_shared->ninfos; i++)
+	for (k = 0; k < n; k++)
 	{
-		EtcdLockInfo *info = &etcd_shared->infos[i];
+		EtcdLockInfo *info = &etcd_shared->infos[(start + k) % n];
 
 		if (info->mode != LOCKINFO_FREE)
 			continue;
