@@ -154,6 +154,8 @@ etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
 			memcpy(r->key, key, keylen);
 		r->key[keylen] = '\0';
 		etcd_shared->npending++;
+		if (i >= etcd_shared->nrelused)
+			etcd_shared->nrelused = i + 1;
 		queued = true;
 		break;
 	}
@@ -179,7 +181,7 @@ etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int64 *token)
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 	if (etcd_shared->npending > 0)
 	{
-		for (i = 0; i < etcd_shared->nreleases; i++)
+		for (i = 0; i < etcd_shared->nrelused; i++)
 		{
 			EtcdRelease *r = &etcd_shared->releases[i];
 
@@ -214,7 +216,7 @@ etcd_release_pending(int64 lease_id, const char *key, int keylen)
 	int			i;
 
 	LWLockAcquire(etcd_shared->lock, LW_SHARED);
-	for (i = 0; i < etcd_shared->nreleases && etcd_shared->npending > 0; i++)
+	for (i = 0; i < etcd_shared->nrelused && etcd_shared->npending > 0; i++)
 	{
 		EtcdRelease *r = &etcd_shared->releases[i];
 

@@ -103,6 +103,7 @@ typedef struct EtcdShared
 	int			nslots;
 	int			nreleases;
 	int			npending;		/* entries in state PENDING or BUSY */
+	int			nrelused;		/* entries at or past this were never used */
 	EtcdLeaseSlot *slots;
 	EtcdRelease *releases;
 	int			ninfos;

@@ -148,7 +148,7 @@ process_releases(void)
 		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 		if (etcd_shared->npending > 0)
 		{
-			for (i = 0; i < etcd_shared->nreleases; i++)
+			for (i = 0; i < etcd_shared->nrelused; i++)
 			{
 				EtcdRelease *e = &etcd_shared->releases[i];
 
