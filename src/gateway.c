@@ -682,12 +682,19 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 		remaining = (long) ((deadline - GetCurrentTimestamp()) / 1000);
 		if (remaining <= 0)
 			break;
+
+		/*
+		 * Each endpoint still to try gets an equal share of the time left,
+		 * so a member that accepts but never answers (cut off, frozen)
+		 * cannot use up the whole budget before the others are tried.
+		 */
+		remaining = Max(1, remaining / (neps - attempt));
 		snprintf(url, sizeof(url), "%s%s", gw_eps[idx], path);
 		curl_easy_setopt(gw_easy, CURLOPT_URL, url);
 		curl_easy_setopt(gw_easy, CURLOPT_POSTFIELDS, body);
 		curl_easy_setopt(gw_easy, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
 		curl_easy_setopt(gw_easy, CURLOPT_CONNECTTIMEOUT_MS, remaining);
-		finished = gw_perform(deadline);
+		finished = gw_perform(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), remaining));
 
 		rc = finished ? gw_req_result : CURLE_OPERATION_TIMEDOUT;
 		if (rc == CURLE_OK)

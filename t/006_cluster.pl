@@ -58,6 +58,31 @@ BEGIN
 END $$;
 });
 
+# --- a member that accepts connections but never answers (frozen) is
+# listed first: requests move on to the next member within the timeout
+{
+	my $leader0 = etcd_leader(\@members);
+	my ($follower) = grep { $_ != $leader0 } @members;
+	my $n2 = PostgreSQL::Test::Cluster->new('frozen_first');
+	$n2->init;
+	$n2->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'etcd_lock'
+etcd_lock.endpoints = '$follower->{endpoint},$leader0->{endpoint}'
+etcd_lock.request_timeout = '2s'
+});
+	$n2->start;
+	$n2->safe_psql('postgres', 'CREATE EXTENSION etcd_lock');
+	kill 'STOP', $follower->{pid};
+	my $t0 = time;
+	my ($rc, $out, $err) = $n2->psql('postgres',
+		"SELECT etcd_lock('/frozen') > 0, etcd_unlock('/frozen')");
+	my $el = time - $t0;
+	kill 'CONT', $follower->{pid};
+	is($out, 't|t', 'lock and unlock succeed with a frozen member listed first');
+	ok($el < 2.5, sprintf('failover took %.2f s, within the 2 s request timeout (+slack)', $el));
+	$n2->stop;
+}
+
 my $n = 40;
 my @s = map { session($node) } 1 .. 8;
 my @m = map { start_query($s[$_], "CALL worker($_, $n)") } 0 .. 7;
