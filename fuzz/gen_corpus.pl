@@ -101,6 +101,7 @@ select(undef, undef, undef, 0.5);
 post('release', '/v3/kv/txn',
 	sprintf('{"compare":[{"key":"%s","target":"CREATE","result":"EQUAL","create_revision":"%s"}],'
 		  . '"success":[{"request_delete_range":{"key":"%s"}}]}', b64($k1), $rev1, b64($k1)));
+post('pred_none_waiter', '/v3/kv/txn', pred_body($pfx, $k2, $rev2));
 post('release_gone', '/v3/kv/txn',
 	sprintf('{"compare":[{"key":"%s","target":"CREATE","result":"EQUAL","create_revision":"%s"}],'
 		  . '"success":[{"request_delete_range":{"key":"%s"}}]}', b64($k1), $rev1, b64($k1)));

@@ -391,6 +391,70 @@ errhint(const char *fmt,...)
 	return 0;
 }
 
+int
+errdetail_log(const char *fmt,...)
+{
+	FZ_FORMAT(detail_log);
+	return 0;
+}
+
+/* ---- files (the password file) and JSON escaping ---- */
+
+FILE *
+AllocateFile(const char *name, const char *mode)
+{
+	return fopen(name, mode);
+}
+
+int
+FreeFile(FILE *file)
+{
+	return fclose(file);
+}
+
+/* escape_json as in src/backend/utils/adt/json.c */
+void
+escape_json(StringInfo buf, const char *str)
+{
+	const char *p;
+
+	appendStringInfoCharMacro(buf, '"');
+	for (p = str; *p; p++)
+	{
+		switch (*p)
+		{
+			case '\b':
+				appendStringInfoString(buf, "\\b");
+				break;
+			case '\f':
+				appendStringInfoString(buf, "\\f");
+				break;
+			case '\n':
+				appendStringInfoString(buf, "\\n");
+				break;
+			case '\r':
+				appendStringInfoString(buf, "\\r");
+				break;
+			case '\t':
+				appendStringInfoString(buf, "\\t");
+				break;
+			case '"':
+				appendStringInfoString(buf, "\\\"");
+				break;
+			case '\\':
+				appendStringInfoString(buf, "\\\\");
+				break;
+			default:
+				if ((unsigned char) *p < ' ')
+					appendStringInfo(buf, "\\u%04x", (int) *p);
+				else
+					appendStringInfoCharMacro(buf, *p);
+				break;
+		}
+	}
+	appendStringInfoCharMacro(buf, '"');
+}
+
 /* GUC check hooks (guc.c) */
 char	   *GUC_check_errdetail_string = NULL;
 

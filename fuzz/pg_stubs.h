@@ -16,6 +16,7 @@ typedef struct FzError
 	char		message[2048];
 	char		detail[2048];
 	char		hint[1024];
+	char		detail_log[2048];
 } FzError;
 
 extern FzError fz_error;

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing etcd_lock needs on Debian 12, if missing:
 # PostgreSQL 15 server + headers, libcurl, jansson, etcd, IPC::Run for TAP,
-# Go + etcd's Go client sources for the reference mutex, pgbench/contrib.
+# Go + etcd's Go client sources for the reference mutex, pgbench/contrib,
+# clang + its sanitizer/libFuzzer runtime for the fuzz target.
 set -euo pipefail
 pkgs=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libcurl4-openssl-dev
       libjansson-dev etcd-server etcd-client libipc-run-perl make gcc
-      golang-go golang-etcd-server-dev)
+      golang-go golang-etcd-server-dev clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -55,6 +55,14 @@ echo "etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
 status=0
 as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" \
 	make -C "$work/tree" installcheck PROVE_FLAGS="--timer" || status=$?
+# the response parsers under libFuzzer (ASan/UBSan/LSan), 30 seconds
+echo "fuzzing the etcd answer parsers for 30 s"
+if bash "$here/fuzz/run.sh" 30 > "$work/fuzz.out" 2>&1; then
+	tail -1 "$work/fuzz.out"
+else
+	echo "fuzz target FAILED:"; tail -40 "$work/fuzz.out"
+	status=1
+fi
 if [ $status -ne 0 ]; then
 	keep=1
 	for f in "$work/tree/regression.diffs"; do

@@ -548,6 +548,24 @@ gw_req_cond(void)
 }
 
 /*
+ * gw_excerpt copies at most max bytes of untrusted text (an answer from
+ * the peer) into dst for a message: printable ASCII only, anything else
+ * becomes '?', so a cut multibyte character or a control byte can never
+ * make the message invalid in any encoding.
+ */
+static void
+gw_excerpt(char *dst, size_t dstlen, const char *src, size_t max)
+{
+	size_t		i;
+
+	if (dstlen == 0)
+		return;
+	for (i = 0; src && src[i] && i < max && i < dstlen - 1; i++)
+		dst[i] = (src[i] >= 0x20 && src[i] < 0x7f) ? src[i] : '?';
+	dst[i] = '\0';
+}
+
+/*
  * gw_error_reply fills st from an etcd error body. Both shapes are parsed:
  * 3.4/3.5 {"error":"..","message":"..","code":N} and 3.6 {"code":N,
  * "message":".."}; a body that is neither keeps the HTTP status only.
@@ -577,8 +595,13 @@ gw_error_reply(EtcdStatus *st, long http)
 			st->grpc_code = (int) json_integer_value(c);
 	}
 	if (msg)
+	{
+		char		clean[400];
+
+		gw_excerpt(clean, sizeof(clean), msg, sizeof(clean) - 1);
 		snprintf(st->message, sizeof(st->message), "HTTP %ld: %s (code %d)",
-				 http, msg, st->grpc_code);
+				 http, clean, st->grpc_code);
+	}
 	else
 		snprintf(st->message, sizeof(st->message), "HTTP %ld", http);
 	json_decref(root);
@@ -709,19 +732,25 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 			root = json_loadb(gw_body.data ? gw_body.data : "", gw_body.len, 0, &jerr);
 			if (!root)
 			{
+				char		clean[101];
+				char		why[101];
+
+				gw_excerpt(clean, sizeof(clean), gw_body.data, 100);
+				gw_excerpt(why, sizeof(why), jerr.text, 100);
 				st->kind = ETCD_BAD_REPLY;
 				snprintf(st->message, sizeof(st->message),
-						 "%s answered invalid JSON (%s): %.100s",
-						 gw_eps[idx], jerr.text, gw_body.data ? gw_body.data : "");
+						 "%s answered invalid JSON (%s): %s", gw_eps[idx], why, clean);
 				return false;
 			}
 			ok = gw_parse(root, parse, arg);
 			if (!ok)
 			{
+				char		clean[201];
+
+				gw_excerpt(clean, sizeof(clean), gw_body.data, 200);
 				st->kind = ETCD_BAD_REPLY;
 				snprintf(st->message, sizeof(st->message),
-						 "%s answered an unexpected %s: %.200s",
-						 gw_eps[idx], path, gw_body.data ? gw_body.data : "");
+						 "%s answered an unexpected %s: %s", gw_eps[idx], path, clean);
 				return false;
 			}
 			st->kind = ETCD_OK;
@@ -743,11 +772,15 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 		{
 			const char *why;
 			const char *why_log;
-			char		hbuf[32];
+			char		hbuf[sizeof(st->message)];
 
 			if (rc == CURLE_OK)
 			{
-				snprintf(hbuf, sizeof(hbuf), "HTTP %ld", http);
+				/* a 5xx from etcd ("no leader"...): keep what it said */
+				EtcdStatus	e5;
+
+				gw_error_reply(&e5, http);
+				snprintf(hbuf, sizeof(hbuf), "%s", e5.message);
 				why = why_log = hbuf;
 			}
 			else if (rc == CURLE_WRITE_ERROR && gw_body.overflow)
@@ -890,6 +923,11 @@ etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
 				void *arg, EtcdStatus *st, int timeout_ms)
 {
 	bool		auth = etcd_lock_username && etcd_lock_username[0];
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   Max(timeout_ms, 1));
+
+	/* every step below shares the one time bound of this call */
+#define LEFT_MS() ((int) Max(1, (deadline - GetCurrentTimestamp()) / 1000))
 
 	gw_init();
 	gw_apply_tls();
@@ -897,18 +935,20 @@ etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
 		gw_drop_token();
 	if (auth && gw_token && (!gw_token_user || strcmp(gw_token_user, etcd_lock_username) != 0))
 		gw_drop_token();
-	if (auth && !gw_token && !gw_authenticate(st, timeout_ms))
+	if (auth && !gw_token && !gw_authenticate(st, LEFT_MS()))
 		return false;
-	if (gw_request(path, body, parse, arg, st, timeout_ms))
+	if (gw_request(path, body, parse, arg, st, LEFT_MS()))
 		return true;
 	if (auth && st->kind == ETCD_ERROR_REPLY &&
-		(st->grpc_code == GRPC_UNAUTHENTICATED || st->http_status == 401))
+		(st->grpc_code == GRPC_UNAUTHENTICATED || st->http_status == 401) &&
+		GetCurrentTimestamp() < deadline)
 	{
-		if (!gw_authenticate(st, timeout_ms))
+		if (!gw_authenticate(st, LEFT_MS()))
 			return false;
-		return gw_request(path, body, parse, arg, st, timeout_ms);
+		return gw_request(path, body, parse, arg, st, LEFT_MS());
 	}
 	return false;
+#undef LEFT_MS
 }
 
 /*

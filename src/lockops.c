@@ -14,6 +14,8 @@
 #include <limits.h>
 
 #include "miscadmin.h"
+#include "storage/latch.h"
+#include "utils/wait_event.h"
 
 #include <jansson.h>
 
@@ -373,12 +375,15 @@ static bool
 wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 		  bool (*lease_ok) (void))
 {
+	int			backoff_ms = 0;
+
 	if (deadline == 0)
 		deadline = DT_NOEND;
 	for (;;)
 	{
 		PredReply	p;
 		EtcdStatus	st;
+		EtcdWatchResult wr = WATCH_TIMEOUT;
 
 		CHECK_FOR_INTERRUPTS();
 		if (lease_ok && !lease_ok())
@@ -395,23 +400,44 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			return true;
 		if (GetCurrentTimestamp() >= deadline)
 			return false;
-		if (!etcd_watch_open(p.pred, p.predlen, &st))
+		if (etcd_watch_open(p.pred, p.predlen, &st))
 		{
-			/* no watch to be had: poll, bounded by the deadline */
-			pg_usleep(10000);
-			continue;
+			if (key_exists(p.pred, p.predlen))
+			{
+				/*
+				 * Any outcome (deletion, broken stream, a second without
+				 * news as a safety net) leads to reading the queue again.
+				 */
+				wr = etcd_watch_wait(Min(deadline,
+										 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000)));
+			}
+			else
+				wr = WATCH_DELETED;
 		}
-		if (key_exists(p.pred, p.predlen))
-		{
-			/*
-			 * Any outcome (deletion, broken stream, a second without news as
-			 * a safety net) leads to reading the queue again.
-			 */
-			(void) etcd_watch_wait(Min(deadline,
-									   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000)));
-		}
+		else
+			wr = WATCH_BROKEN;
 		etcd_watch_close();
 		pfree(p.pred);
+
+		/*
+		 * A watch that cannot be had or keeps breaking must not turn into a
+		 * request storm: back off (10 ms doubling to 1 s) until a watch
+		 * works again, sleeping on the latch so interrupts still end it.
+		 */
+		if (wr == WATCH_BROKEN)
+		{
+			long		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+
+			backoff_ms = backoff_ms ? Min(backoff_ms * 2, 1000) : 10;
+			if (left > 0)
+			{
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 Min(backoff_ms, left), PG_WAIT_EXTENSION);
+				ResetLatch(MyLatch);
+			}
+		}
+		else
+			backoff_ms = 0;
 	}
 }
 
