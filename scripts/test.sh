@@ -51,10 +51,7 @@ etcd_lock.endpoints = '$ETCD_ENDPOINT'
 etcd_lock.request_timeout = '3s'
 CONF
 
-echo "etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
 status=0
-as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" \
-	make -C "$work/tree" installcheck PROVE_FLAGS="--timer" || status=$?
 # the response parsers under libFuzzer (ASan/UBSan/LSan), 30 seconds
 echo "fuzzing the etcd answer parsers for 30 s"
 if bash "$here/fuzz/run.sh" 30 > "$work/fuzz.out" 2>&1; then
@@ -63,6 +60,10 @@ else
 	echo "fuzz target FAILED:"; tail -40 "$work/fuzz.out"
 	status=1
 fi
+
+echo "etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
+as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" \
+	make -C "$work/tree" installcheck PROVE_FLAGS="--timer" || status=$?
 if [ $status -ne 0 ]; then
 	keep=1
 	for f in "$work/tree/regression.diffs"; do
