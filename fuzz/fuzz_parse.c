@@ -653,7 +653,7 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 			{
 				int64		v = 0;
 
-				(void) fz_parse(body, len, t == T_COUNT ? parse_count : parse_ttl, &v);
+				(void) fz_parse(body, len, t == T_COUNT ? parse_create_rev : parse_ttl, &v);
 				break;
 			}
 		case T_ERROR_REPLY:

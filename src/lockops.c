@@ -284,6 +284,7 @@ typedef struct PredReply
 	int64		my_rev;			/* create_revision of our key now, 0 if gone */
 	char	   *pred;			/* predecessor key (palloc'd), NULL if none */
 	int			predlen;
+	int64		pred_rev;		/* its create_revision */
 } PredReply;
 
 static bool
@@ -311,7 +312,7 @@ parse_pred(json_t *root, void *arg)
 		if (!json_is_string(pkey))
 			return false;
 		r->pred = etcd_b64_decode(json_string_value(pkey), &r->predlen);
-		if (r->pred == NULL)
+		if (r->pred == NULL || !etcd_json_int64(pred, "create_revision", &r->pred_rev))
 			return false;
 	}
 	return true;
@@ -342,24 +343,38 @@ read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 }
 
 static bool
-parse_count(json_t *root, void *arg)
+parse_create_rev(json_t *root, void *arg)
 {
-	return etcd_json_int64(root, "count", (int64 *) arg);
+	json_t	   *kvs = json_object_get(root, "kvs");
+
+	*(int64 *) arg = 0;
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	return json_array_size(kvs) == 0 ||
+		etcd_json_int64(json_array_get(kvs, 0), "create_revision", (int64 *) arg);
 }
 
+/*
+ * pred_still_there says whether key still exists with create_revision rev.
+ * Comparing the revision matters: the predecessor's owner may have released
+ * and taken the lock again, re-creating the same key name behind us; that
+ * new key is not our predecessor, and waiting for its deletion would stall.
+ */
 static bool
-key_exists(const char *key, int keylen)
+pred_still_there(const char *key, int keylen, int64 rev)
 {
 	StringInfoData b;
-	int64		count = 0;
+	int64		cur = 0;
 
 	initStringInfo(&b);
 	appendStringInfoString(&b, "{\"key\":\"");
 	etcd_append_b64(&b, key, keylen);
-	appendStringInfoString(&b, "\",\"count_only\":true}");
-	etcd_request_or_error("/v3/kv/range", b.data, parse_count, &count, "read the lock queue");
+	appendStringInfoString(&b, "\",\"keys_only\":true}");
+	etcd_request_or_error("/v3/kv/range", b.data, parse_create_rev, &cur, "read the lock queue");
 	pfree(b.data);
-	return count > 0;
+	return cur == rev;
 }
 
 /*
@@ -376,6 +391,8 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 		  bool (*lease_ok) (void))
 {
 	int			backoff_ms = 0;
+	char	   *gone_key = NULL;	/* predecessor last found gone */
+	int64		gone_rev = 0;
 
 	if (deadline == 0)
 		deadline = DT_NOEND;
@@ -402,7 +419,7 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			return false;
 		if (etcd_watch_open(p.pred, p.predlen, &st))
 		{
-			if (key_exists(p.pred, p.predlen))
+			if (pred_still_there(p.pred, p.predlen, p.pred_rev))
 			{
 				/*
 				 * Any outcome (deletion, broken stream, a second without
@@ -411,8 +428,17 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 				wr = etcd_watch_wait(Min(deadline,
 										 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000)));
 			}
+			else if (gone_key && p.pred_rev == gone_rev && strcmp(gone_key, p.pred) == 0)
+				wr = WATCH_BROKEN;	/* "gone" twice, yet listed: the peer is
+									 * inconsistent; do not spin */
 			else
+			{
 				wr = WATCH_DELETED;
+				if (gone_key)
+					pfree(gone_key);
+				gone_key = pstrdup(p.pred);
+				gone_rev = p.pred_rev;
+			}
 		}
 		else
 			wr = WATCH_BROKEN;

@@ -325,7 +325,10 @@ sub _good_answer
 				{ response_range => { header => _hdr($MY_REV), kvs => [ _kv($mine, $MY_REV) ], count => '1' } },
 				{ response_range => $pred } ] };
 	}
-	return { header => _hdr($MY_REV), count => ($waiting ? '1' : '0') } if $kind eq 'range';
+	# the predecessor check: the predecessor still exists, same revision
+	return { header => _hdr($MY_REV), kvs => [ _kv(b64($OTHER_KEY), $OTHER_REV) ], count => '1' }
+	  if $kind eq 'range' && $waiting;
+	return { header => _hdr($MY_REV), count => '0' } if $kind eq 'range';
 	return { header => _hdr($MY_REV + 1), succeeded => JSON::PP::true,
 		responses => [ { response_delete_range => { header => _hdr($MY_REV + 1), deleted => '1' } } ] }
 	  if $kind eq 'release';
