@@ -58,6 +58,18 @@ static char gw_watch_errbuf[CURL_ERROR_SIZE];
 
 static GwSock gw_socks[GW_MAX_SOCKETS];
 static int	gw_nsocks = 0;
+
+/*
+ * A wait set kept across waits while curl uses one socket (the kept-alive
+ * connection): creating an epoll set per wait costs several syscalls. The
+ * socket is identified by its descriptor and inode, so a closed socket
+ * whose number is reused by a new one is never mistaken for it.
+ */
+static WaitEventSet *gw_set = NULL;
+static curl_socket_t gw_set_fd = CURL_SOCKET_BAD;
+static ino_t gw_set_ino = 0;
+static int	gw_set_pos = -1;
+static uint32 gw_set_events = 0;
 static bool gw_timer_armed = false;
 static TimestampTz gw_timer_at = 0;
 
@@ -468,6 +480,18 @@ gw_collect(void)
  * wakeup runs CHECK_FOR_INTERRUPTS, which may throw (the caller cleans up
  * its transfer in PG_CATCH). Returns whether cond() became true.
  */
+static uint32
+gw_sock_events(int i)
+{
+	uint32		ev = 0;
+
+	if (gw_socks[i].what & CURL_POLL_IN)
+		ev |= WL_SOCKET_READABLE;
+	if (gw_socks[i].what & CURL_POLL_OUT)
+		ev |= WL_SOCKET_WRITEABLE;
+	return ev;
+}
+
 static bool
 gw_drive(bool (*cond) (void), TimestampTz deadline)
 {
@@ -496,23 +520,46 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 		if (gw_nsocks == 0)
 			timeout = Min(timeout, 10);	/* e.g. a resolver without a socket */
 
-		set = CreateWaitEventSet(CurrentMemoryContext, gw_nsocks + 2);
-		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-		for (i = 0; i < gw_nsocks; i++)
+		if (gw_nsocks == 1 && gw_sock_events(0) != 0)
 		{
-			uint32		ev = 0;
+			/* the usual case: one kept-alive connection; reuse the set */
+			uint32		ev = gw_sock_events(0);
+			struct stat sb;
+			ino_t		ino = fstat(gw_socks[0].fd, &sb) == 0 ? sb.st_ino : 0;
 
-			if (gw_socks[i].what & CURL_POLL_IN)
-				ev |= WL_SOCKET_READABLE;
-			if (gw_socks[i].what & CURL_POLL_OUT)
-				ev |= WL_SOCKET_WRITEABLE;
-			if (ev)
-				AddWaitEventToSet(set, ev, gw_socks[i].fd, NULL, NULL);
+			if (gw_set == NULL || gw_set_fd != gw_socks[0].fd || gw_set_ino != ino || ino == 0)
+			{
+				if (gw_set)
+					FreeWaitEventSet(gw_set);
+				gw_set = NULL;
+				gw_set_fd = CURL_SOCKET_BAD;
+				gw_set = CreateWaitEventSet(TopMemoryContext, 3);
+				AddWaitEventToSet(gw_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+				AddWaitEventToSet(gw_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+				gw_set_pos = AddWaitEventToSet(gw_set, ev, gw_socks[0].fd, NULL, NULL);
+				gw_set_fd = gw_socks[0].fd;
+				gw_set_ino = ino;
+				gw_set_events = ev;
+			}
+			else if (ev != gw_set_events)
+			{
+				ModifyWaitEvent(gw_set, gw_set_pos, ev, NULL);
+				gw_set_events = ev;
+			}
+			nev = WaitEventSetWait(gw_set, timeout, evs, lengthof(evs), PG_WAIT_EXTENSION);
 		}
-		nev = WaitEventSetWait(set, timeout, evs, lengthof(evs), PG_WAIT_EXTENSION);
-		/* free the set before anything below can throw: it holds an fd */
-		FreeWaitEventSet(set);
+		else
+		{
+			set = CreateWaitEventSet(CurrentMemoryContext, gw_nsocks + 2);
+			AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+			AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+			for (i = 0; i < gw_nsocks; i++)
+				if (gw_sock_events(i))
+					AddWaitEventToSet(set, gw_sock_events(i), gw_socks[i].fd, NULL, NULL);
+			nev = WaitEventSetWait(set, timeout, evs, lengthof(evs), PG_WAIT_EXTENSION);
+			/* free the set before anything below can throw: it holds an fd */
+			FreeWaitEventSet(set);
+		}
 
 		for (i = 0; i < nev; i++)
 		{
