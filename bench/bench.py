@@ -7,6 +7,7 @@ then writes results.json, prints the table and the targets, and draws
 latency.png. Configuration comes from the environment (run.sh sets it).
 """
 import bisect
+import resource
 import glob
 import json
 import os
@@ -90,6 +91,10 @@ def run(cmd, timeout, cwd=None, check=True):
         p.kill()
         p.communicate()
         raise RuntimeError("timed out after %ss: %s" % (timeout, " ".join(cmd)))
+    except BaseException:
+        p.kill()            # interrupted (SIGTERM -> SystemExit): no orphans
+        p.wait()
+        raise
     finally:
         CHILDREN.discard(p)
     if check and p.returncode != 0:
@@ -245,6 +250,121 @@ def proc_ticks(pid):
     return int(fields[11]) + int(fields[12])      # utime + stime
 
 
+def proc_stat_fields(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def pg_ticks():
+    """CPU ticks of our PostgreSQL: postmaster (with its reaped children,
+    i.e. exited backends) plus its live children."""
+    if not PM_PID:
+        return None
+    f = proc_stat_fields(PM_PID)
+    total = sum(int(x) for x in f[11:15])
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                g = proc_stat_fields(int(d))
+            except (OSError, IndexError):
+                continue
+            if int(g[1]) == PM_PID:
+                total += sum(int(x) for x in g[11:15])
+    return total
+
+
+def machine_busy_ticks():
+    """(busy ticks of all CPUs, of which niced user time)"""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v[:8]) - v[3] - v[4], v[1]       # minus idle and iowait; guest is in user
+
+
+def all_proc_ticks():
+    res = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    raw = f.read()
+                comm = raw[raw.index("(") + 1:raw.rindex(")")]
+                g = raw.rsplit(")", 1)[1].split()
+                res[int(d)] = (int(g[11]) + int(g[12]), comm, int(g[1]))
+            except (OSError, ValueError, IndexError):
+                continue
+    return res
+
+
+def background_cpu(a, b, wall):
+    """CPU used during the run by processes that are not ours (alive at both
+    ends): other workloads sharing this machine skew the figures."""
+    ours = {os.getpid(), PM_PID, ETCD_PID}
+    rows = []
+    for pid, (t1, comm, ppid) in b.items():
+        if pid in ours or ppid in ours or pid not in a:
+            continue
+        d = t1 - a[pid][0]
+        if d > 0:
+            rows.append((d, pid, comm))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    return dict(total_cores=round(total / CLK_TCK / wall, 3),
+                top=[dict(pid=p, comm=c, cores=round(d / CLK_TCK / wall, 3)) for d, p, c in rows[:6]])
+
+
+def pm_client_backends():
+    """Client backends of our postmaster (all connect over the unix socket,
+    so their process title contains "[local]")."""
+    n = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if int(proc_stat_fields(int(d))[1]) != PM_PID:
+                    continue
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    if b"[local]" in f.read():
+                        n += 1
+            except (OSError, IndexError, ValueError):
+                continue
+    return n
+
+
+def cpu_snap():
+    """Waits (at most 3 s) until the backends of the previous client are gone
+    (so their CPU is in the postmaster's reaped-children time), then samples."""
+    if PM_PID:
+        deadline = time.monotonic() + 3
+        while pm_client_backends() > 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    etcd = None
+    if ETCD_PID:
+        try:
+            etcd = proc_ticks(ETCD_PID)
+        except OSError:
+            pass
+    return dict(t=time.monotonic(), etcd=etcd, pg=pg_ticks(), client=ru.ru_utime + ru.ru_stime,
+                machine=machine_busy_ticks())
+
+
+def cpu_per_op(a, b, ops):
+    """CPU microseconds per operation spent by etcd, PostgreSQL, the client
+    program (pgbench / go-mutex / ...), and everything else on the machine."""
+    if not ops:
+        return None
+    us = 1e6 / CLK_TCK
+    res = dict(wall_s=round(b["t"] - a["t"], 3))
+    res["machine_us"] = (b["machine"][0] - a["machine"][0]) * us / ops
+    res["machine_busy_pct"] = 100.0 * (b["machine"][0] - a["machine"][0]) / CLK_TCK / (b["t"] - a["t"]) / (os.cpu_count() or 1)
+    res["niced_us"] = (b["machine"][1] - a["machine"][1]) * us / ops
+    res["etcd_us"] = (b["etcd"] - a["etcd"]) * us / ops if a["etcd"] is not None and b["etcd"] is not None else None
+    res["postgres_us"] = (b["pg"] - a["pg"]) * us / ops if a["pg"] is not None else None
+    res["client_us"] = (b["client"] - a["client"]) * 1e6 / ops
+    known = sum(v for v in (res["etcd_us"], res["postgres_us"], res["client_us"]) if v is not None)
+    res["other_us"] = res["machine_us"] - known - res["niced_us"]
+    return {k: (round(v, 1) if isinstance(v, float) else v) for k, v in res.items()}
+
+
 def proc_ppid(pid):
     with open("/proc/%d/stat" % pid) as f:
         return int(f.read().rsplit(")", 1)[1].split()[1])
@@ -297,6 +417,7 @@ def wl_pair(R):
     for r in range(CFG["rounds"]):
         log("pair round %d/%d" % (r + 1, CFG["rounds"]))
         for k in ("etcd_lock", "go", "floor", "etcd_try_lock", "advisory", "xact", "shapes"):
+            c0 = cpu_snap()
             if k == "go":
                 res = go_mutex("pair", n, lock=LP + "/gopair")
             elif k == "floor":
@@ -306,11 +427,14 @@ def wl_pair(R):
             else:
                 res, lat = pgbench("pair_%s_r%d" % (k, r), scripts[k], 1, transactions=xn if k == "xact" else n)
                 samples[k] += lat
+            res["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), res["n"])
             res["round"] = r + 1
             rounds[k].append(res)
     for k, v in samples.items():
         save_samples("pair_" + k, v)
     s = {k: summarize(v) for k, v in rounds.items()}
+    for k in s:
+        s[k]["cpu_per_op"] = cpu_median(rounds[k])
     s["shapes"]["acquire_p50_us"] = med([x["acquire_p50_us"] for x in rounds["shapes"]])
     s["shapes"]["release_p50_us"] = med([x["release_p50_us"] for x in rounds["shapes"]])
     for k in ("etcd_lock", "etcd_try_lock"):
@@ -336,24 +460,40 @@ def wl_pair(R):
     R["pair"] = s
 
 
+def cpu_median(rounds):
+    cs = [r.get("cpu_per_op") for r in rounds if r.get("cpu_per_op")]
+    if not cs:
+        return None
+    return {k: med([c.get(k) for c in cs]) for k in cs[0]}
+
+
 def r2a_latencies(path):
     """Release-to-acquire: each acquisition minus the latest release before it."""
-    acqs, rels, pair_lat = [], [], []
+    acqs, rels, unlock, lockcall = [], [], [], []
     with open(path) as f:
         for line in f:
             s, call, acq, rel, reld = (int(x) for x in line.split())
             acqs.append(acq)
-            rels.append(rel)
-            pair_lat.append((reld - call) / 1e3)
+            rels.append((rel, reld))
+            unlock.append((reld - rel) / 1e3)
+            lockcall.append((acq - call) / 1e3)
     acqs.sort()
     rels.sort()
-    lat = []
+    rel_starts = [r[0] for r in rels]
+    lat, wake = [], []
     for t in acqs:
-        i = bisect.bisect_right(rels, t) - 1
+        i = bisect.bisect_right(rel_starts, t) - 1
         if i >= 0:
-            lat.append((t - rels[i]) / 1e3)
+            lat.append((t - rels[i][0]) / 1e3)
+            # from the moment the releasing session got its unlock answer
+            wake.append((t - rels[i][1]) / 1e3)
     lat.sort()
-    return lat, len(acqs)
+    wake.sort()
+    unlock.sort()
+    extra = dict(unlock_call_p50_us=pct(unlock, 50), unlock_call_p99_us=pct(unlock, 99),
+                 unlock_return_to_acquire_p50_us=pct(wake, 50),
+                 lock_calls_ge_900ms=sum(1 for x in lockcall if x >= 900000))
+    return lat, len(acqs), extra
 
 
 def wl_contend(R):
@@ -364,7 +504,10 @@ def wl_contend(R):
         pb_samples, r2a_samples = [], []
         for r in range(CFG["rounds"]):
             log("contend c=%d round %d/%d" % (c, r + 1, CFG["rounds"]))
+            c0 = cpu_snap()
             st, lat = pgbench("contend_c%d_r%d" % (c, r), script, c, seconds=CFG["contend_secs"])
+            st["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), st["n"])
+            st["stalls_ge_900ms"] = sum(1 for x in lat if x >= 900000)
             st["round"] = r + 1
             rounds["pgbench"].append(st)
             pb_samples += lat
@@ -372,11 +515,15 @@ def wl_contend(R):
             out = run([CLIENT, "contend", "-c", str(c), "-T", str(CFG["contend_secs"]), "-lock", LP + "/bcl", "-out", ev],
                       CFG["contend_secs"] * 3 + 90)
             v = kv(out)
-            lat2, nacq = r2a_latencies(ev)
+            lat2, nacq, extra = r2a_latencies(ev)
             r2a_samples += lat2
-            rounds["client"].append(dict(round=r + 1, acquisitions=nacq, handoffs_per_s=v.get("handoffs_per_s"),
-                                         r2a_p50_us=pct(lat2, 50), r2a_p99_us=pct(lat2, 99)))
+            cl = dict(round=r + 1, acquisitions=nacq, handoffs_per_s=v.get("handoffs_per_s"),
+                      r2a_p50_us=pct(lat2, 50), r2a_p99_us=pct(lat2, 99))
+            cl.update(extra)
+            rounds["client"].append(cl)
+            c0 = cpu_snap()
             g = go_mutex("contend", CFG["contend_go_secs"] * 10, c=c, lock=LP + "/gocontend")
+            g["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), g["n"])
             g["round"] = r + 1
             rounds["go"].append(g)
         save_samples("contend_pair_c%d" % c, pb_samples)
@@ -386,8 +533,14 @@ def wl_contend(R):
                  pair_p99_us=med([x["p99_us"] for x in rounds["pgbench"]]),
                  r2a_p50_us=med([x["r2a_p50_us"] for x in rounds["client"]]),
                  r2a_p99_us=med([x["r2a_p99_us"] for x in rounds["client"]]),
-                 client_handoffs_per_s=med([x["handoffs_per_s"] for x in rounds["client"]]))
+                 client_handoffs_per_s=med([x["handoffs_per_s"] for x in rounds["client"]]),
+                 unlock_call_p50_us=med([x["unlock_call_p50_us"] for x in rounds["client"]]),
+                 unlock_return_to_acquire_p50_us=med([x["unlock_return_to_acquire_p50_us"] for x in rounds["client"]]),
+                 stalls_ge_900ms=sum(x["stalls_ge_900ms"] for x in rounds["pgbench"]),
+                 client_stalls_ge_900ms=sum(x["lock_calls_ge_900ms"] for x in rounds["client"]),
+                 cpu_per_op=cpu_median(rounds["pgbench"]))
         go = summarize(rounds["go"])
+        go["cpu_per_op"] = cpu_median(rounds["go"])
         e["vs_go"] = ratio(e["handoffs_per_s"], go["ops_per_s"])
         e["vs_go_by_round"] = [ratio(a["ops_per_s"], g["ops_per_s"]) for a, g in zip(rounds["pgbench"], rounds["go"])]
         e["rounds_pgbench"] = rounds["pgbench"]
@@ -405,15 +558,20 @@ def wl_distinct(R):
         samples = []
         for r in range(CFG["rounds"]):
             log("distinct c=%d round %d/%d" % (c, r + 1, CFG["rounds"]))
+            c0 = cpu_snap()
             st, lat = pgbench("distinct_c%d_r%d" % (c, r), script, c, seconds=CFG["distinct_secs"])
+            st["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), st["n"])
             st["round"] = r + 1
             rounds["ext"].append(st)
             samples += lat
+            c0 = cpu_snap()
             g = go_mutex("distinct", CFG["distinct_go_n"][c], c=c, lock=LP + "/godistinct")
+            g["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), g["n"])
             g["round"] = r + 1
             rounds["go"].append(g)
         save_samples("distinct_c%d" % c, samples)
         e, go = summarize(rounds["ext"]), summarize(rounds["go"])
+        e["cpu_per_op"], go["cpu_per_op"] = cpu_median(rounds["ext"]), cpu_median(rounds["go"])
         e["vs_go"] = ratio(e["ops_per_s"], go["ops_per_s"])
         e["vs_go_by_round"] = [ratio(a["ops_per_s"], g["ops_per_s"]) for a, g in zip(rounds["ext"], rounds["go"])]
         res["c%d" % c] = dict(ext=e, go=go)
@@ -436,6 +594,7 @@ def wl_idle(R):
                           "-pidfile", pidfile, "-max-secs", str(secs + 300)],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     CHILDREN.add(p)
+    ok = False
     try:
         deadline = time.monotonic() + 240
         line = ""
@@ -456,15 +615,22 @@ def wl_idle(R):
         leases_in_etcd = etcd_lease_count()
         # one TTL/3 of settling: the burst of grants at connect time is over
         time.sleep(min(ttl / 3, 5))
+        # a whole number of renewal periods, so each lease renews the same
+        # number of times inside the window
+        period = ttl / 3
+        window = max(1, round(secs / period)) * period
         m0, w0, t0 = etcd_metrics(), proc_ticks(wpid), time.monotonic()
         e0 = proc_ticks(ETCD_PID) if ETCD_PID else None
-        time.sleep(secs)
+        time.sleep(window)
         m1, w1, t1 = etcd_metrics(), proc_ticks(wpid), time.monotonic()
         e1 = proc_ticks(ETCD_PID) if ETCD_PID else None
         mem_h = [smaps(pid) for pid in holders]
         mem_i = [smaps(pid) for pid in idles]
         tokens_ok = psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'")
+        ok = True
     finally:
+        if not ok:
+            p.kill()
         try:
             p.stdin.close()
         except Exception:
@@ -473,6 +639,7 @@ def wl_idle(R):
             p.wait(timeout=120)
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait()
         CHILDREN.discard(p)
     wall = t1 - t0
     ka = (m1["keepalive_msgs"] - m0["keepalive_msgs"]) / wall if m0["keepalive_msgs"] is not None else None
@@ -488,7 +655,7 @@ def wl_idle(R):
         client_backends_seen=int(tokens_ok),
         keepalive_requests_per_s=ka, lease_renewals_per_s=ren,
         expected_keepalives_per_s=nh / (ttl / 3),
-        keepalives_per_lease_per_ttl3=per_lease,
+        keepalives_per_lease_per_ttl3=per_lease, window_periods=max(1, round(secs / (ttl / 3))),
         worker_pid=wpid, worker_cpu_pct=100.0 * (w1 - w0) / CLK_TCK / wall,
         worker_cpu_s=(w1 - w0) / CLK_TCK,
         etcd_cpu_pct=(100.0 * (e1 - e0) / CLK_TCK / wall) if e0 is not None else None,
@@ -610,7 +777,11 @@ def targets(R):
                 add("distinct c=%d: acquisitions/s / go" % cc, d["c%d" % cc]["ext"]["vs_go"], ">=", lim, "x")
     i = R.get("idle")
     if i:
-        add("idle: keepalives per lease per TTL/3", i["keepalives_per_lease_per_ttl3"], "<=", 1.0)
+        # a lease renewed exactly once per TTL/3 shows k or k+1 renewals in
+        # a window of k periods: the window's resolution is 1/k
+        k = i.get("window_periods") or max(1, round(i["seconds"] / (i["lease_ttl_s"] / 3)))
+        add("idle: keepalives per lease per TTL/3 (%d-period window, +1/%d resolution)" % (k, k),
+            i["keepalives_per_lease_per_ttl3"], "<=", round(1.0 + 1.0 / k, 3))
         add("idle: worker CPU (%% of a core, %d holders)" % i["holders"], i["worker_cpu_pct"], "<", 2.0, "%")
         add("idle: memory per lock-holding session (Pss, holder - idle)", i["per_session_kib"], "<", 256, "KiB")
     a = R.get("abort")
@@ -621,6 +792,13 @@ def targets(R):
     if l:
         add("leak: backend RSS growth over %d cycles" % l["cycles"], l["rss_growth_kib"], "<", 1024, "KiB")
     return T
+
+
+def cpu_str(c):
+    if not c:
+        return "cpu n/a"
+    return "etcd=%s pg=%s client=%s (machine %s%% busy)" % (
+        fmt(c.get("etcd_us")), fmt(c.get("postgres_us")), fmt(c.get("client_us")), fmt(c.get("machine_busy_pct")))
 
 
 def ckeys(d):
@@ -655,6 +833,8 @@ def table(R):
                  % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["acquire_p50_us"]), fmt(e["release_p50_us"]), fx(e["vs_floor"])))
         L.append("pair etcd_lock breakdown p50_us: sql_round_trips=%s + etcd_gateway_requests=%s + extension_client_side=%s"
                  % (fmt(b["sql_round_trips"]), fmt(b["etcd_gateway_requests"]), fmt(b["extension_client_side"])))
+        for k, label in (("etcd_lock", "etcd_lock"), ("advisory", "advisory"), ("xact", "xact"), ("go", "go-mutex"), ("floor", "http-floor"), ("shapes", "shapes")):
+            L.append("  pair cpu_us_per_op %-10s %s" % (label, cpu_str(p[k].get("cpu_per_op"))))
     c = R.get("contend")
     if c:
         for k in ckeys(c):
@@ -664,6 +844,11 @@ def table(R):
                         fmt(e["r2a_p50_us"]), fmt(e["r2a_p99_us"]), fx(e["vs_go"])))
             L.append("contend %-3s go-mutex           handoffs_per_s=%s pair_p50_us=%s pair_p99_us=%s"
                      % (k.replace("c", "c="), fmt(g["ops_per_s"]), fmt(g["p50_us"]), fmt(g["p99_us"])))
+            L.append("  contend %s: 1s-stalled lock calls pgbench=%s client=%s; handoff = unlock call p50 %s us + unlock-return-to-next-acquire p50 %s us; libpq client %s handoffs/s"
+                     % (k, e["stalls_ge_900ms"], e["client_stalls_ge_900ms"], fmt(e["unlock_call_p50_us"]),
+                        fmt(e["unlock_return_to_acquire_p50_us"]), fmt(e["client_handoffs_per_s"])))
+            L.append("  contend %s cpu_us_per_op ext %s" % (k, cpu_str(e.get("cpu_per_op"))))
+            L.append("  contend %s cpu_us_per_op go  %s" % (k, cpu_str(g.get("cpu_per_op"))))
     d = R.get("distinct")
     if d:
         for k in ckeys(d):
@@ -672,12 +857,14 @@ def table(R):
                      % (k.replace("c", "c="), fmt(e["ops_per_s"]), fmt(e["p50_us"]), fmt(e["p99_us"]), fx(e["vs_go"])))
             L.append("distinct %-3s go-mutex          acquisitions_per_s=%s p50_us=%s p99_us=%s"
                      % (k.replace("c", "c="), fmt(g["ops_per_s"]), fmt(g["p50_us"]), fmt(g["p99_us"])))
+            L.append("  distinct %s cpu_us_per_op ext %s" % (k, cpu_str(e.get("cpu_per_op"))))
+            L.append("  distinct %s cpu_us_per_op go  %s" % (k, cpu_str(g.get("cpu_per_op"))))
     i = R.get("idle")
     if i:
         m = i["memory"]
         L.append("idle %d holders %ss             keepalive_req_per_s=%s (expected %s) per_lease_per_ttl3=%s worker_cpu_pct=%s etcd_cpu_pct=%s"
                  % (i["holders"], fmt(i["seconds"]), fmt(i["keepalive_requests_per_s"], 1), fmt(i["expected_keepalives_per_s"], 1),
-                    fmt(i["keepalives_per_lease_per_ttl3"], 2), fmt(i["worker_cpu_pct"], 2), fmt(i["etcd_cpu_pct"], 1)))
+                    fmt(i["keepalives_per_lease_per_ttl3"], 3), fmt(i["worker_cpu_pct"], 2), fmt(i["etcd_cpu_pct"], 1)))
         L.append("idle memory per session KiB (holder - never-locked): Pss=%s Rss=%s Private=%s Anonymous=%s (holder Pss %s, idle Pss %s)"
                  % (fmt(m["Pss"]["per_session_kib"]), fmt(m["Rss"]["per_session_kib"]), fmt(m["Private"]["per_session_kib"]),
                     fmt(m["Anonymous"]["per_session_kib"]), fmt(m["Pss"]["holder_median_kib"]), fmt(m["Pss"]["idle_median_kib"])))
@@ -749,13 +936,14 @@ def plot(R, path):
             if k in c:
                 ecdf(ax, load_samples("contend_r2a_%s" % k), "ext %s release->next acquire" % k, color=col)
         ax.axvline(3000, color="k", ls="--", lw=1, label="target p50 < 3 ms")
-    ax.set_title("contend: release-to-acquire handoff latency")
+    ax.set_title("contend: release-to-acquire handoff latency (ext only)")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_xlabel("latency (us, log scale)")
         ax.set_ylabel("fraction of operations <= x")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
     m = R.get("machine", {})
     fig.suptitle("etcd_lock benchmark %s — %s cores, %s, %s (go-mutex / http-floor print only p50/p99: dashed/dotted lines)"
                  % (R.get("finished_at", ""), m.get("nproc", "?"), m.get("etcd_version", "etcd ?"), m.get("postgres_version", "")),
@@ -816,6 +1004,12 @@ def scan_pg_log():
 
 
 def main():
+    # our own process group: run.sh's cleanup can end every process this
+    # driver started (pgbench, go-mutex, bench_client ...) by that group id
+    try:
+        os.setpgrp()
+    except OSError:
+        pass
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     os.makedirs(RAW, exist_ok=True)
@@ -823,6 +1017,7 @@ def main():
              started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=CFG,
              machine=machine_info(), lock_prefix=LP, errors={})
     t_start = time.monotonic()
+    bg0 = all_proc_ticks()
     R["lease_ttl_s"] = lease_ttl_s()
     only = [w for w in ENV.get("BENCH_ONLY", "").split(",") if w]
     try:
@@ -844,6 +1039,7 @@ def main():
         kill_children()
     R["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     R["duration_s"] = round(time.monotonic() - t_start, 1)
+    R["background_cpu"] = background_cpu(bg0, all_proc_ticks(), R["duration_s"])
     R["postgres_log"] = scan_pg_log()
     write_json(R)          # first the figures, whatever happens to the report
     return report(R)
@@ -881,8 +1077,13 @@ def report(R):
     print("== targets ==")
     for t in R["targets"]:
         v = t["value"]
-        vs = "n/a" if v is None else ("%.2f" % v if abs(v) < 100 else "%.0f" % v)
+        vs = "n/a" if v is None else ("%.3f" % v if abs(v) < 100 else "%.0f" % v)
         print("%-4s %-62s %s %s %s%s" % (t["result"], t["target"], vs, t["op"], t["limit"], t["unit"]))
+    bg = R.get("background_cpu")
+    if bg:
+        print()
+        print("other processes on this machine during the run used %.2f cores: %s" % (
+            bg["total_cores"], ", ".join("%s(%d) %.2f" % (t["comm"], t["pid"], t["cores"]) for t in bg["top"][:4])))
     pl = R.get("postgres_log", {}).get("counts")
     if pl:
         print()

@@ -57,10 +57,12 @@ cleanup() {
 	local rc=$?
 	trap - EXIT INT TERM HUP
 	set +e
-	if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
+	if [ -n "$BENCH_PID" ]; then
+		# bench.py made itself the leader of a process group of its own;
+		# whatever it started is in that group
 		kill -TERM "$BENCH_PID" 2>/dev/null
 		for _ in $(seq 1 100); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$BENCH_PID" 2>/dev/null
+		kill -KILL -- "-$BENCH_PID" 2>/dev/null
 		wait "$BENCH_PID" 2>/dev/null
 	fi
 	if [ "$PG_STARTED" = 1 ]; then
@@ -74,7 +76,7 @@ cleanup() {
 	mkdir -p "$out"
 	[ -f "$work/pg.log" ] && cp "$work/pg.log" "$out/postgres.log"
 	[ -f "$work/etcd/etcd.log" ] && cp "$work/etcd/etcd.log" "$out/etcd.log"
-	if [ "${KEEP:-0}" = 1 ] || [ $rc -ne 0 ]; then
+	if [ "${KEEP:-0}" = 1 ] || { [ $rc -ne 0 ] && [ "$interrupted" = 0 ]; }; then
 		echo "bench work directory kept: $work" >&2
 	else
 		rm -rf "$work"
@@ -83,9 +85,10 @@ cleanup() {
 	exit $rc
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-trap 'exit 129' HUP
+interrupted=0
+trap 'interrupted=1; exit 130' INT
+trap 'interrupted=1; exit 143' TERM
+trap 'interrupted=1; exit 129' HUP
 
 # ---- our tools and the references ----
 note "building bench tools and the reference workloads"
