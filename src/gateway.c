@@ -492,6 +492,37 @@ gw_sock_events(int i)
 	return ev;
 }
 
+/*
+ * gw_wait_all waits on the latch and every socket curl uses, in a wait set
+ * made for this wait. The set holds an epoll descriptor, which PostgreSQL 15
+ * does not track: it is freed on every path, including an error.
+ */
+static int
+gw_wait_all(long timeout, WaitEvent *evs, int nevs)
+{
+	WaitEventSet *set = CreateWaitEventSet(CurrentMemoryContext, gw_nsocks + 2);
+	int			nev = 0;
+	int			i;
+
+	PG_TRY();
+	{
+		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		for (i = 0; i < gw_nsocks; i++)
+			if (gw_sock_events(i))
+				AddWaitEventToSet(set, gw_sock_events(i), gw_socks[i].fd, NULL, NULL);
+		nev = WaitEventSetWait(set, timeout, evs, nevs, PG_WAIT_EXTENSION);
+	}
+	PG_CATCH();
+	{
+		FreeWaitEventSet(set);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	FreeWaitEventSet(set);
+	return nev;
+}
+
 static bool
 gw_drive(bool (*cond) (void), TimestampTz deadline)
 {
@@ -501,7 +532,6 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 	gw_collect();
 	for (;;)
 	{
-		WaitEventSet *set;
 		WaitEvent	evs[GW_MAX_SOCKETS + 2];
 		int			nev,
 					i;
@@ -549,17 +579,7 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 			nev = WaitEventSetWait(gw_set, timeout, evs, lengthof(evs), PG_WAIT_EXTENSION);
 		}
 		else
-		{
-			set = CreateWaitEventSet(CurrentMemoryContext, gw_nsocks + 2);
-			AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-			AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-			for (i = 0; i < gw_nsocks; i++)
-				if (gw_sock_events(i))
-					AddWaitEventToSet(set, gw_sock_events(i), gw_socks[i].fd, NULL, NULL);
-			nev = WaitEventSetWait(set, timeout, evs, lengthof(evs), PG_WAIT_EXTENSION);
-			/* free the set before anything below can throw: it holds an fd */
-			FreeWaitEventSet(set);
-		}
+			nev = gw_wait_all(timeout, evs, lengthof(evs));
 
 		for (i = 0; i < nev; i++)
 		{

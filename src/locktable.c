@@ -64,6 +64,8 @@ typedef struct LocalLock
 	LocalAcq   *acqs;
 	EtcdLockInfo *info;			/* our entry in the etcd_locks view */
 	bool		counted;		/* counted in the slot's nheld */
+	bool		owed;			/* released, but the queue was full */
+	bool		owed_attempted; /* ... and may have reached etcd */
 } LocalLock;
 
 static HTAB *lt_locks = NULL;
@@ -72,6 +74,7 @@ static int	lt_xact_acqs = 0;	/* acquisitions made in the current xact */
 static bool lt_exit_registered = false;
 
 static bool lt_loss_warned = false;	/* warn mode: WARNING given */
+static bool lt_owed = false;	/* some entry's release could not be queued */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
@@ -88,6 +91,7 @@ static void lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
  * etcd_locktable_init registers the transaction hooks (at preload).
  */
 static void lt_emit_log(ErrorData *edata);
+static void lt_flush_owed(void);
 static void lt_ExecutorStart(QueryDesc *queryDesc, int eflags);
 static void lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 							  bool readOnlyTree, ProcessUtilityContext context,
@@ -324,7 +328,7 @@ lt_backend_exit(int code, Datum arg)
 
 	lt_forget_lease(NULL);
 	if (live)
-		etcd_queue_release(REL_REVOKE, lease, NULL, 0, 0, false);
+		etcd_queue_release(REL_REVOKE, lease, NULL, 0, 0, false, false);
 }
 
 /*
@@ -442,12 +446,13 @@ lt_publish(LocalLock *e)
 /*
  * lt_wait_queued makes sure no queued release of our key is outstanding:
  * takes back a pending release of a held key (returns true, *token set) or
- * waits until the worker has sent it. Bounded by the caller's deadline and
- * by twice the request timeout (the worker cannot reach etcd).
+ * waits until the worker has sent it (nowait: reports *timed_out at once).
+ * Bounded by the caller's deadline and by twice the request timeout (the
+ * worker cannot reach etcd).
  */
 static bool
 lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
-			   bool *timed_out)
+			   bool nowait, bool *timed_out)
 {
 	TimestampTz giveup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 2 * etcd_lock_request_timeout);
@@ -465,7 +470,7 @@ lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
 			break;
 		}
 		now = GetCurrentTimestamp();
-		if (deadline != 0 && now >= deadline)
+		if (nowait || (deadline != 0 && now >= deadline))
 		{
 			*timed_out = true;
 			break;
@@ -539,6 +544,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 	lt_check_lost();
 	if (lt_locks == NULL)
 		lt_create_table();
+	lt_flush_owed();
 	if (lt_lease != 0)
 		etcd_my_slot()->on_loss = etcd_lock_on_lease_loss;
 
@@ -581,6 +587,8 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		e->maxacq = 0;
 		e->acqs = NULL;
 		e->counted = false;
+		e->owed = false;
+		e->owed_attempted = false;
 		e->info = etcd_lockinfo_add(name, lt_lease);
 		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
 	}
@@ -590,11 +598,13 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		int64		reclaimed = 0;
 		bool		timed_out;
 
-		if (lt_wait_queued(&k, &reclaimed, wait ? deadline : 0, &timed_out))
+		if (lt_wait_queued(&k, &reclaimed, deadline, !wait, &timed_out))
 		{
 			held = true;
 			rev = reclaimed;
 		}
+		else if (timed_out && !wait)
+			held = false;		/* a try never waits for an earlier release */
 		else if (timed_out)
 			lt_raise_timeout(name, by_lock_timeout);
 		else
@@ -630,7 +640,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		 * the key again before that release is done.
 		 */
 		if (key_sent &&
-			etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, 0, false))
+			etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, 0, false, true))
 			lt_wait_removed(&k);
 		if (e->nacq == 0)
 			lt_free_entry(e);
@@ -644,6 +654,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		return false;
 	}
 	e->token = rev;
+	e->owed = false;
 	lt_push_acq(e, xact);
 	lt_publish(e);
 	lt_count_held(e, true);
@@ -653,14 +664,53 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 
 /*
  * lt_release_async hands the release of e's key to the worker and forgets
- * e. Never throws, never blocks: used from transaction callbacks.
+ * e. attempted: the release may already have reached etcd, so it must never
+ * be taken back. Never throws, never blocks: used from transaction
+ * callbacks. If the queue is full, e stays (owed, with no acquisitions) and
+ * lt_flush_owed queues it at the next chance; acquiring the name again
+ * meanwhile simply adopts the key, which is still ours.
  */
 static void
-lt_release_async(LocalLock *e)
+lt_release_async(LocalLock *e, bool attempted)
 {
-	if (e->lease_id == lt_lease && !lt_lease_lost())
-		etcd_queue_release(REL_DELETE, e->lease_id, e->key, e->keylen, e->token, true);
+	if (e->lease_id == lt_lease && !lt_lease_lost() &&
+		!etcd_queue_release(REL_DELETE, e->lease_id, e->key, e->keylen, e->token,
+							true, attempted))
+	{
+		e->owed = true;
+		e->owed_attempted = attempted;
+		lt_owed = true;
+		return;
+	}
 	lt_free_entry(e);
+}
+
+/*
+ * lt_flush_owed queues the releases that did not fit in the queue before.
+ */
+static void
+lt_flush_owed(void)
+{
+	HASH_SEQ_STATUS seq;
+	LocalLock  *e;
+	bool		still = false;
+
+	if (!lt_owed || lt_locks == NULL)
+		return;
+	hash_seq_init(&seq, lt_locks);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->nacq > 0 || !e->owed)
+			continue;
+		lt_release_async(e, e->owed_attempted);
+		if (hash_search(lt_locks, e->pfx, HASH_FIND, NULL) != NULL)
+			still = true;
+	}
+	lt_owed = still;
+	if (still)
+		ereport(LOG,
+				(errmsg("etcd_lock: the release queue is full; some releases of backend %d are delayed",
+						MyProcPid)));
 }
 
 /*
@@ -780,6 +830,34 @@ keep_at_subabort(LocalAcq *a, void *arg)
 }
 
 /*
+ * lt_release_sync deletes e's key now and forgets e; false if etcd could
+ * not be reached (e is kept). If the call is interrupted (cancel, timeout),
+ * the release may or may not have reached etcd: it is handed to the worker
+ * as attempted before the error goes on, so no key is ever stranded.
+ */
+static bool
+lt_release_sync(LocalLock *e, HASH_SEQ_STATUS *seq)
+{
+	EtcdStatus	st;
+	bool		ok;
+
+	PG_TRY();
+	{
+		ok = etcd_lock_release(e->key, e->keylen, e->token, &st);
+	}
+	PG_CATCH();
+	{
+		hash_seq_term(seq);
+		lt_release_async(e, true);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (ok)
+		lt_free_entry(e);
+	return ok;
+}
+
+/*
  * etcd_release_all drops every session-level acquisition. Keys no longer
  * held are deleted synchronously; if etcd cannot be reached, the rest are
  * handed to the worker (WARNING) so this never waits beyond one request
@@ -796,6 +874,7 @@ etcd_release_all(void)
 	lt_check_lost();
 	if (lt_locks == NULL)
 		return;
+	lt_flush_owed();
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
@@ -803,17 +882,12 @@ etcd_release_all(void)
 			continue;
 		if (!etcd_down)
 		{
-			EtcdStatus	st;
-
-			if (etcd_lock_release(e->key, e->keylen, e->token, &st))
-			{
-				lt_free_entry(e);
+			if (lt_release_sync(e, &seq))
 				continue;
-			}
 			etcd_down = true;
 		}
 		queued++;
-		lt_release_async(e);
+		lt_release_async(e, true);
 	}
 	if (queued > 0)
 		ereport(WARNING,
@@ -855,7 +929,7 @@ lt_end_xact(bool commit)
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (lt_filter(e, commit ? keep_at_commit : keep_at_abort, NULL) == 0)
-			lt_release_async(e);
+			lt_release_async(e, false);
 	lt_xact_acqs = 0;
 }
 
@@ -911,6 +985,8 @@ lt_xact_cb(XactEvent event, void *arg)
 	if (event == XACT_EVENT_PRE_COMMIT && etcd_lock_verify_on_commit &&
 		lt_locks != NULL && lt_lease != 0 && hash_get_num_entries(lt_locks) > 0)
 		lt_verify();
+	if (lt_owed && (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT))
+		lt_flush_owed();
 	if (lt_locks == NULL || lt_xact_acqs == 0)
 		return;
 	switch (event)
@@ -950,5 +1026,5 @@ lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (lt_filter(e, event == SUBXACT_EVENT_COMMIT_SUB ? keep_at_subcommit :
 					  keep_at_subabort, ids) == 0)
-			lt_release_async(e);
+			lt_release_async(e, false);
 }

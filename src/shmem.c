@@ -128,7 +128,7 @@ etcd_wake_worker(void)
  */
 bool
 etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
-				   int keylen, int64 token, bool held)
+				   int keylen, int64 token, bool held, bool attempted)
 {
 	int			i;
 	bool		queued = false;
@@ -145,6 +145,7 @@ etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
 		r->state = REL_PENDING;
 		r->kind = kind;
 		r->held = held;
+		r->attempted = attempted;
 		r->lease_id = lease_id;
 		r->token = token;
 		r->queued_at = GetCurrentTimestamp();
@@ -167,10 +168,12 @@ etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
 
 /*
  * etcd_reclaim_release looks for a queued release of key by lease_id. A
- * pending release of a held key is taken back: the key still exists and is
- * still the oldest under its name, so the caller keeps holding the lock with
- * *token and sends nothing to etcd. A release the worker is sending (or of
- * a key that was only a queue place) must finish first: RECLAIM_WAIT.
+ * pending release of a held key that was never sent is taken back: the key
+ * still exists and is still the oldest under its name, so the caller keeps
+ * holding the lock with *token and sends nothing to etcd. A release that is
+ * being sent or may already have reached etcd (a send that failed or timed
+ * out, a worker that died mid-send), or of a key that was only a queue
+ * place, must finish first: RECLAIM_WAIT.
  */
 EtcdReclaim
 etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int64 *token)
@@ -189,7 +192,7 @@ etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int64 *token)
 				r->lease_id != lease_id || r->keylen != keylen ||
 				memcmp(r->key, key, keylen) != 0)
 				continue;
-			if (r->state == REL_PENDING && r->held)
+			if (r->state == REL_PENDING && r->held && !r->attempted)
 			{
 				*token = r->token;
 				r->state = REL_FREE;

@@ -62,6 +62,7 @@ typedef struct EtcdRelease
 	int			state;			/* EtcdReleaseState */
 	int			kind;			/* EtcdReleaseKind */
 	bool		held;			/* the key was a held lock, not a queue place */
+	bool		attempted;		/* may have reached etcd: never take back */
 	int64		lease_id;
 	int64		token;			/* create_revision of the key */
 	TimestampTz queued_at;
@@ -117,7 +118,7 @@ extern EtcdLeaseSlot *etcd_my_slot(void);
 extern void etcd_wake_worker(void);
 extern bool etcd_queue_release(EtcdReleaseKind kind, int64 lease_id,
 							   const char *key, int keylen, int64 token,
-							   bool held);
+							   bool held, bool attempted);
 
 typedef enum EtcdReclaim
 {

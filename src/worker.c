@@ -161,6 +161,7 @@ process_releases(void)
 					continue;
 				}
 				e->state = REL_BUSY;
+				e->attempted = true;	/* from now on it may reach etcd */
 				memcpy(&r, e, sizeof(r));
 				idx = i;
 				break;
