@@ -6,7 +6,8 @@
 set -euo pipefail
 pkgs=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libcurl4-openssl-dev
       libjansson-dev etcd-server etcd-client libipc-run-perl make gcc
-      golang-go golang-etcd-server-dev clang-14 libclang-rt-14-dev)
+      golang-go golang-etcd-server-dev clang-14 libclang-rt-14-dev
+      curl openssl iproute2 procps python3)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
