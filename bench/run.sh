@@ -116,19 +116,9 @@ fi
 
 # ---- PostgreSQL ----
 PG_PORT=$(free_port)
-as_pg "$PGBIN/initdb" -D "$work/pg" -A trust >/dev/null
-cat >> "$work/pg/postgresql.conf" <<CONF
-shared_preload_libraries = 'etcd_lock'
-etcd_lock.endpoints = '$ETCD_ENDPOINT'
-listen_addresses = ''
-unix_socket_directories = '$work'
-port = $PG_PORT
-max_connections = 600
-CONF
 PG_STARTED=1
-as_pg "$PGBIN/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w -t 60 start >/dev/null
+start_pg "$work/pg" "$PG_PORT" "max_connections = 600"
 export PGHOST="$work" PGPORT="$PG_PORT" PGUSER=postgres PGDATABASE=postgres
-psql -X -q -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION etcd_lock'
 note "PostgreSQL pid $(head -1 "$work/pg/postmaster.pid") on port $PG_PORT"
 
 # ---- the workloads ----

@@ -21,17 +21,8 @@ cleanup() {
 trap cleanup EXIT
 
 start_etcd "$work/etcd"
-as_pg "$PGBIN/initdb" -D "$work/pg" -A trust >/dev/null
-cat >> "$work/pg/postgresql.conf" <<CONF
-shared_preload_libraries = 'etcd_lock'
-etcd_lock.endpoints = '$ETCD_ENDPOINT'
-listen_addresses = ''
-unix_socket_directories = '$work'
-port = $PG_PORT
-CONF
-as_pg "$PGBIN/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w start >/dev/null
+start_pg "$work/pg" "$PG_PORT"
 psql_() { as_pg psql -X -q -h "$work" -p "$PG_PORT" -d postgres "$@"; }
-psql_ -c 'CREATE EXTENSION etcd_lock'
 
 echo "etcd at $ETCD_ENDPOINT, PostgreSQL on port $PG_PORT"
 echo

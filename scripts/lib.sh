@@ -47,3 +47,25 @@ start_etcd() {
 stop_pid() {
 	[ -n "${1:-}" ] && kill "$1" 2>/dev/null && wait "$1" 2>/dev/null || true
 }
+
+# start_pg DIR PORT [CONF_LINE...]: a throwaway PostgreSQL in DIR (made by
+# initdb as the postgres user) with etcd_lock preloaded and pointed at
+# $ETCD_ENDPOINT, on a Unix socket in DIR's parent directory at PORT, with
+# the extra configuration lines given; starts it (log: DIR/../pg.log) and
+# creates the extension.
+start_pg() {
+	local dir=$1 port=$2 sock
+	shift 2
+	sock=$(dirname "$dir")
+	as_pg "$PGBIN/initdb" -D "$dir" -A trust >/dev/null
+	{
+		echo "shared_preload_libraries = 'etcd_lock'"
+		echo "etcd_lock.endpoints = '$ETCD_ENDPOINT'"
+		echo "listen_addresses = ''"
+		echo "unix_socket_directories = '$sock'"
+		echo "port = $port"
+		[ $# -gt 0 ] && printf '%s\n' "$@"
+	} >> "$dir/postgresql.conf"
+	as_pg "$PGBIN/pg_ctl" -D "$dir" -l "$sock/pg.log" -w -t 60 start >/dev/null
+	as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -d postgres -c 'CREATE EXTENSION etcd_lock'
+}
