@@ -668,9 +668,10 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
  * be taken back. Never throws, never blocks: used from transaction
  * callbacks. If the queue is full, e stays (owed, with no acquisitions) and
  * lt_flush_owed queues it at the next chance; acquiring the name again
- * meanwhile simply adopts the key, which is still ours.
+ * meanwhile simply adopts the key, which is still ours. Returns whether e
+ * was released (and forgotten).
  */
-static void
+static bool
 lt_release_async(LocalLock *e, bool attempted)
 {
 	if (e->lease_id == lt_lease && !lt_lease_lost() &&
@@ -680,9 +681,10 @@ lt_release_async(LocalLock *e, bool attempted)
 		e->owed = true;
 		e->owed_attempted = attempted;
 		lt_owed = true;
-		return;
+		return false;
 	}
 	lt_free_entry(e);
+	return true;
 }
 
 /*
@@ -702,8 +704,7 @@ lt_flush_owed(void)
 	{
 		if (e->nacq > 0 || !e->owed)
 			continue;
-		lt_release_async(e, e->owed_attempted);
-		if (hash_search(lt_locks, e->pfx, HASH_FIND, NULL) != NULL)
+		if (!lt_release_async(e, e->owed_attempted))
 			still = true;
 	}
 	lt_owed = still;
@@ -848,7 +849,7 @@ lt_release_sync(LocalLock *e, HASH_SEQ_STATUS *seq)
 	PG_CATCH();
 	{
 		hash_seq_term(seq);
-		lt_release_async(e, true);
+		(void) lt_release_async(e, true);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -887,7 +888,7 @@ etcd_release_all(void)
 			etcd_down = true;
 		}
 		queued++;
-		lt_release_async(e, true);
+		(void) lt_release_async(e, true);
 	}
 	if (queued > 0)
 		ereport(WARNING,
@@ -929,7 +930,7 @@ lt_end_xact(bool commit)
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (lt_filter(e, commit ? keep_at_commit : keep_at_abort, NULL) == 0)
-			lt_release_async(e, false);
+			(void) lt_release_async(e, false);
 	lt_xact_acqs = 0;
 }
 
@@ -1026,5 +1027,5 @@ lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (lt_filter(e, event == SUBXACT_EVENT_COMMIT_SUB ? keep_at_subcommit :
 					  keep_at_subabort, ids) == 0)
-			lt_release_async(e, false);
+			(void) lt_release_async(e, false);
 }

@@ -13,16 +13,8 @@ use Time::HiRes qw(time usleep);
 
 my @members = start_etcd_cluster(3);
 my $eps = join(',', map { $_->{endpoint} } @members);
-my $node = PostgreSQL::Test::Cluster->new('cluster');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'etcd_lock'
-etcd_lock.endpoints = '$eps'
-etcd_lock.request_timeout = '2s'
-});
-$node->start;
+my $node = etcd_node('cluster', { endpoint => $eps }, 'etcd_lock.request_timeout' => '2s');
 $node->safe_psql('postgres', q{
-CREATE EXTENSION etcd_lock;
 CREATE TABLE cs_log (id bigserial, who int, token bigint, t_enter timestamptz, t_exit timestamptz);
 CREATE TABLE errors (who int, at timestamptz, msg text);
 CREATE PROCEDURE worker(me int, n int) LANGUAGE plpgsql AS $$
@@ -63,15 +55,8 @@ END $$;
 {
 	my $leader0 = etcd_leader(\@members);
 	my ($follower) = grep { $_ != $leader0 } @members;
-	my $n2 = PostgreSQL::Test::Cluster->new('frozen_first');
-	$n2->init;
-	$n2->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'etcd_lock'
-etcd_lock.endpoints = '$follower->{endpoint},$leader0->{endpoint}'
-etcd_lock.request_timeout = '2s'
-});
-	$n2->start;
-	$n2->safe_psql('postgres', 'CREATE EXTENSION etcd_lock');
+	my $n2 = etcd_node('frozen_first', { endpoint => "$follower->{endpoint},$leader0->{endpoint}" },
+		'etcd_lock.request_timeout' => '2s');
 	kill 'STOP', $follower->{pid};
 	my $t0 = time;
 	my ($rc, $out, $err) = $n2->psql('postgres',

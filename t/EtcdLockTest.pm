@@ -46,9 +46,9 @@ sub start_etcd
 	return $etcd;
 }
 
-# run_etcd(etcd): (re)starts the etcd process described by the hash and
-# waits until it answers.
-sub run_etcd
+# spawn_etcd(etcd): starts the etcd process described by the hash (args,
+# dir) and remembers its pid; does not wait.
+sub spawn_etcd
 {
 	my ($etcd) = @_;
 	my $pid = fork();
@@ -63,6 +63,15 @@ sub run_etcd
 	}
 	$etcd->{pid} = $pid;
 	push @etcd_pids, $pid;
+	return $etcd;
+}
+
+# run_etcd(etcd): (re)starts the etcd process described by the hash and
+# waits until it answers.
+sub run_etcd
+{
+	my ($etcd) = @_;
+	spawn_etcd($etcd);
 	for (1 .. 100)
 	{
 		my $opts = $etcd->{curl_opts} // '';
@@ -96,18 +105,7 @@ sub start_etcd_cluster
 			'--initial-cluster', $initial, '--initial-cluster-state', 'new',
 			'--initial-cluster-token', 'etcd-lock-tap'
 		];
-		my $pid = fork();
-		die "fork: $!" unless defined $pid;
-		if ($pid == 0)
-		{
-			open(STDOUT, '>>', "$e->{dir}/etcd.log");
-			open(STDERR, '>&', \*STDOUT);
-			no warnings 'exec';
-			exec('etcd', @{ $e->{args} });
-			POSIX::_exit(127);
-		}
-		$e->{pid} = $pid;
-		push @etcd_pids, $pid;
+		spawn_etcd($e);
 	}
 	wait_until(sub { defined etcd_leader(\@m) }, 30) or die 'etcd cluster has no leader';
 	return @m;
@@ -147,7 +145,8 @@ END
 	}
 }
 
-# etcd_node(name, etcd, conf...): a started node preloaded with etcd_lock,
+# etcd_node(name, etcd, conf...): a started node preloaded with etcd_lock
+# (etcd: a hash whose endpoint may be a comma-separated list),
 # the extension created in database postgres. allows_streaming => 1 makes it
 # a primary that a standby can be built from.
 sub etcd_node
