@@ -29,7 +29,8 @@
 #include "gateway.h"
 #include "guc.h"
 
-#define GW_MAX_SOCKETS		8
+#define GW_MAX_SOCKETS		64
+#define GW_ASYNC_MAX		32	/* requests in flight at once (the worker) */
 #define GW_MAX_BODY			(16 * 1024 * 1024)	/* largest answer accepted */
 #define GW_MAX_WATCH_LINE	(4 * 1024 * 1024)
 
@@ -90,6 +91,35 @@ static char *gw_tls_applied = NULL;	/* "ca|cert|key" last applied */
 static char *gw_token = NULL;	/* malloc'd; never logged */
 static char *gw_token_user = NULL;	/* who gw_token belongs to */
 static bool gw_watch_unauth;	/* the watch stream said: bad token */
+
+/*
+ * Asynchronous requests (the worker): each has its own easy handle, kept
+ * for reuse, and its own answer buffer; all run on gw_multi at once.
+ */
+typedef struct GwAsync
+{
+	bool		used;			/* started, result not yet taken */
+	bool		done;			/* transfer ended */
+	CURLcode	result;
+	CURL	   *easy;
+	GwBuf		body;
+	char	   *post;			/* malloc'd request body */
+	int			ep;				/* endpoint index it went to */
+	int			tag;			/* the caller's */
+	EtcdParseFn parse;
+	void	   *arg;
+	char		errbuf[CURL_ERROR_SIZE];
+} GwAsync;
+
+static GwAsync gw_async[GW_ASYNC_MAX];
+static int	gw_async_inflight = 0;
+static bool gw_latch_seen = false;	/* gw_drive saw the latch set */
+
+/* header lists replaced while asynchronous transfers still used them */
+static struct curl_slist *gw_retired[8];
+static int	gw_nretired = 0;
+
+static bool gw_auth_ready(EtcdStatus *st, int timeout_ms);
 
 /* endpoints, parsed from etcd_lock.endpoints when it changes */
 static char *gw_eps[ETCD_MAX_ENDPOINTS];
@@ -152,8 +182,9 @@ static size_t
 gw_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	size_t		n = size * nmemb;
+	GwBuf	   *b = userdata ? (GwBuf *) userdata : &gw_body;
 
-	if (!gw_buf_append(&gw_body, ptr, n, GW_MAX_BODY))
+	if (!gw_buf_append(b, ptr, n, GW_MAX_BODY))
 		return 0;				/* curl fails the transfer with WRITE_ERROR */
 	return n;
 }
@@ -314,6 +345,8 @@ gw_set_headers(void)
 	}
 	h = curl_slist_append(h, "Content-Type: application/json");
 	h = curl_slist_append(h, "Expect:");
+	/* a member cut off from quorum must fail at once, not hang */
+	h = curl_slist_append(h, "Grpc-Metadata-hasleader: true");
 	w = curl_slist_append(w, "Content-Type: application/json");
 	w = curl_slist_append(w, "Expect:");
 	/* a watch on a member cut off from quorum must fail, not hang */
@@ -331,7 +364,17 @@ gw_set_headers(void)
 		curl_easy_setopt(gw_easy, CURLOPT_HTTPHEADER, h);
 	if (gw_watch)
 		curl_easy_setopt(gw_watch, CURLOPT_HTTPHEADER, w);
-	if (gw_headers)
+	for (int i = 0; i < GW_ASYNC_MAX; i++)
+		if (gw_async[i].easy && !gw_async[i].used)
+			curl_easy_setopt(gw_async[i].easy, CURLOPT_HTTPHEADER, h);
+
+	/*
+	 * libcurl does not copy header lists: one that a transfer in flight
+	 * still uses is freed only once nothing is in flight.
+	 */
+	if (gw_async_inflight > 0 && gw_headers && gw_nretired < lengthof(gw_retired))
+		gw_retired[gw_nretired++] = gw_headers;
+	else if (gw_headers)
 		curl_slist_free_all(gw_headers);
 	if (gw_watch_headers)
 		curl_slist_free_all(gw_watch_headers);
@@ -352,6 +395,23 @@ gw_drop_token(void)
 }
 
 /*
+ * gw_tls_setup applies the TLS settings to one handle.
+ */
+static void
+gw_tls_setup(CURL *h)
+{
+	const char *ca = etcd_lock_tls_ca_file ? etcd_lock_tls_ca_file : "";
+	const char *cert = etcd_lock_tls_cert_file ? etcd_lock_tls_cert_file : "";
+	const char *key = etcd_lock_tls_key_file ? etcd_lock_tls_key_file : "";
+
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(h, CURLOPT_CAINFO, ca[0] ? ca : NULL);
+	curl_easy_setopt(h, CURLOPT_SSLCERT, cert[0] ? cert : NULL);
+	curl_easy_setopt(h, CURLOPT_SSLKEY, key[0] ? key : NULL);
+}
+
+/*
  * gw_apply_tls sets the TLS files on both handles when the settings
  * changed. Peer and host name verification stay on (libcurl's default).
  */
@@ -362,7 +422,7 @@ gw_apply_tls(void)
 	const char *cert = etcd_lock_tls_cert_file ? etcd_lock_tls_cert_file : "";
 	const char *key = etcd_lock_tls_key_file ? etcd_lock_tls_key_file : "";
 	char	   *cfg = psprintf("%s|%s|%s", ca, cert, key);
-	CURL	   *handles[2] = {gw_easy, gw_watch};
+	CURL	   *handles[2 + GW_ASYNC_MAX] = {gw_easy, gw_watch};
 	int			i;
 
 	if (gw_tls_applied && strcmp(gw_tls_applied, cfg) == 0)
@@ -370,14 +430,11 @@ gw_apply_tls(void)
 		pfree(cfg);
 		return;
 	}
-	for (i = 0; i < 2; i++)
-	{
-		curl_easy_setopt(handles[i], CURLOPT_SSL_VERIFYPEER, 1L);
-		curl_easy_setopt(handles[i], CURLOPT_SSL_VERIFYHOST, 2L);
-		curl_easy_setopt(handles[i], CURLOPT_CAINFO, ca[0] ? ca : NULL);
-		curl_easy_setopt(handles[i], CURLOPT_SSLCERT, cert[0] ? cert : NULL);
-		curl_easy_setopt(handles[i], CURLOPT_SSLKEY, key[0] ? key : NULL);
-	}
+	for (i = 0; i < GW_ASYNC_MAX; i++)
+		handles[2 + i] = gw_async[i].easy;
+	for (i = 0; i < lengthof(handles); i++)
+		if (handles[i] != NULL)
+			gw_tls_setup(handles[i]);
 	if (gw_tls_applied)
 		free(gw_tls_applied);
 	gw_tls_applied = strdup(cfg);
@@ -471,6 +528,17 @@ gw_collect(void)
 		}
 		else if (msg->easy_handle == gw_watch)
 			gw_watch_done = true;
+		else
+		{
+			GwAsync    *a = NULL;
+
+			curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &a);
+			if (a && a->used)
+			{
+				a->done = true;
+				a->result = msg->data.result;
+			}
+		}
 	}
 }
 
@@ -588,6 +656,7 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 			if (evs[i].events & WL_LATCH_SET)
 			{
 				latch = true;
+				gw_latch_seen = true;
 				continue;
 			}
 			if (evs[i].events & WL_SOCKET_READABLE)
@@ -638,7 +707,7 @@ gw_excerpt(char *dst, size_t dstlen, const char *src, size_t max)
  * "message":".."}; a body that is neither keeps the HTTP status only.
  */
 static void
-gw_error_reply(EtcdStatus *st, long http)
+gw_error_reply_buf(EtcdStatus *st, long http, GwBuf *body)
 {
 	json_t	   *root;
 	json_error_t jerr;
@@ -647,7 +716,7 @@ gw_error_reply(EtcdStatus *st, long http)
 	st->kind = ETCD_ERROR_REPLY;
 	st->http_status = http;
 	st->grpc_code = 0;
-	root = gw_body.data ? json_loadb(gw_body.data, gw_body.len, 0, &jerr) : NULL;
+	root = body->data ? json_loadb(body->data, body->len, 0, &jerr) : NULL;
 	if (json_is_object(root))
 	{
 		json_t	   *m = json_object_get(root, "message");
@@ -672,6 +741,12 @@ gw_error_reply(EtcdStatus *st, long http)
 	else
 		snprintf(st->message, sizeof(st->message), "HTTP %ld", http);
 	json_decref(root);
+}
+
+static void
+gw_error_reply(EtcdStatus *st, long http)
+{
+	gw_error_reply_buf(st, http, &gw_body);
 }
 
 /*
@@ -998,11 +1073,7 @@ etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
 
 	gw_init();
 	gw_apply_tls();
-	if (!auth && gw_token)
-		gw_drop_token();
-	if (auth && gw_token && (!gw_token_user || strcmp(gw_token_user, etcd_lock_username) != 0))
-		gw_drop_token();
-	if (auth && !gw_token && !gw_authenticate(st, LEFT_MS()))
+	if (!gw_auth_ready(st, LEFT_MS()))
 		return false;
 	if (gw_request(path, body, parse, arg, st, LEFT_MS()))
 		return true;
@@ -1054,6 +1125,213 @@ etcd_request_or_error(const char *path, const char *body, EtcdParseFn parse,
 
 	if (!etcd_request(path, body, parse, arg, &st))
 		etcd_report_status(&st, what);
+}
+
+/* ---------------------------------------------------------------------
+ * Asynchronous requests (the worker)
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * gw_auth_ready makes sure a token is at hand when etcd_lock.username is
+ * set (authenticating if needed, within timeout_ms); false with st filled
+ * if authentication failed.
+ */
+static bool
+gw_auth_ready(EtcdStatus *st, int timeout_ms)
+{
+	bool		auth = etcd_lock_username && etcd_lock_username[0];
+
+	if (!auth && gw_token)
+		gw_drop_token();
+	if (auth && gw_token && (!gw_token_user || strcmp(gw_token_user, etcd_lock_username) != 0))
+		gw_drop_token();
+	if (auth && !gw_token && !gw_authenticate(st, timeout_ms))
+		return false;
+	return true;
+}
+
+/*
+ * etcd_async_start starts a request that runs while the caller goes on:
+ * POST body to path on the current endpoint, bounded by timeout_ms in all.
+ * The result comes from etcd_async_wait, under tag; parse and arg must
+ * stay valid until then. There is no failover within one asynchronous
+ * request: a failure moves the next ones to the next endpoint, and the
+ * caller retries (every request the worker sends is safe to repeat).
+ * Returns false with st filled if it could not start (all handles busy,
+ * authentication failed).
+ */
+bool
+etcd_async_start(const char *path, const char *body, EtcdParseFn parse,
+				 void *arg, int timeout_ms, int tag, EtcdStatus *st)
+{
+	GwAsync    *a = NULL;
+	char		url[1024];
+	int			neps,
+				i;
+
+	gw_init();
+	gw_apply_tls();
+	neps = gw_endpoints();
+	memset(st, 0, sizeof(*st));
+	if (!gw_auth_ready(st, timeout_ms))
+		return false;
+	for (i = 0; i < GW_ASYNC_MAX; i++)
+		if (!gw_async[i].used)
+		{
+			a = &gw_async[i];
+			break;
+		}
+	if (a == NULL)
+	{
+		st->kind = ETCD_UNREACHABLE;
+		snprintf(st->message, sizeof(st->message), "too many requests in flight");
+		return false;
+	}
+	if (a->easy == NULL)
+	{
+		a->easy = gw_new_easy(a->errbuf, gw_headers);
+		curl_easy_setopt(a->easy, CURLOPT_WRITEFUNCTION, gw_write_cb);
+		curl_easy_setopt(a->easy, CURLOPT_WRITEDATA, &a->body);
+		curl_easy_setopt(a->easy, CURLOPT_PRIVATE, (char *) a);
+		gw_tls_setup(a->easy);
+	}
+	a->post = strdup(body);
+	if (a->post == NULL)
+		elog(ERROR, "etcd_lock: out of memory");
+	a->ep = gw_cur % neps;
+	snprintf(url, sizeof(url), "%s%s", gw_eps[a->ep], path);
+	curl_easy_setopt(a->easy, CURLOPT_URL, url);
+	curl_easy_setopt(a->easy, CURLOPT_HTTPHEADER, gw_headers);
+	curl_easy_setopt(a->easy, CURLOPT_POSTFIELDS, a->post);
+	curl_easy_setopt(a->easy, CURLOPT_POSTFIELDSIZE, (long) strlen(a->post));
+	curl_easy_setopt(a->easy, CURLOPT_TIMEOUT_MS, (long) Max(1, timeout_ms));
+	curl_easy_setopt(a->easy, CURLOPT_CONNECTTIMEOUT_MS, (long) Max(1, timeout_ms));
+	gw_buf_reset(&a->body);
+	a->errbuf[0] = '\0';
+	a->done = false;
+	a->tag = tag;
+	a->parse = parse;
+	a->arg = arg;
+	a->used = true;
+	curl_multi_add_handle(gw_multi, a->easy);
+	gw_async_inflight++;
+	return true;
+}
+
+int
+etcd_async_inflight(void)
+{
+	return gw_async_inflight;
+}
+
+static bool
+gw_async_cond(void)
+{
+	int			i;
+
+	if (gw_latch_seen)
+		return true;
+	for (i = 0; i < GW_ASYNC_MAX; i++)
+		if (gw_async[i].used && gw_async[i].done)
+			return true;
+	return false;
+}
+
+/*
+ * gw_async_finish turns a finished transfer into its result and frees its
+ * handle for the next request.
+ */
+static void
+gw_async_finish(GwAsync *a, EtcdAsyncResult *r)
+{
+	EtcdStatus *st = &r->st;
+	long		http = 0;
+	int			neps = gw_endpoints();
+
+	memset(r, 0, sizeof(*r));
+	r->tag = a->tag;
+	curl_multi_remove_handle(gw_multi, a->easy);
+	gw_async_inflight--;
+	if (a->result == CURLE_OK)
+		curl_easy_getinfo(a->easy, CURLINFO_RESPONSE_CODE, &http);
+	if (a->result == CURLE_OK && http == 200)
+	{
+		json_error_t jerr;
+		json_t	   *root = json_loadb(a->body.data ? a->body.data : "", a->body.len, 0, &jerr);
+
+		r->ok = root != NULL && gw_parse(root, a->parse, a->arg);
+		if (r->ok)
+			st->kind = ETCD_OK;
+		else
+		{
+			char		clean[201];
+
+			gw_excerpt(clean, sizeof(clean), a->body.data, 200);
+			st->kind = ETCD_BAD_REPLY;
+			snprintf(st->message, sizeof(st->message), "%s answered an unexpected answer: %s",
+					 gw_eps[a->ep % neps], clean);
+		}
+	}
+	else if (a->result == CURLE_OK && http < 500)
+	{
+		gw_error_reply_buf(st, http, &a->body);
+		if (st->grpc_code == GRPC_UNAUTHENTICATED || http == 401)
+			gw_drop_token();	/* the next request authenticates again */
+	}
+	else
+	{
+		if (a->result == CURLE_OK)
+			gw_error_reply_buf(st, http, &a->body);
+		else
+			snprintf(st->message, sizeof(st->message), "%s: %s", gw_eps[a->ep % neps],
+					 a->result == CURLE_OPERATION_TIMEDOUT ? "timed out" :
+					 curl_easy_strerror(a->result));
+		if (a->errbuf[0])
+			snprintf(st->log_message, sizeof(st->log_message), "%s: %s",
+					 gw_eps[a->ep % neps], a->errbuf);
+		st->kind = ETCD_UNREACHABLE;
+		if (neps > 0 && a->ep == gw_cur % neps)
+			gw_cur = (gw_cur + 1) % neps;	/* next requests: next endpoint */
+	}
+	free(a->post);
+	a->post = NULL;
+	a->used = false;
+	a->done = false;
+	if (gw_async_inflight == 0)
+		while (gw_nretired > 0)
+			curl_slist_free_all(gw_retired[--gw_nretired]);
+}
+
+/*
+ * etcd_async_wait runs the requests in flight for at most timeout_ms, or
+ * until one finishes or the latch is set (the latch is reset; interrupts
+ * are the caller's to check). Returns the number of results stored in out
+ * (at most max).
+ */
+int
+etcd_async_wait(long timeout_ms, EtcdAsyncResult *out, int max)
+{
+	int			n = 0,
+				i;
+
+	gw_init();
+	gw_latch_seen = false;
+	if (gw_async_inflight == 0)
+	{
+		int			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								   Max(0, timeout_ms), PG_WAIT_EXTENSION);
+
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+		return 0;
+	}
+	(void) gw_drive(gw_async_cond,
+					TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Max(0, timeout_ms)));
+	for (i = 0; i < GW_ASYNC_MAX && n < max; i++)
+		if (gw_async[i].used && gw_async[i].done)
+			gw_async_finish(&gw_async[i], &out[n++]);
+	return n;
 }
 
 /* ---------------------------------------------------------------------

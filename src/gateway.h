@@ -33,6 +33,7 @@ typedef struct EtcdStatus
 #define GRPC_INVALID_ARGUMENT	3
 #define GRPC_NOT_FOUND			5
 #define GRPC_PERMISSION_DENIED	7
+#define GRPC_FAILED_PRECONDITION	9
 #define GRPC_UNAVAILABLE		14
 #define GRPC_UNAUTHENTICATED	16
 
@@ -54,6 +55,20 @@ extern void etcd_request_or_error(const char *path, const char *body,
 								  const char *what);
 pg_attribute_noreturn()
 extern void etcd_report_status(const EtcdStatus *st, const char *what);
+
+/* Requests in flight while the caller goes on (the worker). */
+typedef struct EtcdAsyncResult
+{
+	int			tag;			/* as given to etcd_async_start */
+	bool		ok;				/* a 200 answer the parse callback accepted */
+	EtcdStatus	st;
+} EtcdAsyncResult;
+
+extern bool etcd_async_start(const char *path, const char *body,
+							 EtcdParseFn parse, void *arg, int timeout_ms,
+							 int tag, EtcdStatus *st);
+extern int	etcd_async_wait(long timeout_ms, EtcdAsyncResult *out, int max);
+extern int	etcd_async_inflight(void);
 
 /* Watching one key for its deletion (a streaming /v3/watch request). */
 typedef enum EtcdWatchResult

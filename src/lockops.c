@@ -79,29 +79,65 @@ parse_lease_grant(json_t *root, void *arg)
 
 /*
  * etcd_lease_grant asks etcd for a new lease of ttl seconds; returns its ID.
+ *
+ * The ID is chosen here (63 random bits), not by etcd, so the grant is safe
+ * to resend: a grant applied once whose answer was lost, then resent (by
+ * libcurl or by failover), answers "lease already exists" (HTTP 412, code
+ * 9) the second time, and that lease is ours. A server-chosen ID would
+ * leave an orphan lease behind each lost answer. A collision with another
+ * client's lease is a 2^-63 chance per grant.
  */
 int64
 etcd_lease_grant(int ttl)
 {
 	LeaseReply	r = {0};
-	char		body[64];
+	char		body[96];
+	uint64		id = 0;
+	EtcdStatus	st;
 
-	snprintf(body, sizeof(body), "{\"TTL\":\"%d\"}", ttl);
-	etcd_request_or_error("/v3/lease/grant", body, parse_lease_grant, &r,
-						  "grant a lease");
-	return r.id;
+	while (id == 0)
+	{
+		if (!pg_strong_random(&id, sizeof(id)))
+			elog(ERROR, "etcd_lock: could not generate a random lease ID");
+		id &= UINT64CONST(0x7fffffffffffffff);
+	}
+	snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\",\"TTL\":\"%d\"}",
+			 (int64) id, ttl);
+	if (etcd_request("/v3/lease/grant", body, parse_lease_grant, &r, &st))
+	{
+		if (r.id != (int64) id)
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("etcd_lock: could not grant a lease: etcd granted another ID than the one asked for")));
+		return r.id;
+	}
+	if (st.kind == ETCD_ERROR_REPLY && st.grpc_code == GRPC_FAILED_PRECONDITION)
+		return (int64) id;		/* our own earlier, resent grant */
+	etcd_report_status(&st, "grant a lease");
 }
 
-static bool
-parse_keepalive(json_t *root, void *arg)
+/*
+ * etcd_parse_keepalive reads a keepalive answer into *(int64 *) arg: the
+ * new TTL, or 0 if the lease no longer exists (etcd then answers a result
+ * without TTL).
+ */
+bool
+etcd_parse_keepalive(json_t *root, void *arg)
 {
-	LeaseReply *r = arg;
 	json_t	   *res = json_object_get(root, "result");
 
-	/* a lease that no longer exists answers a result without TTL */
 	if (!json_is_object(res))
 		return false;
-	return etcd_json_int64(res, "TTL", &r->ttl);
+	return etcd_json_int64(res, "TTL", (int64 *) arg);
+}
+
+/*
+ * etcd_lease_body is the body of a keepalive or revoke of lease_id.
+ */
+char *
+etcd_lease_body(int64 lease_id)
+{
+	return psprintf("{\"ID\":\"" INT64_FORMAT "\"}", lease_id);
 }
 
 /*
@@ -111,14 +147,13 @@ parse_keepalive(json_t *root, void *arg)
 bool
 etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st, int timeout_ms)
 {
-	LeaseReply	r = {0};
-	char		body[64];
+	int64		newttl = 0;
 
-	snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", lease_id);
-	if (!etcd_request_ex("/v3/lease/keepalive", body, parse_keepalive, &r, st,
-						 timeout_ms))
+	/* safe to resend: a renewal only extends */
+	if (!etcd_request_ex("/v3/lease/keepalive", etcd_lease_body(lease_id),
+						 etcd_parse_keepalive, &newttl, st, timeout_ms))
 		return false;
-	*ttl = r.ttl > 0 ? (int) Min(r.ttl, INT_MAX) : 0;
+	*ttl = newttl > 0 ? (int) Min(newttl, INT_MAX) : 0;
 	return true;
 }
 
@@ -129,10 +164,8 @@ etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st, int timeout_ms)
 bool
 etcd_lease_revoke(int64 lease_id, EtcdStatus *st)
 {
-	char		body[64];
-
-	snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", lease_id);
-	if (etcd_request("/v3/lease/revoke", body, NULL, NULL, st))
+	/* safe to resend: a revoked lease answers "not found", counted as done */
+	if (etcd_request("/v3/lease/revoke", etcd_lease_body(lease_id), NULL, NULL, st))
 		return true;
 	return st->kind == ETCD_ERROR_REPLY && st->grpc_code == GRPC_NOT_FOUND;
 }
@@ -187,17 +220,31 @@ parse_acquire(json_t *root, void *arg)
 
 	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->rev))
 		return false;
-	if (r->try_only)
+	if (r->try_only && succeeded)
 	{
-		/* compare: the whole range is empty; then our put is the holder */
-		r->held = succeeded;
-		if (!succeeded)
-			r->rev = 0;
-		return r->rev > 0 || !succeeded;
+		/* the whole range was empty: our put (at this revision) holds */
+		r->held = true;
+		return r->rev > 0;
 	}
 	if (!json_is_array(responses) || json_array_size(responses) != 2)
 		return false;
-	if (!succeeded)
+	if (r->try_only)
+	{
+		/*
+		 * Not empty. Our own key may be there: this very request, applied
+		 * once already but its answer lost and resent (by libcurl, by
+		 * failover). Then it is ours, and the holder if it is the oldest.
+		 */
+		mine = first_kv(responses, 0, &ok);
+		if (!ok || !etcd_json_int64(mine, "create_revision", &r->rev))
+			return false;
+		if (mine == NULL)
+		{
+			r->held = false;
+			return true;
+		}
+	}
+	else if (!succeeded)
 	{
 		/* our key existed already: read its create_revision */
 		mine = first_kv(responses, 0, &ok);
@@ -222,7 +269,13 @@ parse_acquire(json_t *root, void *arg)
  * name, in one txn; *rev is our key's create_revision and the result says
  * whether it is the oldest (we hold the lock). try_only: put our key only
  * if no key exists under the name at all, so a failed try leaves nothing
- * behind; *rev is 0 then.
+ * behind; otherwise read our key and the oldest.
+ *
+ * Safe to resend (libcurl, endpoint failover): a second application finds
+ * our key and reads it instead of creating it, so both modes answer with
+ * our key's create_revision and whether it is the oldest; a try answers
+ * *rev > 0 with false only if a key of ours exists that does not hold
+ * (the caller removes it). Never "not ours" for a key we created.
  */
 bool
 etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
@@ -249,7 +302,6 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 					 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"value\":\"", key64.data);
 	etcd_append_b64(&b, value, strlen(value));
 	appendStringInfo(&b, "\",\"lease\":\"" INT64_FORMAT "\"}}", lease_id);
-	if (!try_only)
 	{
 		StringInfoData oldest;
 
@@ -260,12 +312,13 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 		append_range_end(&oldest, k->pfx, k->pfxlen);
 		appendStringInfoString(&oldest, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
 							   "\"limit\":\"1\",\"keys_only\":true}}");
-		appendStringInfo(&b, ",%s],\"failure\":[{\"request_range\":{\"key\":\"%s\",\"keys_only\":true}},%s]",
-						 oldest.data, key64.data, oldest.data);
+		/* a try needs no read on success: the range was empty */
+		if (!try_only)
+			appendStringInfo(&b, ",%s", oldest.data);
+		appendStringInfo(&b, "],\"failure\":[{\"request_range\":{\"key\":\"%s\",\"keys_only\":true}},%s]",
+						 key64.data, oldest.data);
 		pfree(oldest.data);
 	}
-	else
-		appendStringInfoChar(&b, ']');
 	appendStringInfoChar(&b, '}');
 
 	r.key_b64 = key64.data;
@@ -496,21 +549,46 @@ etcd_lock_wait(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 bool
 etcd_lock_release(const char *key, int keylen, int64 token, EtcdStatus *st)
 {
+	char	   *body;
+	const char *path = etcd_release_request(key, keylen, token, &body);
+	bool		ok;
+
+	ok = etcd_request(path, body, NULL, NULL, st);
+	pfree(body);
+	return ok;
+}
+
+/*
+ * etcd_release_request builds the request that deletes key: a txn that
+ * deletes it only if its create_revision is token, or, with token 0 (a
+ * queue place whose revision is unknown), a plain delete. Returns the path;
+ * *body is palloc'd. Both are safe to resend: the compare makes a late or
+ * repeated delete a no-op once the key was re-created; a token-0 delete is
+ * only queued while this backend does not use the key (it waits for it).
+ */
+const char *
+etcd_release_request(const char *key, int keylen, int64 token, char **body)
+{
 	StringInfoData b;
 	StringInfoData key64;
-	bool		ok;
 
 	initStringInfo(&key64);
 	etcd_append_b64(&key64, key, keylen);
 	initStringInfo(&b);
+	if (token == 0)
+	{
+		appendStringInfo(&b, "{\"key\":\"%s\"}", key64.data);
+		*body = b.data;
+		pfree(key64.data);
+		return "/v3/kv/deleterange";
+	}
 	appendStringInfo(&b, "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\","
 					 "\"create_revision\":\"" INT64_FORMAT "\"}],"
 					 "\"success\":[{\"request_delete_range\":{\"key\":\"%s\"}}]}",
 					 key64.data, token, key64.data);
-	ok = etcd_request("/v3/kv/txn", b.data, NULL, NULL, st);
-	pfree(b.data);
 	pfree(key64.data);
-	return ok;
+	*body = b.data;
+	return "/v3/kv/txn";
 }
 
 /* ---- verification ---- */

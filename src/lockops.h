@@ -24,6 +24,10 @@ extern int64 etcd_lease_grant(int ttl);
 extern bool etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st,
 								 int timeout_ms);
 extern bool etcd_lease_revoke(int64 lease_id, EtcdStatus *st);
+extern char *etcd_lease_body(int64 lease_id);
+extern bool etcd_parse_keepalive(struct json_t *root, void *arg);
+extern const char *etcd_release_request(const char *key, int keylen,
+										int64 token, char **body);
 
 extern bool etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id,
 							  const char *value, bool try_only, int64 *rev);

@@ -36,6 +36,7 @@
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -73,7 +74,9 @@ static int64 lt_lease = 0;		/* this backend's lease, 0 if none */
 static int	lt_xact_acqs = 0;	/* acquisitions made in the current xact */
 static bool lt_exit_registered = false;
 
-static bool lt_loss_warned = false;	/* warn mode: WARNING given */
+static bool lt_loss_reported = false;	/* the loss was told (error/WARNING) */
+static bool lt_dead = false;	/* lt_lease counted as lost: for good */
+static TimeoutId lt_timeout_id = MAX_TIMEOUTS;	/* the lease-deadline timer */
 static bool lt_owed = false;	/* some entry's release could not be queued */
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
@@ -122,13 +125,25 @@ lt_create_table(void)
 						   HASH_ELEM | HASH_STRINGS);
 }
 
+/*
+ * lt_count_held keeps the slot's count of held locks, which tells the worker
+ * and the deadline timer whether the owner must be signalled at a loss.
+ * Under the lock: a lock won just as the worker marks the lease lost is
+ * either counted before the worker looks (it signals) or sees the loss
+ * (etcd_acquire checks after counting).
+ */
 static void
 lt_count_held(LocalLock *e, bool held)
 {
+	EtcdLeaseSlot *slot;
+
 	if (e->counted == held || lt_lease == 0)
 		return;
 	e->counted = held;
-	etcd_my_slot()->nheld += held ? 1 : -1;
+	slot = etcd_my_slot();
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	slot->nheld += held ? 1 : -1;
+	LWLockRelease(etcd_shared->lock);
 }
 
 static void
@@ -146,15 +161,73 @@ lt_free_entry(LocalLock *e)
 	hash_search(lt_locks, e->pfx, HASH_REMOVE, NULL);
 }
 
+/*
+ * lt_lease_lost says whether this backend's lease can no longer be relied
+ * on: etcd said it is gone (the worker marked it LOST), or its local
+ * deadline passed, whether or not the worker noticed (src/README.md,
+ * condition (a)). Once true it stays true for this lease: a renewal that
+ * lands later never revives locks the session was told it lost.
+ */
 static bool
 lt_lease_lost(void)
 {
-	volatile EtcdLeaseSlot *slot;
+	EtcdLeaseSlot *slot;
+	bool		lost;
 
 	if (lt_lease == 0)
 		return false;
+	if (lt_dead)
+		return true;
 	slot = etcd_my_slot();
-	return slot->state == LEASE_LOST && slot->lease_id == lt_lease;
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	lost = slot->lease_id != lt_lease || slot->state != LEASE_LIVE ||
+		etcd_mono_now() >= slot->deadline;
+	LWLockRelease(etcd_shared->lock);
+	if (lost)
+		lt_dead = true;
+	return lost;
+}
+
+/*
+ * lt_deadline_timeout is the backend's own timer at its lease deadline
+ * (a signal handler: no locks, no allocation). If the worker renewed the
+ * lease meanwhile, it re-arms at the new deadline; otherwise the lease
+ * counts as lost and the owner is signalled as on_lease_loss says, even if
+ * the worker is dead, stuck or restarting.
+ */
+static void
+lt_deadline_timeout(void)
+{
+	EtcdLeaseSlot *slot;
+	EtcdMono	now,
+				deadline;
+
+	if (lt_lease == 0 || etcd_shared == NULL)
+		return;
+	slot = etcd_my_slot();
+	if (slot->lease_id != lt_lease)
+		return;
+	now = etcd_mono_now();
+	deadline = ((volatile EtcdLeaseSlot *) slot)->deadline;
+	if (!lt_dead && slot->state == LEASE_LIVE && now < deadline)
+	{
+		enable_timeout_after(lt_timeout_id, (int) ((deadline - now) / 1000) + 1);
+		return;
+	}
+	etcd_signal_loss(slot);
+}
+
+/*
+ * lt_arm_timer arms the deadline timer for the current lease.
+ */
+static void
+lt_arm_timer(void)
+{
+	EtcdMono	left = etcd_my_slot()->deadline - etcd_mono_now();
+
+	if (lt_timeout_id == MAX_TIMEOUTS)
+		lt_timeout_id = RegisterTimeout(USER_TIMEOUT, lt_deadline_timeout);
+	enable_timeout_after(lt_timeout_id, (int) Max(1, left / 1000 + 1));
 }
 
 static bool
@@ -184,6 +257,8 @@ lt_forget_lease(StringInfo lost_names)
 			lt_free_entry(e);
 		}
 	}
+	if (lt_timeout_id != MAX_TIMEOUTS)
+		disable_timeout(lt_timeout_id, false);
 	if (lt_lease != 0)
 	{
 		EtcdLeaseSlot *slot = etcd_my_slot();
@@ -245,6 +320,7 @@ lt_emit_log(ErrorData *edata)
 		edata->detail = names[0] ? psprintf("Lost locks: %s.", names) : NULL;
 		edata->hint = pstrdup("Another session may hold these locks now. Use fencing tokens to protect work outside the database.");
 		edata->sqlerrcode = ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+		lt_loss_reported = true;
 		in_hook = false;
 	}
 	if (prev_emit_log_hook)
@@ -252,26 +328,39 @@ lt_emit_log(ErrorData *edata)
 }
 
 /*
- * lt_warn_if_lost gives the on_lease_loss = warn WARNING, once per lease.
+ * lt_surface_loss tells, once per lease, at the start of a statement, a
+ * loss the session has not been told of yet: with on_lease_loss = warn as
+ * a WARNING; with cancel, when the loss came while the session was idle
+ * (there was no statement to cancel), by failing this statement.
+ * Transaction control (ROLLBACK, COMMIT) is never failed for it.
  */
 static void
-lt_warn_if_lost(void)
+lt_surface_loss(bool txn_control)
 {
-	if (lt_lease == 0 || lt_loss_warned || !lt_lease_lost() ||
-		etcd_my_slot()->on_loss != ON_LOSS_WARN)
+	char	   *names;
+	bool		warn;
+
+	if (lt_lease == 0 || lt_loss_reported || !lt_lease_lost())
 		return;
-	lt_loss_warned = true;
-	ereport(WARNING,
+	names = lt_held_names();
+	if (names[0] == '\0')
+		return;
+	warn = etcd_lock_on_lease_loss == ON_LOSS_WARN;
+	if (txn_control && !warn)
+		return;
+	lt_loss_reported = true;
+	ereport(warn ? WARNING : ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("the etcd lease of this session expired; its locks were lost"),
-			 errdetail("Lost locks: %s.", lt_held_names()),
+			 errmsg(warn ? "the etcd lease of this session expired; its locks were lost" :
+					"canceling statement: the etcd lease of this session expired; its locks were lost"),
+			 errdetail("Lost locks: %s.", names),
 			 errhint("Another session may hold these locks now.")));
 }
 
 static void
 lt_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
-	lt_warn_if_lost();
+	lt_surface_loss(false);
 	if (prev_ExecutorStart)
 		prev_ExecutorStart(queryDesc, eflags);
 	else
@@ -284,7 +373,7 @@ lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				  ParamListInfo params, QueryEnvironment *queryEnv,
 				  DestReceiver *dest, QueryCompletion *qc)
 {
-	lt_warn_if_lost();
+	lt_surface_loss(IsA(pstmt->utilityStmt, TransactionStmt));
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 							params, queryEnv, dest, qc);
@@ -339,28 +428,32 @@ static void
 lt_ensure_lease(void)
 {
 	EtcdLeaseSlot *slot;
-	TimestampTz sent;
+	EtcdMono	sent;
 	int			ttl = etcd_lock_lease_ttl;
 	int64		id;
 
 	if (lt_lease != 0)
 		return;
-	sent = GetCurrentTimestamp();
+	sent = etcd_mono_now();
 	id = etcd_lease_grant(ttl);
 	slot = etcd_my_slot();
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 	slot->pid = MyProcPid;
 	slot->lease_id = id;
 	slot->ttl = ttl;
-	slot->last_ok = sent;
-	slot->next_keepalive = TimestampTzPlusMilliseconds(sent, ttl * 1000 / 3);
+	slot->renewed_at = sent;
+	slot->deadline = LEASE_DEADLINE(sent, ttl);
+	slot->next_keepalive = sent + MONO_MS(ttl * 1000L / 3);
 	slot->on_loss = etcd_lock_on_lease_loss;
 	slot->loss_expired = false;
 	slot->nheld = 0;
+	pg_atomic_write_u32(&slot->loss_signalled, 0);
 	slot->state = LEASE_LIVE;
 	LWLockRelease(etcd_shared->lock);
 	lt_lease = id;
-	lt_loss_warned = false;
+	lt_dead = false;
+	lt_loss_reported = false;
+	lt_arm_timer();
 	if (!lt_exit_registered)
 	{
 		before_shmem_exit(lt_backend_exit, 0);
@@ -550,6 +643,17 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 
 	snprintf(pfx, sizeof(pfx), "%s%s/", etcd_lock_prefix ? etcd_lock_prefix : "", name);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+	if (e && e->nacq == 0 && e->owed && e->owed_attempted)
+	{
+		/*
+		 * A delete of this key may have reached etcd and could not even be
+		 * queued: the key must not be adopted (condition (c)).
+		 */
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("etcd_lock: could not acquire a lock: an earlier release of it has not reached etcd"),
+				 errhint("Check that etcd is reachable from this server.")));
+	}
 	if (e && e->nacq > 0)
 	{
 		lt_push_acq(e, xact);
@@ -600,6 +704,11 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 
 		if (lt_wait_queued(&k, &reclaimed, deadline, !wait, &timed_out))
 		{
+			/* taken back: rely on it only within the lease deadline */
+			if (lt_lease_lost())
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("etcd_lock: the etcd lease of this session expired; its locks were lost")));
 			held = true;
 			rev = reclaimed;
 		}
@@ -627,8 +736,17 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 					lt_raise_timeout(name, by_lock_timeout);
 				}
 			}
+			if (!held && !wait && rev > 0)
+			{
+				/*
+				 * A try found our own key but not as the holder (a leftover
+				 * of an earlier outcome): give it up, never leave it.
+				 */
+				(void) etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen,
+										  rev, false, false);
+			}
 			if (!held)
-				key_sent = false;	/* a failed try leaves no key */
+				key_sent = false;	/* no key of ours is left behind */
 		}
 	}
 	PG_CATCH();
@@ -658,6 +776,13 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 	lt_push_acq(e, xact);
 	lt_publish(e);
 	lt_count_held(e, true);
+
+	/*
+	 * Won just as the lease ran out? Counted first, then checked, so either
+	 * the worker saw the count and signals, or we see the loss here.
+	 */
+	if (lt_lease_lost())
+		lt_check_lost();
 	*token = rev;
 	return true;
 }
@@ -715,6 +840,41 @@ lt_flush_owed(void)
 }
 
 /*
+ * lt_release_now deletes the key of e, which has no acquisition left, and
+ * forgets e. From the moment the delete is sent the key is never relied on
+ * again (condition (c)): if etcd does not confirm it (unreachable, error
+ * answer, cancel, statement_timeout), e is forgotten all the same and the
+ * delete handed to the worker as attempted, which repeats it until etcd
+ * confirms (a compare-and-delete on the token is safe to repeat). The
+ * caller gets an ERROR saying the release is not yet confirmed.
+ */
+static void
+lt_release_now(LocalLock *e, const char *name)
+{
+	EtcdStatus	st;
+	bool		ok;
+
+	PG_TRY();
+	{
+		ok = etcd_lock_release(e->key, e->keylen, e->token, &st);
+	}
+	PG_CATCH();
+	{
+		(void) lt_release_async(e, true);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	if (ok)
+	{
+		lt_free_entry(e);
+		return;
+	}
+	(void) lt_release_async(e, true);
+	etcd_report_status(&st, psprintf("confirm the release of etcd lock \"%s\" (this session no longer holds it; the worker retries the release)",
+									 name));
+}
+
+/*
  * etcd_release undoes one session acquisition of name (etcd_unlock). When
  * the last one goes, the key is deleted synchronously: once this returns
  * true, another session can take the lock. Returns false with a WARNING if
@@ -741,21 +901,16 @@ etcd_release(const char *name)
 				 errmsg("you don't own an etcd lock named \"%s\"", name)));
 		return false;
 	}
-	if (e->nacq == 1)
-	{
-		EtcdStatus	st;
-
-		if (!etcd_lock_release(e->key, e->keylen, e->token, &st))
-			etcd_report_status(&st, "release a lock");
-	}
 	if (e->acqs[i].subid != InvalidSubTransactionId && lt_xact_acqs > 0)
 		lt_xact_acqs--;
 	memmove(&e->acqs[i], &e->acqs[i + 1], (e->nacq - i - 1) * sizeof(LocalAcq));
 	e->nacq--;
-	if (e->nacq == 0)
-		lt_free_entry(e);
-	else
+	if (e->nacq > 0)
+	{
 		lt_publish(e);
+		return true;
+	}
+	lt_release_now(e, name);
 	return true;
 }
 
@@ -872,7 +1027,20 @@ etcd_release_all(void)
 	bool		etcd_down = false;
 	int			queued = 0;
 
-	lt_check_lost();
+	if (lt_lease_lost())
+	{
+		StringInfoData names;
+
+		/* cleanup code calls this: clear the lost locks, do not fail */
+		initStringInfo(&names);
+		lt_forget_lease(&names);
+		if (names.len > 0)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("etcd_lock: the etcd lease of this session expired; its locks were lost"),
+					 errdetail("Lost locks: %s.", names.data)));
+		return;
+	}
 	if (lt_locks == NULL)
 		return;
 	lt_flush_owed();
@@ -950,7 +1118,6 @@ lt_verify(void)
 	char	  **keys = palloc(sizeof(char *) * max);
 	int		   *lens = palloc(sizeof(int) * max);
 	int64	   *tokens = palloc(sizeof(int64) * max);
-	EtcdLeaseSlot *slot;
 	bool		expired;
 
 	lt_check_lost();
@@ -966,10 +1133,7 @@ lt_verify(void)
 	}
 	if (n == 0)
 		return;
-	slot = etcd_my_slot();
-	LWLockAcquire(etcd_shared->lock, LW_SHARED);
-	expired = GetCurrentTimestamp() >= LEASE_DEADLINE(slot);
-	LWLockRelease(etcd_shared->lock);
+	expired = lt_lease_lost();
 	if (expired || !etcd_locks_still_held(keys, lens, tokens, n))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -12,6 +12,9 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+#include <time.h>
+
 #include "miscadmin.h"
 #include "storage/backendid.h"
 #include "storage/ipc.h"
@@ -23,6 +26,22 @@ EtcdShared *etcd_shared = NULL;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/*
+ * etcd_mono_now returns the shared monotonic clock (see EtcdMono). Async
+ * signal safe: the backend's lease-deadline timer calls it.
+ */
+EtcdMono
+etcd_mono_now(void)
+{
+	struct timespec ts;
+
+#ifdef CLOCK_BOOTTIME
+	if (clock_gettime(CLOCK_BOOTTIME, &ts) != 0)
+#endif
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (EtcdMono) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static int
 etcd_nreleases(void)
@@ -77,6 +96,8 @@ etcd_shmem_startup(void)
 		etcd_shared->nreleases = etcd_nreleases();
 		p += MAXALIGN(sizeof(EtcdShared));
 		etcd_shared->slots = (EtcdLeaseSlot *) p;
+		for (int i = 0; i < MaxBackends; i++)
+			pg_atomic_init_u32(&etcd_shared->slots[i].loss_signalled, 0);
 		p += MAXALIGN(mul_size(MaxBackends, sizeof(EtcdLeaseSlot)));
 		etcd_shared->releases = (EtcdRelease *) p;
 		p += MAXALIGN(mul_size(etcd_nreleases(), sizeof(EtcdRelease)));
@@ -103,6 +124,26 @@ etcd_my_slot(void)
 {
 	Assert(MyBackendId >= 1 && MyBackendId <= etcd_shared->nslots);
 	return &etcd_shared->slots[MyBackendId - 1];
+}
+
+/*
+ * etcd_signal_loss tells the owner of a lost lease that holds locks, once,
+ * as it asked (etcd_lock.on_lease_loss): SIGINT cancels its running
+ * statement, SIGTERM ends its session; "warn" (and an idle session) learns
+ * at its next statement. Called by the worker when it marks the lease lost
+ * and by the owner's own deadline timer, whichever comes first; async
+ * signal safe (no lock: the fields read are aligned words).
+ */
+void
+etcd_signal_loss(EtcdLeaseSlot *slot)
+{
+	volatile EtcdLeaseSlot *s = slot;
+
+	if (s->pid <= 0 || s->nheld <= 0 || s->on_loss == ON_LOSS_WARN)
+		return;
+	if (pg_atomic_exchange_u32(&slot->loss_signalled, 1) != 0)
+		return;
+	kill(s->pid, s->on_loss == ON_LOSS_TERMINATE ? SIGTERM : SIGINT);
 }
 
 /*
@@ -148,7 +189,7 @@ etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
 		r->attempted = attempted;
 		r->lease_id = lease_id;
 		r->token = token;
-		r->queued_at = GetCurrentTimestamp();
+		r->queued_at = etcd_mono_now();
 		r->retry_at = 0;
 		r->keylen = keylen;
 		if (keylen > 0)

@@ -6,12 +6,25 @@
 #ifndef ETCD_LOCK_SHMEM_H
 #define ETCD_LOCK_SHMEM_H
 
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/timestamp.h"
 
 #include "guc.h"
+
+/*
+ * Times shared between processes are microseconds on CLOCK_BOOTTIME: one
+ * clock for every process of the machine, never stepped by NTP, and still
+ * counting while the machine is suspended (as etcd's own clock does, so a
+ * lease that etcd expired during a suspend counts as expired here too).
+ */
+typedef int64 EtcdMono;
+
+extern EtcdMono etcd_mono_now(void);
+
+#define MONO_MS(ms)		((EtcdMono) (ms) * 1000)
 
 typedef enum EtcdLeaseState
 {
@@ -27,22 +40,26 @@ typedef struct EtcdLeaseSlot
 	pid_t		pid;
 	int64		lease_id;
 	int			ttl;			/* seconds */
-	TimestampTz next_keepalive; /* when the worker renews it next */
-	TimestampTz last_ok;		/* send time of the last successful renewal */
+	EtcdMono	next_keepalive; /* when the worker renews it next */
+	EtcdMono	renewed_at;		/* send time of the last successful renewal
+								 * (or of the grant) */
+	EtcdMono	deadline;		/* LEASE_DEADLINE: rely on it only before */
 	int			on_loss;		/* EtcdOnLeaseLoss of the owner */
 	int			nheld;			/* locks the owner holds on this lease */
 	bool		loss_expired;	/* lost because the local deadline passed */
+	pg_atomic_uint32 loss_signalled;	/* the owner was told (once) */
 } EtcdLeaseSlot;
 
 /*
  * The local deadline of a lease: the send time of its last successful
  * renewal plus its TTL, minus a safety margin (a tenth of the TTL, at least
  * 500 ms). Past it, etcd may have expired the lease, so its locks count as
- * lost even if etcd has not said so.
+ * lost even if etcd has not said so. Backends check it themselves; the
+ * worker is not trusted to have noticed.
  */
-#define LEASE_DEADLINE(slot) \
-	TimestampTzPlusMilliseconds((slot)->last_ok, \
-		(slot)->ttl * 1000L - Max(500L, (slot)->ttl * 100L))
+#define LEASE_MARGIN_MS(ttl)	Max(500L, (long) (ttl) * 100L)
+#define LEASE_DEADLINE(sent, ttl) \
+	((sent) + MONO_MS((long) (ttl) * 1000L - LEASE_MARGIN_MS(ttl)))
 
 typedef enum EtcdReleaseState
 {
@@ -65,8 +82,8 @@ typedef struct EtcdRelease
 	bool		attempted;		/* may have reached etcd: never take back */
 	int64		lease_id;
 	int64		token;			/* create_revision of the key */
-	TimestampTz queued_at;
-	TimestampTz retry_at;		/* after a failure: not before this */
+	EtcdMono	queued_at;
+	EtcdMono	retry_at;		/* after a failure: not before this */
 	int			keylen;
 	char		key[ETCD_MAX_KEY];
 } EtcdRelease;
@@ -116,6 +133,7 @@ extern EtcdShared *etcd_shared;
 extern void etcd_shmem_install_hooks(void);
 extern EtcdLeaseSlot *etcd_my_slot(void);
 extern void etcd_wake_worker(void);
+extern void etcd_signal_loss(EtcdLeaseSlot *slot);
 extern bool etcd_queue_release(EtcdReleaseKind kind, int64 lease_id,
 							   const char *key, int keylen, int64 token,
 							   bool held, bool attempted);

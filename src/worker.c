@@ -4,12 +4,23 @@
  *
  * Started by the postmaster (no database connection, so it runs on
  * primaries and hot standbys alike) and restarted one second after it
- * dies. It
- *	- performs the releases backends queued (transaction end, exit), first,
- *	  because a waiter somewhere is waiting for them;
- *	- renews every live lease once per TTL/3, marking a lease LOST when
- *	  etcd answers that it no longer exists.
- * It uses the same gateway and lock-release code as the backends.
+ * dies. One loop, and no request ever blocks it: every request runs on the
+ * gateway's curl multi handle (etcd_async_*) while the loop goes on, so
+ * its duties cannot starve each other:
+ *	- loss detection, time-based: at each live lease's deadline the lease is
+ *	  marked LOST and its holder signalled, whatever is in flight;
+ *	- keepalives: every live lease is renewed every TTL/3, concurrently,
+ *	  each bounded by the time left before its deadline; a lease's new
+ *	  deadline is taken from the send time of the renewal that was answered;
+ *	- releases queued by backends (transaction end, exit), sent
+ *	  concurrently and retried; when etcd answers again after an outage,
+ *	  every queued release goes out at once;
+ *	- at shutdown (SIGTERM, sent to backends and the worker together) it
+ *	  stays, bounded, until every backend has exited and its lease is
+ *	  revoked, so a cleanly stopped instance frees its locks at once.
+ * Backends do not trust the worker: they check their own deadline and arm
+ * their own timer (locktable.c). The worker uses the same gateway and
+ * request builders as the backends (lockops.c).
  */
 #include "postgres.h"
 
@@ -32,7 +43,41 @@
 #include "shmem.h"
 #include "worker.h"
 
-#define RETRY_MS	500			/* after a failed request */
+#define RETRY_MS		500		/* after a failed request */
+#define MAX_INFLIGHT	24		/* requests in flight at once */
+#define MAX_RELEASES_INFLIGHT 16	/* of which releases */
+#define SUMMARY_MS		30000	/* outage summary in the log */
+
+typedef enum WorkerReqKind
+{
+	WR_FREE = 0,
+	WR_KEEPALIVE,
+	WR_RELEASE
+} WorkerReqKind;
+
+/* One request in flight; its index is the tag given to the gateway. */
+typedef struct WorkerReq
+{
+	int			kind;			/* WorkerReqKind */
+	int			index;			/* lease slot or release entry */
+	int64		lease_id;
+	EtcdMono	sent;
+	int64		ttl;			/* keepalive answer */
+} WorkerReq;
+
+static WorkerReq w_reqs[MAX_INFLIGHT];
+static int	w_nreleases_inflight = 0;
+static bool *w_ka_inflight = NULL;	/* per lease slot */
+
+/* etcd reachability as the worker sees it, for state-change logs */
+static bool w_reachable = true;
+static EtcdMono w_down_since = 0;
+static int64 w_failed = 0;		/* failed requests since the outage began */
+static EtcdMono w_next_summary = 0;
+static EtcdMono w_next_error_log = 0;
+
+static volatile sig_atomic_t w_shutdown = false;
+static EtcdMono w_shutdown_at = 0;
 
 /*
  * etcd_lock_register_worker registers the worker (from _PG_init).
@@ -66,6 +111,20 @@ worker_detach(int code, Datum arg)
 }
 
 /*
+ * worker_sigterm: shut down, but only once the backends are gone and their
+ * leases revoked (see worker_may_exit).
+ */
+static void
+worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	w_shutdown = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
  * lease_in_use says whether some backend still keeps lease_id alive.
  */
 static bool
@@ -82,273 +141,383 @@ lease_in_use(int64 lease_id)
 	return used;
 }
 
-/*
- * run_request runs one etcd call, turning a thrown ERROR (not an
- * interrupt's FATAL) into a logged failure so the worker carries on.
- */
-static bool
-run_release(EtcdRelease *r, EtcdStatus *st)
+static int
+free_req(void)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile bool ok = false;
+	int			i;
 
-	PG_TRY();
-	{
-		if (r->kind == REL_REVOKE)
-			ok = etcd_lease_revoke(r->lease_id, st);
-		else if (r->token == 0)
-		{
-			/* a queue place of unknown revision: delete it whatever it is */
-			StringInfoData b;
-
-			initStringInfo(&b);
-			appendStringInfoString(&b, "{\"key\":\"");
-			etcd_append_b64(&b, r->key, r->keylen);
-			appendStringInfoString(&b, "\"}");
-			ok = etcd_request("/v3/kv/deleterange", b.data, NULL, NULL, st);
-		}
-		else
-			ok = etcd_lock_release(r->key, r->keylen, r->token, st);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		st->kind = ETCD_BAD_REPLY;
-		snprintf(st->message, sizeof(st->message), "%s", edata->message);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
+	for (i = 0; i < MAX_INFLIGHT; i++)
+		if (w_reqs[i].kind == WR_FREE)
+			return i;
+	return -1;
 }
 
 /*
- * process_releases sends every due queued release. Returns the time of the
- * earliest retry still outstanding (0 if none).
+ * note_result keeps the worker's view of etcd's reachability and logs its
+ * changes once (unreachable, reachable again), plus a summary every 30 s
+ * of an outage: never a line per failed request.
  */
-static TimestampTz
-process_releases(void)
+static void
+note_result(const EtcdStatus *st, bool ok)
 {
-	TimestampTz next_retry = 0;
+	EtcdMono	now = etcd_mono_now();
 
-	for (;;)
+	if (ok || st->kind == ETCD_ERROR_REPLY)
 	{
-		EtcdRelease r;
-		EtcdStatus	st;
-		int			i,
-					idx = -1;
-		TimestampTz now = GetCurrentTimestamp();
-		bool		ok,
-					give_up = false;
-
-		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-		if (etcd_shared->npending > 0)
+		/* etcd answered */
+		if (!w_reachable)
 		{
+			int			i;
+
+			ereport(LOG,
+					(errmsg("etcd_lock worker: etcd is reachable again after %.1f s (%lld requests failed meanwhile)",
+							(double) (now - w_down_since) / 1000000.0, (long long) w_failed)));
+			w_reachable = true;
+			w_failed = 0;
+			/* what waited out the outage goes now, not at its retry time */
+			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 			for (i = 0; i < etcd_shared->nrelused; i++)
-			{
-				EtcdRelease *e = &etcd_shared->releases[i];
-
-				if (e->state != REL_PENDING)
-					continue;
-				if (e->retry_at > now)
-				{
-					if (next_retry == 0 || e->retry_at < next_retry)
-						next_retry = e->retry_at;
-					continue;
-				}
-				e->state = REL_BUSY;
-				e->attempted = true;	/* from now on it may reach etcd */
-				memcpy(&r, e, sizeof(r));
-				idx = i;
-				break;
-			}
+				if (etcd_shared->releases[i].state == REL_PENDING)
+					etcd_shared->releases[i].retry_at = 0;
+			for (i = 0; i < etcd_shared->nslots; i++)
+				if (etcd_shared->slots[i].state == LEASE_LIVE)
+					etcd_shared->slots[i].next_keepalive =
+						Min(etcd_shared->slots[i].next_keepalive, now);
+			LWLockRelease(etcd_shared->lock);
 		}
-		LWLockRelease(etcd_shared->lock);
-		if (idx < 0)
-			return next_retry;
-
-		ok = run_release(&r, &st);
-		if (!ok)
+		if (!ok && now >= w_next_error_log)
 		{
-			/* keys of a lease nobody renews vanish by themselves */
-			give_up = r.kind == REL_REVOKE ?
-				now > TimestampTzPlusMilliseconds(r.queued_at, etcd_lock_lease_ttl * 1000L) :
-				(!lease_in_use(r.lease_id) &&
-				 now > TimestampTzPlusMilliseconds(r.queued_at, etcd_lock_lease_ttl * 1000L));
-			ereport(give_up ? WARNING : LOG,
-					(errmsg("etcd_lock worker: could not %s%s",
-							r.kind == REL_REVOKE ? "revoke a lease" : "release a lock",
-							give_up ? ", giving up (its lease expires)" : ", will retry"),
-					 errdetail("%s", st.message)));
+			ereport(LOG,
+					(errmsg("etcd_lock worker: etcd answered an error"),
+					 errdetail("%s", st->message)));
+			w_next_error_log = now + MONO_MS(10000);
 		}
-		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-		if (ok || give_up)
-		{
-			etcd_shared->releases[idx].state = REL_FREE;
-			etcd_shared->npending--;
-		}
-		else
-		{
-			etcd_shared->releases[idx].state = REL_PENDING;
-			etcd_shared->releases[idx].retry_at =
-				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RETRY_MS);
-		}
-		LWLockRelease(etcd_shared->lock);
-		ConditionVariableBroadcast(&etcd_shared->release_cv);
+		return;
 	}
-}
-
-/*
- * run_keepalive renews one lease, turning a thrown ERROR into a failure.
- */
-static bool
-run_keepalive(int64 lease, int *newttl, EtcdStatus *st, int timeout_ms)
-{
-	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile bool ok = false;
-
-	PG_TRY();
+	w_failed++;
+	if (w_reachable)
 	{
-		ok = etcd_lease_keepalive(lease, newttl, st, timeout_ms);
+		ereport(LOG,
+				(errmsg("etcd_lock worker: etcd is unreachable; renewals and releases are retried"),
+				 errdetail("%s", st->message),
+				 st->log_message[0] ? errdetail_log("%s", st->log_message) : 0));
+		w_reachable = false;
+		w_down_since = now;
+		w_next_summary = now + MONO_MS(SUMMARY_MS);
 	}
-	PG_CATCH();
+	else if (now >= w_next_summary)
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		snprintf(st->message, sizeof(st->message), "%s", edata->message);
-		FreeErrorData(edata);
-		ok = false;
+		ereport(LOG,
+				(errmsg("etcd_lock worker: etcd still unreachable after %.0f s: %lld requests failed, %d releases queued",
+						(double) (now - w_down_since) / 1000000.0, (long long) w_failed,
+						etcd_shared->npending),
+				 errdetail("%s", st->message)));
+		w_next_summary = now + MONO_MS(SUMMARY_MS);
 	}
-	PG_END_TRY();
-	return ok;
 }
 
 /*
  * mark_lost marks a slot's lease LOST (caller holds the lock exclusively)
- * and, if it holds locks, tells its backend as it asked: SIGINT cancels its running statement,
- * SIGTERM ends the session; "warn" waits for its next statement. The
- * backend's emit_log_hook turns the cancel/terminate message into one that
- * names the lost locks.
+ * and signals its backend if it holds locks (etcd_signal_loss: once, as
+ * etcd_lock.on_lease_loss says).
  */
 static void
 mark_lost(EtcdLeaseSlot *slot, bool expired)
 {
 	slot->state = LEASE_LOST;
 	slot->loss_expired = expired;
-	if (slot->pid > 0 && slot->nheld > 0)
-	{
-		if (slot->on_loss == ON_LOSS_CANCEL)
-			kill(slot->pid, SIGINT);
-		else if (slot->on_loss == ON_LOSS_TERMINATE)
-			kill(slot->pid, SIGTERM);
-	}
+	etcd_signal_loss(slot);
 }
 
 /*
- * process_keepalives renews every live lease that is due, sending queued
- * releases in between so they never wait behind a long sweep. A lease whose
- * local deadline passes without a successful renewal, or that etcd reports
- * gone, is marked lost. Each renewal is bounded by the time left before the
- * deadline. Returns the next time something is due.
+ * check_deadlines marks lost every live lease whose deadline has passed,
+ * whatever is in flight, and lowers *next to the earliest deadline ahead.
  */
-static TimestampTz
-process_keepalives(void)
+static void
+check_deadlines(EtcdMono now, EtcdMono *next)
 {
-	TimestampTz next_due = 0;
+	int			i;
+	int			nlost = 0;
+	int64		lost_ids[8];
+	pid_t		lost_pids[8];
+
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < etcd_shared->nslots; i++)
+	{
+		EtcdLeaseSlot *slot = &etcd_shared->slots[i];
+
+		if (slot->state != LEASE_LIVE)
+			continue;
+		if (now >= slot->deadline)
+		{
+			mark_lost(slot, true);
+			if (nlost < lengthof(lost_ids))
+			{
+				lost_ids[nlost] = slot->lease_id;
+				lost_pids[nlost] = slot->pid;
+			}
+			nlost++;
+		}
+		else if (slot->deadline < *next)
+			*next = slot->deadline;
+	}
+	LWLockRelease(etcd_shared->lock);
+	for (i = 0; i < Min(nlost, lengthof(lost_ids)); i++)
+		ereport(LOG,
+				(errmsg("etcd_lock worker: lease %llx of backend pid %d is lost: no successful renewal before its deadline",
+						(unsigned long long) lost_ids[i], (int) lost_pids[i])));
+	if (nlost > lengthof(lost_ids))
+		ereport(LOG,
+				(errmsg("etcd_lock worker: %d more leases lost at their deadline",
+						nlost - (int) lengthof(lost_ids))));
+}
+
+/*
+ * start_keepalives sends a renewal for every live lease that is due and
+ * has none in flight, each bounded by the time left before its deadline.
+ */
+static void
+start_keepalives(EtcdMono now, EtcdMono *next)
+{
 	int			i;
 
 	for (i = 0; i < etcd_shared->nslots; i++)
 	{
 		EtcdLeaseSlot *slot = &etcd_shared->slots[i];
-		int64		lease;
-		int			newttl = 0;
-		TimestampTz due,
-					sent,
-					deadline;
-		EtcdStatus	st;
-		bool		ok,
-					lost = false;
+		int64		lease = 0;
+		EtcdMono	deadline = 0,
+					due = 0;
+		int			r;
 		long		left_ms;
+		EtcdStatus	st;
 
-		sent = GetCurrentTimestamp();
-		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-		lease = slot->state == LEASE_LIVE ? slot->lease_id : 0;
-		due = slot->next_keepalive;
-		deadline = LEASE_DEADLINE(slot);
-		if (lease != 0 && sent >= deadline)
+		if (w_ka_inflight[i])
+			continue;
+		LWLockAcquire(etcd_shared->lock, LW_SHARED);
+		if (slot->state == LEASE_LIVE)
 		{
-			mark_lost(slot, true);
+			lease = slot->lease_id;
+			deadline = slot->deadline;
+			due = slot->next_keepalive;
+		}
+		LWLockRelease(etcd_shared->lock);
+		if (lease == 0 || deadline <= now)
+			continue;
+		if (due > now)
+		{
+			if (due < *next)
+				*next = due;
+			continue;
+		}
+		r = free_req();
+		if (r < 0)
+		{
+			*next = now;		/* due, but no room: as soon as one ends */
+			return;
+		}
+		left_ms = (long) ((deadline - now) / 1000);
+		w_reqs[r].kind = WR_KEEPALIVE;
+		w_reqs[r].index = i;
+		w_reqs[r].lease_id = lease;
+		w_reqs[r].sent = now;
+		w_reqs[r].ttl = 0;
+		/* a renewal only extends a lease: safe to resend */
+		if (!etcd_async_start("/v3/lease/keepalive", etcd_lease_body(lease),
+							  etcd_parse_keepalive, &w_reqs[r].ttl,
+							  (int) Max(1, Min(left_ms, etcd_lock_request_timeout)),
+							  r, &st))
+		{
+			w_reqs[r].kind = WR_FREE;
+			note_result(&st, false);
+			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+			if (slot->state == LEASE_LIVE && slot->lease_id == lease)
+				slot->next_keepalive = Min(deadline, now + MONO_MS(RETRY_MS));
+			LWLockRelease(etcd_shared->lock);
+			continue;
+		}
+		w_ka_inflight[i] = true;
+	}
+}
+
+/*
+ * finish_keepalive applies a renewal's answer. The new deadline counts from
+ * the send time of the renewal answered, never a later one; a deadline that
+ * has already passed is never extended (a lease once counted lost stays
+ * lost, even if etcd still had it).
+ */
+static void
+finish_keepalive(WorkerReq *req, EtcdAsyncResult *res)
+{
+	EtcdLeaseSlot *slot = &etcd_shared->slots[req->index];
+	EtcdMono	now = etcd_mono_now();
+	bool		lost = false;
+
+	w_ka_inflight[req->index] = false;
+	note_result(&res->st, res->ok);
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	if (slot->state == LEASE_LIVE && slot->lease_id == req->lease_id)
+	{
+		if (res->ok && req->ttl > 0 && now < slot->deadline)
+		{
+			int			ttl = (int) Min(slot->ttl, req->ttl);
+
+			if (req->sent > slot->renewed_at)
+			{
+				slot->renewed_at = req->sent;
+				slot->deadline = Max(slot->deadline, LEASE_DEADLINE(req->sent, ttl));
+			}
+			slot->next_keepalive = req->sent + MONO_MS(slot->ttl * 1000L / 3);
+		}
+		else if (res->ok)
+		{
+			mark_lost(slot, req->ttl > 0);
 			lost = true;
 		}
-		LWLockRelease(etcd_shared->lock);
-		if (lost)
-		{
-			ereport(LOG,
-					(errmsg("etcd_lock worker: lease %llx of backend pid %d lapsed: no successful renewal before its deadline",
-							(unsigned long long) lease, (int) slot->pid)));
-			continue;
-		}
-		if (lease == 0)
-			continue;
-		if (due > sent)
-		{
-			if (next_due == 0 || due < next_due)
-				next_due = due;
-			continue;
-		}
-
-		left_ms = (long) ((deadline - sent) / 1000);
-		ok = run_keepalive(lease, &newttl, &st,
-						   (int) Max(1, Min(left_ms, etcd_lock_request_timeout)));
-
-		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-		if (slot->state == LEASE_LIVE && slot->lease_id == lease)
-		{
-			if (ok && newttl > 0)
-			{
-				slot->last_ok = sent;
-				slot->next_keepalive = TimestampTzPlusMilliseconds(sent, slot->ttl * 1000L / 3);
-			}
-			else if (ok || GetCurrentTimestamp() >= deadline)
-			{
-				mark_lost(slot, !ok);
-				lost = true;
-			}
-			else
-				slot->next_keepalive = Min(deadline,
-										   TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RETRY_MS));
-			if (slot->state == LEASE_LIVE)
-			{
-				TimestampTz next = Min(slot->next_keepalive, LEASE_DEADLINE(slot));
-
-				if (next_due == 0 || next < next_due)
-					next_due = next;
-			}
-		}
-		LWLockRelease(etcd_shared->lock);
-		if (lost)
-			ereport(LOG,
-					(errmsg("etcd_lock worker: lease %llx of backend pid %d is lost: %s",
-							(unsigned long long) lease, (int) slot->pid,
-							ok ? "etcd says it no longer exists" :
-							"no successful renewal before its deadline")));
-		else if (!ok)
-			ereport(LOG,
-					(errmsg("etcd_lock worker: could not renew lease %llx, will retry",
-							(unsigned long long) lease),
-					 errdetail("%s", st.message)));
-
-		if (etcd_shared->npending > 0)
-			process_releases();
+		else
+			slot->next_keepalive = Min(slot->deadline, now + MONO_MS(RETRY_MS));
 	}
-	return next_due;
+	LWLockRelease(etcd_shared->lock);
+	if (lost)
+		ereport(LOG,
+				(errmsg("etcd_lock worker: lease %llx of backend pid %d is lost: %s",
+						(unsigned long long) req->lease_id, (int) slot->pid,
+						req->ttl > 0 ? "renewed only after its deadline" :
+						"etcd says it no longer exists")));
+}
+
+/*
+ * start_releases sends every due queued release, up to the limit in
+ * flight. From the moment one is taken it counts as attempted: it may
+ * reach etcd, so it is never taken back (shmem.c).
+ */
+static void
+start_releases(EtcdMono now, EtcdMono *next)
+{
+	while (w_nreleases_inflight < MAX_RELEASES_INFLIGHT)
+	{
+		EtcdRelease rel;
+		int			i,
+					idx = -1,
+					r = free_req();
+		const char *path;
+		char	   *body;
+		EtcdStatus	st;
+
+		if (r < 0)
+			return;
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		for (i = 0; i < etcd_shared->nrelused && etcd_shared->npending > 0; i++)
+		{
+			EtcdRelease *e = &etcd_shared->releases[i];
+
+			if (e->state != REL_PENDING)
+				continue;
+			if (e->retry_at > now)
+			{
+				if (e->retry_at < *next)
+					*next = e->retry_at;
+				continue;
+			}
+			e->state = REL_BUSY;
+			e->attempted = true;
+			memcpy(&rel, e, sizeof(rel));
+			idx = i;
+			break;
+		}
+		LWLockRelease(etcd_shared->lock);
+		if (idx < 0)
+			return;
+
+		if (rel.kind == REL_REVOKE)
+		{
+			/* safe to resend: a revoked lease answers "not found" */
+			path = "/v3/lease/revoke";
+			body = etcd_lease_body(rel.lease_id);
+		}
+		else
+			path = etcd_release_request(rel.key, rel.keylen, rel.token, &body);
+		w_reqs[r].kind = WR_RELEASE;
+		w_reqs[r].index = idx;
+		w_reqs[r].lease_id = rel.lease_id;
+		w_reqs[r].sent = now;
+		if (!etcd_async_start(path, body, NULL, NULL, etcd_lock_request_timeout, r, &st))
+		{
+			w_reqs[r].kind = WR_FREE;
+			note_result(&st, false);
+			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+			etcd_shared->releases[idx].state = REL_PENDING;
+			etcd_shared->releases[idx].retry_at = now + MONO_MS(RETRY_MS);
+			LWLockRelease(etcd_shared->lock);
+			ConditionVariableBroadcast(&etcd_shared->release_cv);
+			return;
+		}
+		w_nreleases_inflight++;
+	}
+}
+
+/*
+ * finish_release frees the queue entry once etcd confirmed the release, or
+ * schedules a retry. A release is given up only when it no longer matters:
+ * its lease is not renewed by anyone and has outlived its TTL since queued.
+ */
+static void
+finish_release(WorkerReq *req, EtcdAsyncResult *res)
+{
+	EtcdRelease *e = &etcd_shared->releases[req->index];
+	EtcdMono	now = etcd_mono_now();
+	bool		ok = res->ok,
+				give_up = false;
+	bool		revoke = e->kind == REL_REVOKE;
+
+	w_nreleases_inflight--;
+	if (!ok && revoke && res->st.kind == ETCD_ERROR_REPLY &&
+		res->st.grpc_code == GRPC_NOT_FOUND)
+		ok = true;				/* already gone */
+	note_result(&res->st, ok);
+	if (!ok)
+		give_up = now > e->queued_at + MONO_MS(etcd_lock_lease_ttl * 1000L) &&
+			(revoke || !lease_in_use(e->lease_id));
+	if (give_up)
+		ereport(LOG,
+				(errmsg("etcd_lock worker: gave up %s of lease %llx: its lease has expired by now",
+						revoke ? "the revoke" : "a release",
+						(unsigned long long) e->lease_id)));
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	if (ok || give_up)
+	{
+		e->state = REL_FREE;
+		etcd_shared->npending--;
+	}
+	else
+	{
+		e->state = REL_PENDING;
+		e->retry_at = now + MONO_MS(RETRY_MS);
+	}
+	LWLockRelease(etcd_shared->lock);
+	ConditionVariableBroadcast(&etcd_shared->release_cv);
+}
+
+/*
+ * worker_may_exit: at shutdown, once no backend keeps a lease and nothing
+ * is queued or in flight, or after a bound (twice the request timeout, at
+ * least 5 s) if etcd cannot be reached.
+ */
+static bool
+worker_may_exit(EtcdMono now)
+{
+	int			i;
+	bool		busy = etcd_async_inflight() > 0;
+
+	if (w_shutdown_at == 0)
+		w_shutdown_at = now;
+	if (now >= w_shutdown_at + MONO_MS(Max(5000, 2L * etcd_lock_request_timeout)))
+		return true;
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	busy = busy || etcd_shared->npending > 0;
+	for (i = 0; i < etcd_shared->nslots && !busy; i++)
+		busy = etcd_shared->slots[i].state == LEASE_LIVE;
+	LWLockRelease(etcd_shared->lock);
+	return !busy;
 }
 
 void
@@ -358,7 +527,7 @@ etcd_lock_worker_main(Datum arg)
 	int			i;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
@@ -371,35 +540,42 @@ etcd_lock_worker_main(Datum arg)
 	LWLockRelease(etcd_shared->lock);
 	on_shmem_exit(worker_detach, 0);
 
+	w_ka_inflight = MemoryContextAllocZero(TopMemoryContext,
+										   sizeof(bool) * etcd_shared->nslots);
 	cxt = AllocSetContextCreate(TopMemoryContext, "etcd_lock worker",
 								ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG, (errmsg("etcd_lock worker started")));
 
 	for (;;)
 	{
-		TimestampTz next_rel,
-					next_ka,
-					next,
-					now;
-		long		timeout;
+		EtcdAsyncResult res[MAX_INFLIGHT];
+		EtcdMono	now = etcd_mono_now(),
+					next = now + MONO_MS(1000);
+		int			n;
 
 		MemoryContextSwitchTo(cxt);
-		next_rel = process_releases();
-		next_ka = process_keepalives();
+		check_deadlines(now, &next);
+		start_releases(now, &next);
+		start_keepalives(now, &next);
+		if (w_shutdown && worker_may_exit(now))
+			break;
+		if (w_shutdown)
+			next = Min(next, now + MONO_MS(100));
+
+		n = etcd_async_wait((long) Max(0, (next - now + 999) / 1000), res, MAX_INFLIGHT);
+		for (i = 0; i < n; i++)
+		{
+			WorkerReq  *req = &w_reqs[res[i].tag];
+
+			if (req->kind == WR_KEEPALIVE)
+				finish_keepalive(req, &res[i]);
+			else if (req->kind == WR_RELEASE)
+				finish_release(req, &res[i]);
+			req->kind = WR_FREE;
+		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(cxt);
 
-		now = GetCurrentTimestamp();
-		next = TimestampTzPlusMilliseconds(now, 1000);
-		if (next_rel != 0 && next_rel < next)
-			next = next_rel;
-		if (next_ka != 0 && next_ka < next)
-			next = next_ka;
-		timeout = Max(0, (long) ((next - now + 999) / 1000));
-
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 timeout, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -407,4 +583,7 @@ etcd_lock_worker_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 	}
+	/* exit code 1: restarted unless the server is shutting down */
+	ereport(LOG, (errmsg("etcd_lock worker stopped")));
+	proc_exit(1);
 }
