@@ -182,7 +182,7 @@ static size_t
 gw_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	size_t		n = size * nmemb;
-	GwBuf	   *b = userdata ? (GwBuf *) userdata : &gw_body;
+	GwBuf	   *b = (GwBuf *) userdata;
 
 	if (!gw_buf_append(b, ptr, n, GW_MAX_BODY))
 		return 0;				/* curl fails the transfer with WRITE_ERROR */
@@ -454,6 +454,7 @@ gw_init(void)
 		elog(ERROR, "etcd_lock: could not initialize libcurl");
 	gw_easy = gw_new_easy(gw_errbuf, NULL);
 	curl_easy_setopt(gw_easy, CURLOPT_WRITEFUNCTION, gw_write_cb);
+	curl_easy_setopt(gw_easy, CURLOPT_WRITEDATA, &gw_body);
 	gw_watch = gw_new_easy(gw_watch_errbuf, NULL);
 	curl_easy_setopt(gw_watch, CURLOPT_WRITEFUNCTION, gw_watch_write_cb);
 	gw_set_headers();
@@ -1217,6 +1218,12 @@ etcd_async_start(const char *path, const char *body, EtcdParseFn parse,
 	curl_multi_add_handle(gw_multi, a->easy);
 	gw_async_inflight++;
 	return true;
+}
+
+int
+etcd_endpoint_count(void)
+{
+	return gw_endpoints();
 }
 
 int

@@ -69,6 +69,7 @@ extern bool etcd_async_start(const char *path, const char *body,
 							 int tag, EtcdStatus *st);
 extern int	etcd_async_wait(long timeout_ms, EtcdAsyncResult *out, int max);
 extern int	etcd_async_inflight(void);
+extern int	etcd_endpoint_count(void);
 
 /* Watching one key for its deletion (a streaming /v3/watch request). */
 typedef enum EtcdWatchResult

@@ -315,7 +315,12 @@ start_keepalives(EtcdMono now, EtcdMono *next)
 			*next = now;		/* due, but no room: as soon as one ends */
 			return;
 		}
-		left_ms = (long) ((deadline - now) / 1000);
+		/*
+		 * Bounded by a share of the time left before the deadline, so that
+		 * a member that accepts but never answers leaves time to renew
+		 * through the next one (a failure moves requests on to it).
+		 */
+		left_ms = (long) ((deadline - now) / 1000) / Max(2, etcd_endpoint_count());
 		w_reqs[r].kind = WR_KEEPALIVE;
 		w_reqs[r].index = i;
 		w_reqs[r].lease_id = lease;
@@ -374,7 +379,13 @@ finish_keepalive(WorkerReq *req, EtcdAsyncResult *res)
 			lost = true;
 		}
 		else
-			slot->next_keepalive = Min(slot->deadline, now + MONO_MS(RETRY_MS));
+		{
+			/* with another member to try, retry at once */
+			long		retry = res->st.kind == ETCD_UNREACHABLE &&
+				etcd_endpoint_count() > 1 ? 0 : RETRY_MS;
+
+			slot->next_keepalive = Min(slot->deadline, now + MONO_MS(retry));
+		}
 	}
 	LWLockRelease(etcd_shared->lock);
 	if (lost)

@@ -372,9 +372,10 @@ sub _answer
 	return _stall($c) if $mode eq 'stall_all';
 
 	# lease calls and the worker's cleanup always work
-	return _send($c, 200, encode_json({ header => _hdr(1), ID => $LEASE_ID, TTL => '10' }))
+	# like etcd, a grant with a client-chosen ID grants that ID
+	return _send($c, 200, encode_json({ header => _hdr(1), ID => ($r->{ID} // $LEASE_ID), TTL => '10' }))
 	  if $p eq '/v3/lease/grant';
-	return _send($c, 200, encode_json({ result => { header => _hdr(1), ID => $LEASE_ID, TTL => '10' } }) . "\n", 1)
+	return _send($c, 200, encode_json({ result => { header => _hdr(1), ID => ($r->{ID} // $LEASE_ID), TTL => '10' } }) . "\n", 1)
 	  if $p eq '/v3/lease/keepalive';
 	return _send($c, 200, encode_json({ header => _hdr(1) })) if $p eq '/v3/lease/revoke';
 	return _send($c, 200, encode_json({ header => _hdr($MY_REV + 1), deleted => '1' }))
