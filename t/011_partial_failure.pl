@@ -1,0 +1,265 @@
+# Partial failure. Instance A reaches etcd only through a fault proxy that
+# holds traffic (a partition with sockets left open), cuts connections and
+# loses replies; instance B talks to etcd directly. Each way the first
+# release left a session wrong about what it holds is reproduced here:
+#  1. a release whose answer is lost and that statement_timeout cancels;
+#  2. a try-lock applied by etcd whose answer is lost, resent to the next
+#     endpoint;
+#  3. a partition while the worker has releases queued: every holder is
+#     told before another instance takes its lock (and by how much);
+#  4. the worker stopped: backends check their own deadline (running and
+#     idle holders, etcd_lock_token, re-entry, etcd_unlock_all);
+# plus: a clean shutdown frees the locks at once; releases queued during an
+# outage go out as soon as etcd answers; lease grants are resend-safe.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use EtcdLockTest;
+use FaultProxy;
+use List::Util qw(min max);
+use MIME::Base64;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $ttl = 3;
+my $etcd = start_etcd();
+my $fp = FaultProxy->start($etcd->{endpoint});
+
+# request_timeout above the TTL: a worker that blocks on one request would
+# miss the lease deadlines
+my $a = etcd_node('a', { endpoint => $fp->endpoint },
+	'etcd_lock.lease_ttl' => "${ttl}s", 'etcd_lock.request_timeout' => '5s');
+my $b = etcd_node('b', $etcd,
+	'etcd_lock.lease_ttl' => "${ttl}s", 'etcd_lock.request_timeout' => '2s');
+
+sub nkeys
+{
+	my ($pfx) = @_;
+	return scalar(keys %{ etcd_keys($etcd, $pfx) });
+}
+
+# lease_ids(): the IDs of every lease etcd has now
+sub lease_ids
+{
+	my $json = `curl -s -m 5 $etcd->{endpoint}/v3/lease/leases -d '{}'`;
+	return $json =~ /"ID":"(\d+)"/g;
+}
+
+sub fired
+{
+	return $fp->status->{drops_fired};
+}
+
+sub worker_pid
+{
+	my ($node) = @_;
+	my $pid = `ps -o pid= -o cmd= --ppid $node->{_pid} | grep 'etcd_lock worker' | awk '{print \$1}'`;
+	chomp $pid;
+	return $pid;
+}
+
+# --- 1. etcd_unlock cancelled by statement_timeout while etcd applied the
+# delete but its answer is lost: the session must not go on claiming it
+{
+	my $s = session($a);
+	my $sb = session($b);
+	$s->query_safe("SELECT etcd_lock('/f1')");
+	my $f0 = fired();
+	$fp->drop_reply('request_delete_range', 'hold');
+	my ($out, $err) = finish_query($s, start_query($s,
+		"SET statement_timeout = '500ms'; SELECT etcd_unlock('/f1')"), 20);
+	$s->query_safe('RESET statement_timeout');
+	is(fired(), $f0 + 1, '1: the release reached etcd and its answer was lost');
+	like($err, qr/statement timeout/, '1: etcd_unlock was cancelled by statement_timeout');
+	is(nkeys('/f1/'), 0, '1: etcd applied the delete');
+	is($sb->query_safe("SELECT etcd_try_lock('/f1')"), 't', '1: another instance takes the lock');
+	is($s->query_safe("SELECT etcd_lock_token('/f1') IS NULL"), 't',
+		'1: etcd_lock_token does not report the lock whose release was sent');
+	is($s->query_safe("SELECT etcd_try_lock('/f1')"), 'f',
+		'1: a try-lock does not re-enter it: it is held by the other instance');
+	$sb->query("SELECT etcd_unlock('/f1')");
+	$s->query("SELECT etcd_unlock_all()");
+	$s->quit;
+	$sb->quit;
+}
+
+# --- 2. a try-lock applied by etcd whose answer is lost; libcurl's
+# connection error sends it to the next endpoint, which sees our own key
+{
+	my $a2 = etcd_node('a2', { endpoint => $fp->endpoint . ",$etcd->{endpoint}" },
+		'etcd_lock.lease_ttl' => "${ttl}s", 'etcd_lock.request_timeout' => '2s');
+	my $s = session($a2);
+	$s->query_safe("SELECT etcd_lock('/warm'); SELECT etcd_unlock('/warm')");
+	my $pfx = encode_base64('/f2/', '');
+	my $f0 = fired();
+	$fp->drop_reply('"compare":\[\{"key":"' . $pfx . '"', 'cut');
+	my $r = $s->query_safe("SELECT etcd_try_lock('/f2')");
+	is(fired(), $f0 + 1, '2: the try-lock reached etcd and its answer was lost');
+	my $keys = etcd_keys($etcd, '/f2/');
+	is($r, 't', '2: the resent try-lock recognises its own key: the lock is held');
+	is(scalar(keys %$keys), 1, '2: exactly one key under the name (ours)');
+	$s->query("SELECT etcd_unlock('/f2')") if $r eq 't';
+	ok(wait_until(sub { nkeys('/f2/') == 0 }, 10), '2: no orphan key is left once the session lets go');
+	my $sb = session($b);
+	is($sb->query_safe("SELECT etcd_try_lock('/f2')"), 't', '2: another instance can take the name');
+	$sb->query("SELECT etcd_unlock('/f2')");
+	$sb->quit;
+	$s->quit;
+
+	# a lease grant whose answer is lost is resent to the next endpoint:
+	# the lease ID is ours, so the resend grants nothing new
+	my $g = session($a2);
+	my %before = map { $_ => 1 } lease_ids();
+	$f0 = fired();
+	$fp->drop_reply('/v3/lease/grant', 'cut');
+	is($g->query_safe("SELECT etcd_lock('/g') > 0"), 't', 'grant: the session locks');
+	is(fired(), $f0 + 1, 'grant: the grant reached etcd and its answer was lost');
+	my $mine = $g->query_safe("SELECT lease_id FROM etcd_locks WHERE pid = pg_backend_pid()");
+	my @new = grep { !$before{$_} } lease_ids();
+	is(join(',', map { sprintf('%x', $_) } @new), $mine,
+		'grant: exactly one new lease in etcd, the session\'s own: no orphan from the resend');
+	$g->query("SELECT etcd_unlock_all()");
+	$g->quit;
+	$a2->stop;
+}
+
+# --- 3. a partition of instance A while its worker has two releases queued
+# and three sessions hold locks acquired at different times: every holder
+# is told before instance B can take its lock
+{
+	my @names = ('/p1', '/p2', '/p3');
+	my @h = map { session($a) } 0 .. 2;
+	for my $i (0 .. 2)
+	{
+		$h[$i]->query_safe("SELECT etcd_lock('$names[$i]')");
+		usleep(600_000) if $i < 2;
+	}
+	my @x = map { session($a) } 0 .. 1;
+	$x[$_]->query_safe("BEGIN; SELECT etcd_xact_lock('/px$_')") for 0 .. 1;
+	my @hm = map { start_query($h[$_], 'SELECT pg_sleep(60)') } 0 .. 2;
+	usleep(100_000);
+	$fp->hold;
+	my $t_hold = time;
+	$x[$_]->query_safe('ROLLBACK') for 0 .. 1;    # releases the worker cannot send
+	my @w = map { session($b) } 0 .. 2;
+	my @wm = map { start_query($w[$_], "SELECT etcd_lock('$names[$_]', '30 s')") } 0 .. 2;
+	my (%told, %taken);
+	wait_until(sub {
+		for my $i (0 .. 2)
+		{
+			$told{$i} //= time if query_done($h[$i], $hm[$i]);
+			$taken{$i} //= time if query_done($w[$i], $wm[$i]);
+		}
+		return keys(%told) == 3 && keys(%taken) == 3;
+	}, 40);
+	$fp->pass;
+	my @margins;
+	for my $i (0 .. 2)
+	{
+		my $ok = defined $told{$i} && defined $taken{$i} && $told{$i} < $taken{$i};
+		push @margins, $taken{$i} - $told{$i} if $ok;
+		ok($ok, sprintf('3: the holder of %s was told %s before instance B took the lock', $names[$i],
+			$ok ? sprintf('%.2f s', $taken{$i} - $told{$i}) : 'NOT'));
+		my ($out, $err) = eval { finish_query($h[$i], $hm[$i], 30) };
+		like($err // '', qr/the etcd lease of this session expired; its locks were lost/,
+			"3: the holder of $names[$i] got the lease-loss error");
+		($out, $err) = eval { finish_query($w[$i], $wm[$i], 30) };
+		ok(($out // 0) > 0, "3: instance B got $names[$i]");
+	}
+	note sprintf('3: partition margins (told -> taken elsewhere): %s s; told %.2f-%.2f s after the partition began',
+		join(', ', map { sprintf('%.2f', $_) } @margins),
+		min(map { $told{$_} - $t_hold } keys %told) // -1,
+		max(map { $told{$_} - $t_hold } keys %told) // -1);
+	$_->query("SELECT etcd_unlock_all()") for @w;
+	$_->quit for @w, @h, @x;
+}
+
+# --- 4. the worker stopped (SIGSTOP): nothing renews the lease, and the
+# backends must notice their own deadline: a running holder is cancelled,
+# an idle holder's next statement fails, nothing reports the lock held
+{
+	my $wpid = worker_pid($a);
+	ok($wpid =~ /^\d+$/, "4: found instance A's worker ($wpid)");
+	my $s = session($a);
+	my $idle = session($a);
+	$s->query_safe("SELECT etcd_lock('/w4')");
+	$idle->query_safe("SELECT etcd_lock('/w4idle')");
+	kill 'STOP', $wpid;
+	my $m = start_query($s, 'SELECT pg_sleep(60)');
+	my $sb = session($b);
+	my $mb = start_query($sb, "SELECT etcd_lock('/w4', '30 s')");
+	my ($told, $taken);
+	wait_until(sub {
+		$told //= time if query_done($s, $m);
+		$taken //= time if query_done($sb, $mb);
+		return defined $told && defined $taken;
+	}, 30);
+	ok(defined $told && defined $taken && $told < $taken,
+		sprintf('4: worker stopped: the holder was told %s before another instance took its lock',
+			defined $told && defined $taken ? sprintf('%.2f s', $taken - $told) : 'NOT'));
+	my ($out, $err) = eval { finish_query($s, $m, 30) };
+	like($err // '', qr/lease of this session expired/, '4: the running holder got the lease-loss error');
+	is($s->query_safe("SELECT etcd_lock_token('/w4') IS NULL"), 't', '4: etcd_lock_token is NULL past the deadline');
+	($out, $err) = finish_query($s, start_query($s, "SELECT etcd_try_lock('/w4')"), 10);
+	isnt($out, 't', '4: a try-lock past the deadline does not re-enter the lock');
+
+	($out, $err) = finish_query($idle, start_query($idle, 'SELECT 1'), 10);
+	like($err, qr/canceling statement: the etcd lease of this session expired; its locks were lost/,
+		'4: cancel mode, idle holder: its next statement fails with the loss');
+	like($err, qr{Lost locks: "/w4idle"}, '4: ... naming the lost lock');
+	($out, $err) = finish_query($idle, start_query($idle, 'SELECT 2'), 10);
+	is($out, '2', '4: the loss is told once; the session goes on');
+	($out, $err) = finish_query($idle, start_query($idle, 'SELECT etcd_unlock_all()'), 10);
+	unlike($err, qr/ERROR/, '4: etcd_unlock_all after the loss raises no error');
+	like($err, qr/WARNING:.*lease of this session expired/, '4: ... but a WARNING');
+	kill 'CONT', $wpid;
+	($out, $err) = finish_query($sb, $mb, 30);
+	$sb->query("SELECT etcd_unlock_all()");
+	is($idle->query_safe("SELECT etcd_lock('/w4idle', '10 s') > 0"), 't', '4: after the loss the session locks again with a fresh lease');
+	$_->quit for $s, $idle, $sb;
+}
+
+# --- a clean (fast) shutdown releases the locks of the instance at once,
+# not after the lease TTL
+{
+	my $c = etcd_node('c', $etcd, 'etcd_lock.lease_ttl' => '10s');
+	my $s = session($c);
+	$s->query_safe("SELECT etcd_lock('/shut')");
+	my $t0 = time;
+	$c->stop('fast');
+	eval { $s->quit };
+	my $sb = session($b);
+	my $tok = $sb->query_safe("SELECT etcd_lock('/shut', '20 s')");
+	my $el = time - $t0;
+	ok($tok > 0 && $el < 3, sprintf('fast shutdown: another instance got the lock %.2f s after the stop began (TTL 10 s)', $el));
+	$sb->quit;
+}
+
+# --- releases queued while etcd was unreachable go out as soon as it
+# answers again
+{
+	my $d = etcd_node('d', { endpoint => $fp->endpoint },
+		'etcd_lock.lease_ttl' => '10s', 'etcd_lock.request_timeout' => '1s');
+	my @x = map { session($d) } 0 .. 2;
+	$x[$_]->query_safe("BEGIN; SELECT etcd_xact_lock('/out$_')") for 0 .. 2;
+	$fp->hold;
+	$x[$_]->query_safe('ROLLBACK') for 0 .. 2;
+	sleep(4);
+	is(nkeys('/out'), 3, 'outage: the releases are still queued');
+	$fp->pass;
+	my $t0 = time;
+	ok(wait_until(sub { nkeys('/out') == 0 }, 20), 'outage: the queued releases went out');
+	my $el = time - $t0;
+	ok($el < 1.5, sprintf('outage: %.2f s after etcd answered again', $el));
+	$_->quit for @x;
+	$d->stop;
+}
+
+ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
+my $lines = () = slurp_file($a->logfile) =~ /etcd_lock worker: /g;
+note "worker log lines on instance A: $lines";
+note "fault schedule:\n" . $fp->log_text;
+done_testing();

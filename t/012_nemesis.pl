@@ -1,0 +1,413 @@
+# Nemesis run: one real etcd; node A reaches it only through the fault
+# proxy (t/FaultProxy.pm), node B directly. 4 sessions on each take locks
+# on 3 names in a loop and, inside each critical section, do an unprotected
+# read-modify-write of a counter file kept outside both instances (one per
+# name), some sections outlasting the lease TTL. Meanwhile a seeded random
+# nemesis holds, cuts, delays, drops replies to and duplicates node A's etcd
+# traffic. Sessions that get an ERROR catch it and carry on on the same
+# connection, like an application retrying.
+#
+# A section counts as "told lost" if the session learnt during it that its
+# lease was lost (an ERROR in it, or etcd_lock_token NULL when checked just
+# before the write or just after it). The write happens only if the token
+# is still there just before it. At the end:
+#   (1) no two sections not told lost overlap (per name);
+#   (2) each counter equals the number of writes made (no lost increment);
+#   (3) fencing tokens strictly increase per name among sections not told lost;
+#   (4) once everything stopped, no key is left under /nm/ in etcd;
+#   (5) no backend crashed.
+# The seed is printed (rerun with NEMESIS_SEED=<seed>); the proxy's log is
+# the fault schedule of the run and is printed when a check fails.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use EtcdLockTest;
+use FaultProxy;
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $NAMES = 3;            # lock names /nm/0 .. /nm/2, one counter file each
+my $PER_NODE = 4;         # sessions per node
+my $NEMESIS_SECS = 30;    # how long faults are injected
+my $SETTLE_SECS = 5;      # fault-free running after the nemesis
+
+my $seed = $ENV{NEMESIS_SEED} // (int(time * 1000) ^ ($$ << 7)) % 1_000_000;
+note "nemesis seed $seed (rerun with NEMESIS_SEED=$seed)";
+srand($seed);
+
+my $etcd = start_etcd();
+my $fp = FaultProxy->start($etcd->{endpoint});
+note "proxy " . $fp->endpoint . " -> etcd $etcd->{endpoint}; fault log $fp->{log}";
+my %conf = ('etcd_lock.lease_ttl' => '3s', 'etcd_lock.request_timeout' => '1s');
+my $na = etcd_node('node_a', { endpoint => $fp->endpoint }, %conf);
+my $nb = etcd_node('node_b', $etcd, %conf);
+
+my $dir = PostgreSQL::Test::Utils::tempdir('nemesis');
+chmod 0777, $dir;
+for my $i (0 .. $NAMES - 1)
+{
+	open(my $fh, '>', "$dir/counter_$i") or die;
+	print $fh "0\n";
+	close $fh;
+	chmod 0666, "$dir/counter_$i";
+}
+
+# The worker: critical sections on random names until the stop file appears
+# (or max_secs pass). Every error is caught and the loop goes on. Each
+# section, and each failed lock call, is logged as one line:
+#   kind|who|name|token|t_enter|t_exit|lost|wrote|uncertain|long|err|unlock_err|msg
+# kind S = a section (the lock was obtained), F = a failed lock call.
+# The counter is written through a shell that renames a temp file over it,
+# so a write cancelled halfway leaves the old value or the new one, never an
+# empty file; such a write is marked uncertain (and the section lost).
+# t_exit is taken before the token check that follows the write: a section
+# whose token is still there then held the lock over [t_enter, t_exit].
+# A cancel can land anywhere (also in a handler), hence the outer guard.
+my $worker = q{
+CREATE PROCEDURE nm_worker(who text, dir text, nnames int, seed float8, max_secs int)
+LANGUAGE plpgsql AS $$
+DECLARE
+	sfx text; nm text; f text; prog text;
+	tok bigint; pre bigint; v bigint;
+	t_in timestamptz; t_out timestamptz;
+	stage text; lost bool; wrote bool; uncertain bool; long bool; failed bool;
+	err text; unl text; msg text;
+	recorded bool := true;
+	nsec int := 0;
+	log text[] := '{}';
+	stop_at timestamptz := clock_timestamp() + make_interval(secs => max_secs);
+BEGIN
+	PERFORM setseed(seed);
+	WHILE clock_timestamp() < stop_at AND pg_stat_file(dir || '/stop', true) IS NULL LOOP
+		BEGIN
+			sfx := floor(random() * nnames)::int::text;
+			nm := '/nm/' || sfx;
+			f := dir || '/counter_' || sfx;
+			long := nsec % 10 = 9;
+			tok := NULL; t_in := NULL; t_out := NULL; lost := false; wrote := false;
+			uncertain := false; failed := false; err := NULL; unl := NULL; msg := NULL;
+			stage := 'lock';
+			BEGIN
+				tok := etcd_lock(nm, '10 s');
+				t_in := clock_timestamp();
+				recorded := false;
+				nsec := nsec + 1;
+				stage := 'read';
+				v := trim(pg_read_file(f))::bigint;
+				stage := 'sleep';
+				PERFORM pg_sleep(CASE WHEN long THEN 4 ELSE 0.002 + random() * 0.008 END);
+				stage := 'check';
+				pre := etcd_lock_token(nm);
+				IF pre IS NULL OR pre <> tok THEN
+					t_out := clock_timestamp();
+					lost := true;
+					err := CASE WHEN pre IS NULL THEN 'check:null' ELSE 'check:token ' || pre END;
+				ELSE
+					stage := 'write';
+					prog := format('read v && echo "$v" >%s.tmp.%s && mv -f %s.tmp.%s %s', f, who, f, who, f);
+					EXECUTE format('COPY (SELECT %s) TO PROGRAM %L', v + 1, prog);
+					wrote := true;
+					stage := 'after';
+					t_out := clock_timestamp();
+					IF etcd_lock_token(nm) IS NULL THEN
+						lost := true;
+						err := 'after:null';
+					END IF;
+				END IF;
+				stage := 'unlock';
+				PERFORM etcd_unlock(nm);
+				stage := 'done';
+			EXCEPTION WHEN query_canceled OR others THEN
+				msg := left(translate(SQLERRM, E'|\n\t', '   '), 120);
+				IF stage = 'lock' THEN
+					failed := true;
+					log := log || format('F|%s|%s||%s||||||%s||%s', who, nm, clock_timestamp(),
+						'lock:' || SQLSTATE, msg);
+				ELSIF stage IN ('unlock', 'done') THEN
+					unl := SQLSTATE;
+				ELSE
+					t_out := coalesce(t_out, clock_timestamp());
+					lost := true;
+					uncertain := stage = 'write';
+					err := stage || ':' || SQLSTATE;
+				END IF;
+			END;
+			IF NOT recorded THEN
+				log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in, t_out,
+					lost, wrote, uncertain, long, err, unl, msg);
+				recorded := true;
+			END IF;
+			IF failed THEN
+				PERFORM pg_sleep(0.02 + random() * 0.05);
+			END IF;
+		EXCEPTION WHEN query_canceled OR others THEN
+			-- an error outside the inner block (a late cancel): the section
+			-- in progress, if any, counts as lost unless it had finished
+			IF NOT recorded THEN
+				IF stage NOT IN ('unlock', 'done') THEN
+					lost := true;
+					uncertain := uncertain OR stage = 'write';
+					t_out := coalesce(t_out, clock_timestamp());
+				END IF;
+				err := coalesce(err || '/', '') || 'guard:' || SQLSTATE;
+				log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in, t_out,
+					lost, wrote, uncertain, long, err, unl, msg);
+				recorded := true;
+			ELSE
+				log := log || format('G|%s|%s||%s||||||%s||', who, nm, clock_timestamp(), 'guard:' || SQLSTATE);
+			END IF;
+		END;
+	END LOOP;
+	-- a cancel still pending lands here, not in the COPY of the log
+	BEGIN
+		PERFORM pg_sleep(0.05);
+		PERFORM etcd_unlock_all();
+	EXCEPTION WHEN query_canceled OR others THEN
+		NULL;
+	END;
+	FOR i IN 1 .. 3 LOOP
+		BEGIN
+			EXECUTE format('COPY (SELECT unnest(%L::text[])) TO %L', log, dir || '/log_' || who);
+			EXIT;
+		EXCEPTION WHEN query_canceled OR others THEN
+			NULL;
+		END;
+	END LOOP;
+END $$;
+};
+$_->safe_psql('postgres', $worker) for $na, $nb;
+
+# --- the sessions
+my (@s, @m, @who);
+for my $i (1 .. $PER_NODE)
+{
+	for my $n ([ $na, 'a' ], [ $nb, 'b' ])
+	{
+		my $who = "$n->[1]$i";
+		my $s = session($n->[0]);
+		push @s, $s;
+		push @who, $who;
+		my $sseed = sprintf('%.6f', rand(2) - 1);
+		push @m, start_query($s, "CALL nm_worker('$who', '$dir', $NAMES, $sseed, 150)");
+	}
+}
+my $t_start = time;
+note sprintf('%.3f started %d sessions', $t_start, scalar @s);
+
+# --- the nemesis: rounds of every fault kind in a random order, with pass
+# periods between; each fault is noted with its time (the proxy logs them too)
+my %injected;
+my @kinds = qw(hold cut drop_txn_cut drop_txn_hold drop_keepalive_cut drop_keepalive_hold delay dup_txn);
+
+sub fault_note
+{
+	note sprintf('%.3f nemesis: %s', time, $_[0]);
+}
+
+sub inject
+{
+	my ($kind) = @_;
+	$injected{$kind}++;
+	if ($kind eq 'hold')
+	{
+		my $secs = 0.2 + rand(3.8);
+		fault_note(sprintf('hold for %.2f s', $secs));
+		$fp->hold;
+		usleep(int($secs * 1e6));
+		$fp->pass;
+		fault_note('pass');
+	}
+	elsif ($kind eq 'cut')
+	{
+		my $n = $fp->cut;
+		fault_note("cut ($n connections)");
+	}
+	elsif ($kind =~ /^drop_(txn|keepalive)_(cut|hold)$/)
+	{
+		my $re = $1 eq 'txn' ? '/v3/kv/txn' : '/v3/lease/keepalive';
+		$fp->drop_reply($re, $2);
+		fault_note("drop_reply $re $2");
+	}
+	elsif ($kind eq 'delay')
+	{
+		my $ms = 50 + int(rand(251));
+		my $secs = 1 + rand(3);
+		fault_note(sprintf('delay %d ms for %.2f s', $ms, $secs));
+		$fp->delay($ms);
+		usleep(int($secs * 1e6));
+		$fp->delay(0);
+		fault_note('delay 0');
+	}
+	elsif ($kind eq 'dup_txn')
+	{
+		$fp->dup('/v3/kv/txn');
+		fault_note('dup /v3/kv/txn');
+	}
+	return;
+}
+
+my $nemesis_end = time + $NEMESIS_SECS;
+my @round;
+while (time < $nemesis_end)
+{
+	my $pause = 0.3 + rand(1.7);
+	usleep(int($pause * 1e6));
+	last if time >= $nemesis_end;
+	unless (@round)
+	{
+		@round = @kinds;
+		for (my $i = $#round; $i > 0; $i--)
+		{
+			my $j = int(rand($i + 1));
+			@round[ $i, $j ] = @round[ $j, $i ];
+		}
+	}
+	inject(shift @round);
+}
+$fp->pass;
+$fp->delay(0);
+my $t_calm = time;
+fault_note('end: pass, delay 0');
+
+usleep(int($SETTLE_SECS * 1e6));
+open(my $stop, '>', "$dir/stop") or die;
+close $stop;
+note sprintf('%.3f stop file written', time);
+
+for my $i (0 .. $#s)
+{
+	my ($out, $err) = finish_query($s[$i], $m[$i], 300);
+	unlike($err, qr/ERROR|FATAL/, "session $who[$i] finished its loop without an uncaught error");
+	note "session $who[$i] stderr: $err" if $err ne '';
+}
+$_->quit for @s;
+note sprintf('%.3f sessions done (%.1f s after start)', time, time - $t_start);
+
+# --- the log, into a table on node B (its server reads the files)
+$nb->safe_psql('postgres', q{
+	CREATE TABLE nm_log(kind text, who text, nm text, tok bigint, t_in timestamptz, t_out timestamptz,
+		lost bool, wrote bool, uncertain bool, long bool, err text, unl text, msg text)});
+my $logs = 0;
+for my $who (@who)
+{
+	next unless -e "$dir/log_$who";
+	$logs++;
+	$nb->safe_psql('postgres', "COPY nm_log FROM '$dir/log_$who' WITH (FORMAT text, DELIMITER '|', NULL '')");
+}
+is($logs, scalar @who, 'every session wrote its log');
+
+sub q1
+{
+	return $nb->safe_psql('postgres', $_[0]);
+}
+
+my ($nsec, $nlost, $nclean_a, $nclean_b, $nlong_ok_a, $nlong_ok_b, $nuncertain) = split /\|/, q1(q{
+	SELECT count(*), count(*) FILTER (WHERE lost),
+	       count(*) FILTER (WHERE NOT lost AND who LIKE 'a%'),
+	       count(*) FILTER (WHERE NOT lost AND who LIKE 'b%'),
+	       count(*) FILTER (WHERE NOT lost AND long AND who LIKE 'a%'),
+	       count(*) FILTER (WHERE NOT lost AND long AND who LIKE 'b%'),
+	       count(*) FILTER (WHERE uncertain)
+	FROM nm_log WHERE kind = 'S'});
+note "critical sections: $nsec, told lost: $nlost, uncertain writes: $nuncertain; "
+  . "not lost: node A $nclean_a (long $nlong_ok_a), node B $nclean_b (long $nlong_ok_b)";
+note "sections told lost, by node and reason:\n"
+  . q1(q{SELECT substr(who, 1, 1), err, count(*) FROM nm_log WHERE kind = 'S' AND lost GROUP BY 1, 2 ORDER BY 1, 2});
+note "failed lock calls, by node and SQLSTATE:\n"
+  . q1(q{SELECT substr(who, 1, 1), err, count(*) FROM nm_log WHERE kind = 'F' GROUP BY 1, 2 ORDER BY 1, 2});
+note "failed unlocks, by node and SQLSTATE:\n"
+  . q1(q{SELECT substr(who, 1, 1), unl, count(*) FROM nm_log WHERE kind = 'S' AND unl IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2});
+note "errors outside any section (guard): " . q1(q{SELECT count(*) FROM nm_log WHERE kind = 'G'});
+note "faults injected: " . join(', ', map { "$_=" . ($injected{$_} // 0) } @kinds);
+note "proxy status: " . JSON::PP->new->canonical->encode($fp->status);
+
+ok($nclean_a > 0 && $nclean_b > 0, 'both nodes completed critical sections not told lost');
+ok($nlong_ok_b > 0, 'sections longer than the lease TTL complete (the worker renews)');
+is(q1(q{SELECT count(*) FROM nm_log WHERE kind = 'S' AND lost AND who LIKE 'b%'}), '0',
+	'node B (direct to a healthy etcd) was never told a lock was lost');
+ok(q1("SELECT count(*) FROM nm_log WHERE kind = 'S' AND NOT lost AND who LIKE 'a%' AND t_in > to_timestamp($t_calm)") > 0,
+	'node A takes locks again once the faults stop');
+
+# sections told lost must have been told so by etcd_lock: a lease-loss
+# error (57014 is the cancel as PL/pgSQL sees it; 55000 the loss itself) or
+# a NULL token; anything else (a token that changed, another error) is wrong
+my $odd = q1(q{
+	SELECT string_agg(format('%s %s tok %s %s: %s (%s)', who, nm, tok, t_in, err, msg), E'\n')
+	FROM nm_log WHERE kind = 'S' AND err IS NOT NULL
+	  AND NOT (err IN ('check:null', 'after:null')
+	           OR (err ~ '^(read|sleep|check|write|after):(57014|55000)$'
+	               AND (err LIKE '%57014' OR msg LIKE '%lease of this session expired%'))
+	           OR err ~ '^((check|after):null/)?guard:57014$')});
+is($odd, '', 'every section told lost was told by a lease-loss error or a NULL token');
+
+# (1) overlaps among sections not told lost, as timestamps in PostgreSQL
+my $overlaps = q1(q{
+	SELECT count(*) FROM nm_log a JOIN nm_log b
+	  ON a.nm = b.nm AND (a.who, a.t_in) < (b.who, b.t_in) AND a.t_in < b.t_out AND b.t_in < a.t_out
+	WHERE a.kind = 'S' AND b.kind = 'S' AND NOT a.lost AND NOT b.lost});
+is($overlaps, '0', 'no overlapping critical sections among sections not told lost');
+if ($overlaps ne '0')
+{
+	note "overlapping sections (up to 20):\n" . q1(q{
+		SELECT a.nm, a.who, a.tok, a.t_in, a.t_out, b.who, b.tok, b.t_in, b.t_out FROM nm_log a JOIN nm_log b
+		  ON a.nm = b.nm AND (a.who, a.t_in) < (b.who, b.t_in) AND a.t_in < b.t_out AND b.t_in < a.t_out
+		WHERE a.kind = 'S' AND b.kind = 'S' AND NOT a.lost AND NOT b.lost ORDER BY a.t_in LIMIT 20});
+}
+
+# (2) no lost increments: each counter equals the writes made to it
+for my $i (0 .. $NAMES - 1)
+{
+	open(my $fh, '<', "$dir/counter_$i") or die "counter_$i: $!";
+	my $count = <$fh> // '';
+	close $fh;
+	chomp $count;
+	my ($writes, $unsure, $lost_writes) = split /\|/, q1(qq{
+		SELECT count(*) FILTER (WHERE wrote), count(*) FILTER (WHERE uncertain),
+		       count(*) FILTER (WHERE wrote AND lost)
+		FROM nm_log WHERE kind = 'S' AND nm = '/nm/$i'});
+	note "/nm/$i: counter $count, writes $writes (of them after a loss was seen: $lost_writes), "
+	  . "uncertain writes $unsure";
+	if ($unsure == 0)
+	{
+		is($count, $writes, "/nm/$i: no lost increments (counter $count, writes $writes)");
+	}
+	else
+	{
+		ok($count =~ /^\d+$/ && $count >= $writes && $count <= $writes + $unsure,
+			"/nm/$i: no lost increments (counter $count, writes $writes + up to $unsure uncertain)");
+	}
+}
+
+# (3) fencing tokens strictly increase per name among sections not told lost
+my $tokens = q1(q{
+	SELECT count(*) FROM (SELECT tok, lag(tok) OVER (PARTITION BY nm ORDER BY t_in) AS prev
+	                      FROM nm_log WHERE kind = 'S' AND NOT lost) x
+	WHERE tok <= prev});
+is($tokens, '0', 'fencing tokens strictly increase per name among sections not told lost');
+
+# (4) once both nodes are stopped, nothing is left in etcd
+$na->stop('fast');
+$nb->stop('fast');
+my $left = {};
+ok(wait_until(sub { $left = etcd_keys($etcd, '/nm/'); !%$left }, 15),
+	'no key is left under /nm/ in etcd once everything stopped');
+note "keys left: " . join(', ', sort keys %$left) if %$left;
+
+# (5) no backend crashed
+ok(!$na->log_contains('terminated by signal'), 'node A: no backend crashed');
+ok(!$nb->log_contains('terminated by signal'), 'node B: no backend crashed');
+
+unless (Test::More->builder->is_passing)
+{
+	note "seed $seed; fault schedule ($fp->{log}):\n" . $fp->log_text;
+	note "node logs: " . $na->logfile . ' ' . $nb->logfile;
+	note "session logs in $dir";
+}
+note sprintf('total %.1f s', time - $t_start);
+$fp->stop;
+
+done_testing();
