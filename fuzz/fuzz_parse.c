@@ -110,6 +110,7 @@ static bool fz_trace;			/* FUZZ_TRACE=1: say what each input did */
 typedef struct FzHandle
 {
 	curl_write_callback write;
+	void	   *writedata;		/* CURLOPT_WRITEDATA */
 	char		url[1200];
 	const char *postfields;
 	char	   *copied;
@@ -165,6 +166,9 @@ curl_easy_setopt(CURL *curl, CURLoption option,...)
 	{
 		case CURLOPT_WRITEFUNCTION:
 			h->write = va_arg(ap, curl_write_callback);
+			break;
+		case CURLOPT_WRITEDATA:
+			h->writedata = va_arg(ap, void *);
 			break;
 		case CURLOPT_URL:
 			snprintf(h->url, sizeof(h->url), "%s", va_arg(ap, const char *));
@@ -306,7 +310,7 @@ curl_multi_socket_action(CURLM *multi, curl_socket_t s, int ev, int *running)
 			n = h->resp.chunk;
 		if (n > 0)
 		{
-			size_t		r = h->write((char *) h->resp.body + h->sent, 1, n, NULL);
+			size_t		r = h->write((char *) h->resp.body + h->sent, 1, n, h->writedata);
 
 			if (r != n)
 			{
@@ -592,9 +596,9 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 			}
 		case T_KEEPALIVE:
 			{
-				LeaseReply	r = {0};
+				int64		ttl = 0;
 
-				(void) fz_parse(body, len, parse_keepalive, &r);
+				(void) fz_parse(body, len, etcd_parse_keepalive, &ttl);
 				break;
 			}
 		case T_ACQUIRE:

@@ -249,7 +249,8 @@ etcd_lock_holders_sql(PG_FUNCTION_ARGS)
 	char	   *name_prefix;
 	EtcdHolder *h;
 	int			n,
-				i;
+				i,
+				nbad = 0;
 	bool		details;
 
 	check_preloaded();
@@ -272,6 +273,16 @@ etcd_lock_holders_sql(PG_FUNCTION_ARGS)
 		bool		nulls[6] = {0};
 		char		hex[24];
 
+		/*
+		 * Names come from etcd, where any client may write any bytes: one
+		 * that is not valid in the database encoding is never made a text
+		 * value.
+		 */
+		if (!pg_verify_mbstr(GetDatabaseEncoding(), h[i].name, strlen(h[i].name), true))
+		{
+			nbad++;
+			continue;
+		}
 		values[0] = CStringGetTextDatum(h[i].name);
 		values[1] = Int64GetDatum(h[i].token);
 		snprintf(hex, sizeof(hex), "%llx", (unsigned long long) h[i].lease_id);
@@ -282,5 +293,10 @@ etcd_lock_holders_sql(PG_FUNCTION_ARGS)
 		nulls[5] = h[i].ttl < 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	if (nbad > 0)
+		ereport(NOTICE,
+				(errmsg("etcd_lock_holders: skipped %d lock name(s) not valid in the database encoding", nbad),
+				 errhint("Some client wrote lock keys whose names are not valid %s.",
+						 GetDatabaseEncodingName())));
 	return (Datum) 0;
 }

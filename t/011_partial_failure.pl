@@ -258,6 +258,26 @@ sub worker_pid
 	$d->stop;
 }
 
+# --- etcd_lock_holders never makes text of a name that is not valid in
+# the database encoding (any client can write any key)
+{
+	my $lease = `curl -s -m 5 $etcd->{endpoint}/v3/lease/grant -d '{"TTL":"30"}'`;
+	my ($id) = $lease =~ /"ID":"(\d+)"/;
+	for my $name ("/enc/ok", "/enc/bad\xff\xfe")
+	{
+		my $k = encode_base64(sprintf('%s/%x', $name, $id), '');
+		system("curl -s -m 5 $etcd->{endpoint}/v3/kv/put -d '{\"key\":\"$k\",\"value\":\"\",\"lease\":\"$id\"}' >/dev/null");
+	}
+	my $s = session($b);
+	my ($out, $err) = finish_query($s, start_query($s,
+		"SELECT string_agg(name, ',') FROM etcd_lock_holders('/enc/')"), 10);
+	is($out, '/enc/ok', 'holders: the name with invalid UTF-8 is not returned, the valid one is');
+	like($err, qr/NOTICE:.*skipped 1 lock name/, 'holders: a NOTICE says one was skipped');
+	unlike($err, qr/ERROR/, 'holders: no error');
+	system("curl -s -m 5 $etcd->{endpoint}/v3/lease/revoke -d '{\"ID\":\"$id\"}' >/dev/null");
+	$s->quit;
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 my $lines = () = slurp_file($a->logfile) =~ /etcd_lock worker: /g;
 note "worker log lines on instance A: $lines";
