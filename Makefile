@@ -3,7 +3,7 @@ MODULE_big = etcd_lock
 OBJS = src/etcd_lock.o src/guc.o src/gateway.o src/shmem.o src/lockops.o \
 	src/locktable.o src/worker.o src/functions.o
 EXTENSION = etcd_lock
-DATA = sql/etcd_lock--1.0.sql
+DATA = sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql
 PGFILEDESC = "etcd_lock - distributed locks stored in etcd"
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -12,6 +12,7 @@
 #include "miscadmin.h"
 
 #include "etcd_lock.h"
+#include "gateway.h"
 #include "guc.h"
 #include "locktable.h"
 #include "shmem.h"
@@ -20,6 +21,13 @@
 PG_MODULE_MAGIC;
 
 bool		etcd_lock_preloaded = false;
+
+/* the gateway's token cache and counters live in shared memory */
+static const EtcdGatewayHooks gateway_hooks = {
+	etcd_shared_token_get,
+	etcd_shared_token_put,
+	etcd_shared_count
+};
 
 void		_PG_init(void);
 
@@ -31,6 +39,7 @@ _PG_init(void)
 		return;
 	etcd_lock_preloaded = true;
 	etcd_shmem_install_hooks();
+	etcd_gateway_set_hooks(&gateway_hooks);
 	etcd_lock_register_worker();
 	etcd_locktable_init();
 }

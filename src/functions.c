@@ -33,6 +33,7 @@ PG_FUNCTION_INFO_V1(etcd_unlock_all_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_token_sql);
 PG_FUNCTION_INFO_V1(etcd_locks_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_holders_sql);
+PG_FUNCTION_INFO_V1(etcd_lock_status_sql);
 
 static void
 check_preloaded(void)
@@ -213,6 +214,69 @@ etcd_locks_sql(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * etcd_lock_status_sql: the instance's etcd_lock state in one row, from
+ * shared memory (no etcd call): worker, etcd reachability as the worker
+ * sees it, leases, release queue, counters.
+ */
+Datum
+etcd_lock_status_sql(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[13];
+	bool		nulls[13] = {0};
+	int			i,
+				leases = 0,
+				queued = 0,
+				attempted = 0;
+	pid_t		worker;
+	bool		reachable;
+	TimestampTz since;
+	char		endpoint[256];
+	EtcdCounters *c;
+
+	check_preloaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	worker = etcd_shared->worker_pid;
+	reachable = etcd_shared->etcd_reachable;
+	since = etcd_shared->reachable_since;
+	strlcpy(endpoint, etcd_shared->endpoint, sizeof(endpoint));
+	for (i = 0; i < etcd_shared->nslots; i++)
+		if (etcd_shared->slots[i].state == LEASE_LIVE)
+			leases++;
+	for (i = 0; i < etcd_shared->nrelused; i++)
+	{
+		EtcdRelease *r = &etcd_shared->releases[i];
+
+		if (r->state == REL_FREE)
+			continue;
+		queued++;
+		if (r->attempted)
+			attempted++;
+	}
+	LWLockRelease(etcd_shared->lock);
+	c = &etcd_shared->counters;
+
+	values[0] = Int32GetDatum(worker);
+	nulls[0] = worker == 0;
+	values[1] = BoolGetDatum(reachable);
+	values[2] = TimestampTzGetDatum(since);
+	values[3] = CStringGetTextDatum(endpoint);
+	nulls[3] = endpoint[0] == '\0';
+	values[4] = Int32GetDatum(leases);
+	values[5] = Int32GetDatum(queued);
+	values[6] = Int32GetDatum(attempted);
+	values[7] = Int32GetDatum((int32) pg_atomic_read_u32(&c->owed));
+	values[8] = Int64GetDatum((int64) pg_atomic_read_u64(&c->requests));
+	values[9] = Int64GetDatum((int64) pg_atomic_read_u64(&c->failures));
+	values[10] = Int64GetDatum((int64) pg_atomic_read_u64(&c->failovers));
+	values[11] = Int64GetDatum((int64) pg_atomic_read_u64(&c->leases_lost));
+	values[12] = Int64GetDatum((int64) pg_atomic_read_u64(&c->authentications));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 
 /*

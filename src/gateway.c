@@ -90,6 +90,7 @@ static bool gw_watch_broken;
 static char *gw_tls_applied = NULL;	/* "ca|cert|key" last applied */
 static char *gw_token = NULL;	/* malloc'd; never logged */
 static char *gw_token_user = NULL;	/* who gw_token belongs to */
+static char *gw_rejected = NULL;	/* the token etcd rejected last (malloc'd) */
 static bool gw_watch_unauth;	/* the watch stream said: bad token */
 
 /*
@@ -120,6 +121,20 @@ static struct curl_slist *gw_retired[8];
 static int	gw_nretired = 0;
 
 static bool gw_auth_ready(EtcdStatus *st, int timeout_ms);
+
+static const EtcdGatewayHooks *gw_hooks = NULL;
+
+#define GW_COUNT(ev) do { if (gw_hooks && gw_hooks->count) gw_hooks->count(ev); } while (0)
+
+/*
+ * etcd_gateway_set_hooks installs the token cache and counters (at
+ * preload; without them each process authenticates on its own).
+ */
+void
+etcd_gateway_set_hooks(const EtcdGatewayHooks *hooks)
+{
+	gw_hooks = hooks;
+}
 
 /* endpoints, parsed from etcd_lock.endpoints when it changes */
 static char *gw_eps[ETCD_MAX_ENDPOINTS];
@@ -409,6 +424,24 @@ gw_tls_setup(CURL *h)
 	curl_easy_setopt(h, CURLOPT_CAINFO, ca[0] ? ca : NULL);
 	curl_easy_setopt(h, CURLOPT_SSLCERT, cert[0] ? cert : NULL);
 	curl_easy_setopt(h, CURLOPT_SSLKEY, key[0] ? key : NULL);
+}
+
+/*
+ * gw_reject_token drops a token etcd rejected (expired), remembering it so
+ * that the shared cache, which may still hold it, is not taken again.
+ */
+static void
+gw_reject_token(void)
+{
+	if (gw_token == NULL)
+		return;
+	if (gw_rejected)
+	{
+		explicit_bzero(gw_rejected, strlen(gw_rejected));
+		free(gw_rejected);
+	}
+	gw_rejected = strdup(gw_token);
+	gw_drop_token();
 }
 
 /*
@@ -856,6 +889,9 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 		 */
 		remaining = Max(1, remaining / (neps - attempt));
 		snprintf(url, sizeof(url), "%s%s", gw_eps[idx], path);
+		GW_COUNT(GW_EV_REQUEST);
+		if (attempt > 0)
+			GW_COUNT(GW_EV_FAILOVER);
 		curl_easy_setopt(gw_easy, CURLOPT_URL, url);
 		curl_easy_setopt(gw_easy, CURLOPT_POSTFIELDS, body);
 		curl_easy_setopt(gw_easy, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
@@ -916,6 +952,8 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 			const char *why;
 			const char *why_log;
 			char		hbuf[sizeof(st->message)];
+
+			GW_COUNT(GW_EV_FAILURE);
 
 			if (rc == CURLE_OK)
 			{
@@ -1031,6 +1069,7 @@ gw_authenticate(EtcdStatus *st, int timeout_ms)
 	pfree(password);
 
 	gw_drop_token();
+	GW_COUNT(GW_EV_AUTHENTICATE);
 	ok = gw_request("/v3/auth/authenticate", b.data, parse_token, &token, st, timeout_ms);
 	explicit_bzero(b.data, b.len);
 	pfree(b.data);
@@ -1052,7 +1091,54 @@ gw_authenticate(EtcdStatus *st, int timeout_ms)
 		free(gw_token_user);
 	gw_token_user = strdup(etcd_lock_username);
 	gw_set_headers();
+	if (gw_hooks && gw_hooks->token_put)
+		gw_hooks->token_put(etcd_lock_username, gw_token);
 	return true;
+}
+
+/*
+ * gw_adopt_shared_token takes the instance's shared token for
+ * etcd_lock.username, unless it is the one just rejected. True if one was
+ * adopted.
+ */
+static bool
+gw_adopt_shared_token(const char *rejected)
+{
+	char		buf[ETCD_GW_MAX_TOKEN];
+
+	if (gw_hooks == NULL || gw_hooks->token_get == NULL ||
+		!gw_hooks->token_get(etcd_lock_username, buf, sizeof(buf)))
+		return false;
+	if (rejected && strcmp(rejected, buf) == 0)
+	{
+		explicit_bzero(buf, sizeof(buf));
+		return false;
+	}
+	gw_drop_token();
+	gw_token = strdup(buf);
+	explicit_bzero(buf, sizeof(buf));
+	if (gw_token == NULL)
+		return false;
+	if (gw_token_user)
+		free(gw_token_user);
+	gw_token_user = strdup(etcd_lock_username);
+	gw_set_headers();
+	return true;
+}
+
+/*
+ * etcd_gateway_authenticate makes sure this process has a token when
+ * etcd_lock.username is set: the shared one, or a new authentication
+ * (published for the others). The worker calls it at start, so backends
+ * find a token instead of each authenticating (bcrypt on etcd's side).
+ */
+bool
+etcd_gateway_authenticate(EtcdStatus *st)
+{
+	gw_init();
+	gw_apply_tls();
+	memset(st, 0, sizeof(*st));
+	return gw_auth_ready(st, etcd_lock_request_timeout);
 }
 
 /*
@@ -1082,6 +1168,27 @@ etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
 		(st->grpc_code == GRPC_UNAUTHENTICATED || st->http_status == 401) &&
 		GetCurrentTimestamp() < deadline)
 	{
+		char	   *rejected = gw_token ? pstrdup(gw_token) : NULL;
+
+		/* another process may have authenticated again already */
+		if (gw_adopt_shared_token(rejected))
+		{
+			if (rejected)
+			{
+				explicit_bzero(rejected, strlen(rejected));
+				pfree(rejected);
+			}
+			if (gw_request(path, body, parse, arg, st, LEFT_MS()))
+				return true;
+			if (!(st->kind == ETCD_ERROR_REPLY &&
+				  (st->grpc_code == GRPC_UNAUTHENTICATED || st->http_status == 401)))
+				return false;
+		}
+		else if (rejected)
+		{
+			explicit_bzero(rejected, strlen(rejected));
+			pfree(rejected);
+		}
 		if (!gw_authenticate(st, LEFT_MS()))
 			return false;
 		return gw_request(path, body, parse, arg, st, LEFT_MS());
@@ -1147,7 +1254,8 @@ gw_auth_ready(EtcdStatus *st, int timeout_ms)
 		gw_drop_token();
 	if (auth && gw_token && (!gw_token_user || strcmp(gw_token_user, etcd_lock_username) != 0))
 		gw_drop_token();
-	if (auth && !gw_token && !gw_authenticate(st, timeout_ms))
+	if (auth && !gw_token && !gw_adopt_shared_token(gw_rejected) &&
+		!gw_authenticate(st, timeout_ms))
 		return false;
 	return true;
 }
@@ -1217,6 +1325,7 @@ etcd_async_start(const char *path, const char *body, EtcdParseFn parse,
 	a->used = true;
 	curl_multi_add_handle(gw_multi, a->easy);
 	gw_async_inflight++;
+	GW_COUNT(GW_EV_REQUEST);
 	return true;
 }
 
@@ -1284,7 +1393,7 @@ gw_async_finish(GwAsync *a, EtcdAsyncResult *r)
 	{
 		gw_error_reply_buf(st, http, &a->body);
 		if (st->grpc_code == GRPC_UNAUTHENTICATED || http == 401)
-			gw_drop_token();	/* the next request authenticates again */
+			gw_reject_token();	/* the next request authenticates again */
 	}
 	else
 	{
@@ -1298,8 +1407,12 @@ gw_async_finish(GwAsync *a, EtcdAsyncResult *r)
 			snprintf(st->log_message, sizeof(st->log_message), "%s: %s",
 					 gw_eps[a->ep % neps], a->errbuf);
 		st->kind = ETCD_UNREACHABLE;
-		if (neps > 0 && a->ep == gw_cur % neps)
+		GW_COUNT(GW_EV_FAILURE);
+		if (neps > 1 && a->ep == gw_cur % neps)
+		{
 			gw_cur = (gw_cur + 1) % neps;	/* next requests: next endpoint */
+			GW_COUNT(GW_EV_FAILOVER);
+		}
 	}
 	free(a->post);
 	a->post = NULL;
@@ -1419,7 +1532,7 @@ etcd_watch_open(const char *key, int keylen, EtcdStatus *st)
 				 gw_watch_broken ? "stream error" : "timed out");
 		etcd_watch_close();
 		if (gw_watch_unauth)
-			gw_drop_token();	/* the next request authenticates again */
+			gw_reject_token();	/* the next request authenticates again */
 		else
 			gw_cur = (gw_cur + 1) % neps;	/* next request: next endpoint */
 		return false;

@@ -56,6 +56,31 @@ extern void etcd_request_or_error(const char *path, const char *body,
 pg_attribute_noreturn()
 extern void etcd_report_status(const EtcdStatus *st, const char *what);
 
+/*
+ * What the gateway tells, and asks of, the rest of the extension without
+ * knowing it: a token cache shared by the processes of an instance (one
+ * authentication per instance), and counters of what it did.
+ */
+typedef enum EtcdGwEvent
+{
+	GW_EV_REQUEST,
+	GW_EV_FAILURE,
+	GW_EV_FAILOVER,
+	GW_EV_AUTHENTICATE
+} EtcdGwEvent;
+
+#define ETCD_GW_MAX_TOKEN	2048	/* longest token shared between processes */
+
+typedef struct EtcdGatewayHooks
+{
+	bool		(*token_get) (const char *user, char *buf, size_t len);
+	void		(*token_put) (const char *user, const char *token);
+	void		(*count) (int event);
+} EtcdGatewayHooks;
+
+extern void etcd_gateway_set_hooks(const EtcdGatewayHooks *hooks);
+extern bool etcd_gateway_authenticate(EtcdStatus *st);
+
 /* Requests in flight while the caller goes on (the worker). */
 typedef struct EtcdAsyncResult
 {

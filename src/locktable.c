@@ -146,9 +146,27 @@ lt_count_held(LocalLock *e, bool held)
 	LWLockRelease(etcd_shared->lock);
 }
 
+/*
+ * lt_set_owed marks e's release as owed (it did not fit the queue) or not,
+ * keeping the instance's count for etcd_lock_status.
+ */
+static void
+lt_set_owed(LocalLock *e, bool owed)
+{
+	if (e->owed != owed)
+	{
+		if (owed)
+			pg_atomic_fetch_add_u32(&etcd_shared->counters.owed, 1);
+		else
+			pg_atomic_fetch_sub_u32(&etcd_shared->counters.owed, 1);
+	}
+	e->owed = owed;
+}
+
 static void
 lt_free_entry(LocalLock *e)
 {
+	lt_set_owed(e, false);
 	lt_count_held(e, false);
 	etcd_lockinfo_remove(e->info);
 	e->info = NULL;
@@ -772,7 +790,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		return false;
 	}
 	e->token = rev;
-	e->owed = false;
+	lt_set_owed(e, false);
 	lt_push_acq(e, xact);
 	lt_publish(e);
 	lt_count_held(e, true);
@@ -803,7 +821,7 @@ lt_release_async(LocalLock *e, bool attempted)
 		!etcd_queue_release(REL_DELETE, e->lease_id, e->key, e->keylen, e->token,
 							true, attempted))
 	{
-		e->owed = true;
+		lt_set_owed(e, true);
 		e->owed_attempted = attempted;
 		lt_owed = true;
 		return false;

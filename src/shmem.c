@@ -20,6 +20,7 @@
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 
+#include "gateway.h"
 #include "shmem.h"
 
 EtcdShared *etcd_shared = NULL;
@@ -91,6 +92,14 @@ etcd_shmem_startup(void)
 
 		memset(etcd_shared, 0, etcd_shmem_size());
 		etcd_shared->lock = &(GetNamedLWLockTranche("etcd_lock"))->lock;
+		etcd_shared->etcd_reachable = true;
+		etcd_shared->reachable_since = GetCurrentTimestamp();
+		pg_atomic_init_u64(&etcd_shared->counters.requests, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.failures, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.failovers, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.authentications, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.leases_lost, 0);
+		pg_atomic_init_u32(&etcd_shared->counters.owed, 0);
 		ConditionVariableInit(&etcd_shared->release_cv);
 		etcd_shared->nslots = MaxBackends;
 		etcd_shared->nreleases = etcd_nreleases();
@@ -114,6 +123,75 @@ etcd_shmem_install_hooks(void)
 	shmem_request_hook = etcd_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = etcd_shmem_startup;
+}
+
+/*
+ * etcd_shared_token_get copies the instance's etcd token for user into buf
+ * (false if there is none, or it belongs to another user). The gateway's
+ * token cache (gateway.h).
+ */
+bool
+etcd_shared_token_get(const char *user, char *buf, size_t len)
+{
+	bool		found = false;
+
+	if (etcd_shared == NULL)
+		return false;
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	if (etcd_shared->auth_token[0] != '\0' &&
+		strcmp(etcd_shared->auth_user, user) == 0 &&
+		strlen(etcd_shared->auth_token) < len)
+	{
+		strlcpy(buf, etcd_shared->auth_token, len);
+		found = true;
+	}
+	LWLockRelease(etcd_shared->lock);
+	return found;
+}
+
+/*
+ * etcd_shared_token_put publishes a fresh token for the other processes.
+ */
+void
+etcd_shared_token_put(const char *user, const char *token)
+{
+	if (etcd_shared == NULL || strlen(token) >= ETCD_MAX_TOKEN ||
+		strlen(user) >= ETCD_MAX_USER)
+		return;
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	strlcpy(etcd_shared->auth_user, user, ETCD_MAX_USER);
+	strlcpy(etcd_shared->auth_token, token, ETCD_MAX_TOKEN);
+	LWLockRelease(etcd_shared->lock);
+}
+
+/*
+ * etcd_shared_count counts a gateway event (EtcdGwEvent) for
+ * etcd_lock_status.
+ */
+void
+etcd_shared_count(int event)
+{
+	pg_atomic_uint64 *c = NULL;
+
+	if (etcd_shared == NULL)
+		return;
+	switch (event)
+	{
+		case GW_EV_REQUEST:
+			c = &etcd_shared->counters.requests;
+			break;
+		case GW_EV_FAILURE:
+			c = &etcd_shared->counters.failures;
+			break;
+		case GW_EV_FAILOVER:
+			c = &etcd_shared->counters.failovers;
+			break;
+		case GW_EV_AUTHENTICATE:
+			c = &etcd_shared->counters.authentications;
+			break;
+	}
+	if (c)
+		pg_atomic_fetch_add_u64(c, 1);
 }
 
 /*

@@ -12,6 +12,7 @@
 #include "storage/lwlock.h"
 #include "utils/timestamp.h"
 
+#include "gateway.h"
 #include "guc.h"
 
 /*
@@ -112,11 +113,41 @@ typedef struct EtcdLockInfo
 	char		name[ETCD_MAX_NAME + 1];
 } EtcdLockInfo;
 
+#define ETCD_MAX_TOKEN		ETCD_GW_MAX_TOKEN
+#define ETCD_MAX_USER		256
+
+/* Counters for etcd_lock_status, instance-wide since start. */
+typedef struct EtcdCounters
+{
+	pg_atomic_uint64 requests;	/* HTTP requests sent to etcd */
+	pg_atomic_uint64 failures;	/* ... that got no answer (or a 5xx) */
+	pg_atomic_uint64 failovers; /* moves to another endpoint */
+	pg_atomic_uint64 authentications;
+	pg_atomic_uint64 leases_lost;
+	pg_atomic_uint32 owed;		/* releases that did not fit the queue */
+} EtcdCounters;
+
 typedef struct EtcdShared
 {
 	LWLock	   *lock;			/* protects everything below */
 	Latch	   *worker_latch;
 	pid_t		worker_pid;
+
+	/* the worker's view of etcd, for etcd_lock_status */
+	bool		etcd_reachable;
+	TimestampTz reachable_since;	/* last change (wall clock, for display) */
+	char		endpoint[256];	/* the endpoint the worker uses */
+
+	/*
+	 * The etcd auth token of etcd_lock.username, shared by every process
+	 * of the instance: one authentication per instance, not per backend.
+	 */
+	char		auth_user[ETCD_MAX_USER];
+	char		auth_token[ETCD_MAX_TOKEN];
+
+	EtcdCounters counters;
+	bool		leases_recovered;	/* the previous run's leases are revoked */
+
 	ConditionVariable release_cv;	/* broadcast when a release finished */
 	int			nslots;
 	int			nreleases;
@@ -131,6 +162,9 @@ typedef struct EtcdShared
 extern EtcdShared *etcd_shared;
 
 extern void etcd_shmem_install_hooks(void);
+extern bool etcd_shared_token_get(const char *user, char *buf, size_t len);
+extern void etcd_shared_token_put(const char *user, const char *token);
+extern void etcd_shared_count(int event);
 extern EtcdLeaseSlot *etcd_my_slot(void);
 extern void etcd_wake_worker(void);
 extern void etcd_signal_loss(EtcdLeaseSlot *slot);

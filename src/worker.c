@@ -25,11 +25,14 @@
 #include "postgres.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "postmaster/postmaster.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
@@ -47,6 +50,16 @@
 #define MAX_INFLIGHT	24		/* requests in flight at once */
 #define MAX_RELEASES_INFLIGHT 16	/* of which releases */
 #define SUMMARY_MS		30000	/* outage summary in the log */
+
+/*
+ * The leases of this server's backends, kept on disk so that after a crash
+ * restart (shared memory, and the lease IDs in it, are gone) the new worker
+ * can revoke them at once instead of leaving their locks held for a TTL.
+ * In pg_stat_tmp: pg_basebackup and pg_rewind skip its contents, so a
+ * standby built from this server never revokes this server's leases; the
+ * first line names the server (host, port, data directory) all the same.
+ */
+#define LEASES_FILE		"pg_stat_tmp/etcd_lock.leases"
 
 typedef enum WorkerReqKind
 {
@@ -75,8 +88,11 @@ static EtcdMono w_down_since = 0;
 static int64 w_failed = 0;		/* failed requests since the outage began */
 static EtcdMono w_next_summary = 0;
 static EtcdMono w_next_error_log = 0;
+static char w_endpoint[256] = "";
 
 static volatile sig_atomic_t w_shutdown = false;
+static uint64 w_leases_sig = 0;	/* what LEASES_FILE lists now */
+static int	w_leases_n = -1;
 static EtcdMono w_shutdown_at = 0;
 
 /*
@@ -153,6 +169,20 @@ free_req(void)
 }
 
 /*
+ * publish_endpoint shows the endpoint the worker uses in etcd_lock_status.
+ */
+static void
+publish_endpoint(void)
+{
+	if (strcmp(w_endpoint, etcd_current_endpoint()) == 0)
+		return;
+	strlcpy(w_endpoint, etcd_current_endpoint(), sizeof(w_endpoint));
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	strlcpy(etcd_shared->endpoint, w_endpoint, sizeof(etcd_shared->endpoint));
+	LWLockRelease(etcd_shared->lock);
+}
+
+/*
  * note_result keeps the worker's view of etcd's reachability and logs its
  * changes once (unreachable, reachable again), plus a summary every 30 s
  * of an outage: never a line per failed request.
@@ -162,6 +192,7 @@ note_result(const EtcdStatus *st, bool ok)
 {
 	EtcdMono	now = etcd_mono_now();
 
+	publish_endpoint();
 	if (ok || st->kind == ETCD_ERROR_REPLY)
 	{
 		/* etcd answered */
@@ -176,6 +207,8 @@ note_result(const EtcdStatus *st, bool ok)
 			w_failed = 0;
 			/* what waited out the outage goes now, not at its retry time */
 			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+			etcd_shared->etcd_reachable = true;
+			etcd_shared->reachable_since = GetCurrentTimestamp();
 			for (i = 0; i < etcd_shared->nrelused; i++)
 				if (etcd_shared->releases[i].state == REL_PENDING)
 					etcd_shared->releases[i].retry_at = 0;
@@ -204,6 +237,10 @@ note_result(const EtcdStatus *st, bool ok)
 		w_reachable = false;
 		w_down_since = now;
 		w_next_summary = now + MONO_MS(SUMMARY_MS);
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		etcd_shared->etcd_reachable = false;
+		etcd_shared->reachable_since = GetCurrentTimestamp();
+		LWLockRelease(etcd_shared->lock);
 	}
 	else if (now >= w_next_summary)
 	{
@@ -226,6 +263,7 @@ mark_lost(EtcdLeaseSlot *slot, bool expired)
 {
 	slot->state = LEASE_LOST;
 	slot->loss_expired = expired;
+	pg_atomic_fetch_add_u64(&etcd_shared->counters.leases_lost, 1);
 	etcd_signal_loss(slot);
 }
 
@@ -509,6 +547,109 @@ finish_release(WorkerReq *req, EtcdAsyncResult *res)
 }
 
 /*
+ * leases_file_header names this server in the first line of LEASES_FILE.
+ */
+static char *
+leases_file_header(void)
+{
+	char		host[256];
+
+	if (gethostname(host, sizeof(host)) != 0)
+		host[0] = '\0';
+	host[sizeof(host) - 1] = '\0';
+	return psprintf("etcd_lock leases of %s:%d %s", host, PostPortNumber, DataDir);
+}
+
+/*
+ * record_leases rewrites LEASES_FILE when the set of leases in the slots
+ * changed. Not fsync'd: it matters after a crash restart, when the OS
+ * still has it; after an OS crash the leases have expired anyway.
+ */
+static void
+record_leases(void)
+{
+	uint64		sig = 0;
+	int			n = 0,
+				i;
+	int64	   *ids = palloc(sizeof(int64) * etcd_shared->nslots);
+	StringInfoData b;
+	FILE	   *f;
+
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	for (i = 0; i < etcd_shared->nslots; i++)
+		if (etcd_shared->slots[i].state != LEASE_NONE)
+		{
+			ids[n++] = etcd_shared->slots[i].lease_id;
+			sig ^= (uint64) etcd_shared->slots[i].lease_id * UINT64CONST(0x9E3779B97F4A7C15);
+		}
+	LWLockRelease(etcd_shared->lock);
+	if (n == w_leases_n && sig == w_leases_sig)
+		return;
+	initStringInfo(&b);
+	appendStringInfo(&b, "%s\n", leases_file_header());
+	for (i = 0; i < n; i++)
+		appendStringInfo(&b, INT64_FORMAT "\n", ids[i]);
+	f = AllocateFile(LEASES_FILE ".tmp", PG_BINARY_W);
+	if (f == NULL || fwrite(b.data, 1, b.len, f) != (size_t) b.len)
+	{
+		if (f)
+			FreeFile(f);
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("etcd_lock worker: could not write \"%s\": %m", LEASES_FILE ".tmp")));
+		return;
+	}
+	if (FreeFile(f) != 0 || rename(LEASES_FILE ".tmp", LEASES_FILE) != 0)
+	{
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("etcd_lock worker: could not write \"%s\": %m", LEASES_FILE)));
+		return;
+	}
+	w_leases_n = n;
+	w_leases_sig = sig;
+}
+
+/*
+ * revoke_previous_leases queues the revoke of every lease the previous run
+ * of this server recorded (once per shared memory: at server start and
+ * after a crash restart, not when only the worker restarts). Its backends
+ * are gone; their locks are freed now rather than after a TTL.
+ */
+static void
+revoke_previous_leases(void)
+{
+	FILE	   *f;
+	char		line[2048];
+	char	   *header = leases_file_header();
+	int			n = 0;
+
+	if (etcd_shared->leases_recovered)
+		return;
+	etcd_shared->leases_recovered = true;
+	f = AllocateFile(LEASES_FILE, PG_BINARY_R);
+	if (f == NULL)
+		return;
+	if (fgets(line, sizeof(line), f) != NULL &&
+		strncmp(line, header, strlen(header)) == 0 && line[strlen(header)] == '\n')
+	{
+		while (fgets(line, sizeof(line), f) != NULL)
+		{
+			char	   *end;
+			long long	id = strtoll(line, &end, 10);
+
+			if (id > 0 && (*end == '\n' || *end == '\0') &&
+				etcd_queue_release(REL_REVOKE, (int64) id, NULL, 0, 0, false, true))
+				n++;
+		}
+	}
+	FreeFile(f);
+	if (n > 0)
+		ereport(LOG,
+				(errmsg("etcd_lock worker: revoking %d lease(s) of this server's previous run", n)));
+}
+
+/*
  * worker_may_exit: at shutdown, once no backend keeps a lease and nothing
  * is queued or in flight, or after a bound (twice the request timeout, at
  * least 5 s) if etcd cannot be reached.
@@ -557,6 +698,21 @@ etcd_lock_worker_main(Datum arg)
 								ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG, (errmsg("etcd_lock worker started")));
 
+	publish_endpoint();
+	revoke_previous_leases();
+
+	/*
+	 * With etcd auth on, authenticate once for the instance: backends take
+	 * the shared token instead of each authenticating.
+	 */
+	if (etcd_lock_username && etcd_lock_username[0])
+	{
+		EtcdStatus	st;
+
+		if (!etcd_gateway_authenticate(&st))
+			note_result(&st, false);
+	}
+
 	for (;;)
 	{
 		EtcdAsyncResult res[MAX_INFLIGHT];
@@ -565,6 +721,7 @@ etcd_lock_worker_main(Datum arg)
 		int			n;
 
 		MemoryContextSwitchTo(cxt);
+		record_leases();
 		check_deadlines(now, &next);
 		start_releases(now, &next);
 		start_keepalives(now, &next);

@@ -151,6 +151,22 @@ chmod 0600, $pwfile;
 
 $node->append_conf('postgresql.conf', "etcd_lock.username = 'locker'\netcd_lock.password_file = '$pwfile'\n");
 $node->restart;
+
+# --- one authentication per instance: the worker authenticates at start
+# and shares its token; backends take it instead of authenticating
+{
+	my $auths = sub { $node->safe_psql('postgres', 'SELECT authentications FROM etcd_lock_status') };
+	ok(wait_until(sub { $auths->() >= 1 }, 10), 'auth: the worker authenticated at start');
+	my $a0 = $auths->();
+	my @five = map { session($node) } 1 .. 5;
+	$five[$_]->query_safe("SELECT etcd_lock('/app/one$_')") for 0 .. 4;
+	my $a1 = $auths->();
+	# tokens live 2 s here: one re-authentication may fall in the window
+	ok($a1 - $a0 <= 1, "auth: five sessions locked with the shared token ($a0 -> $a1 authentications)");
+	$_->query_safe("SELECT etcd_unlock_all()") for @five;
+	$_->quit for @five;
+}
+
 $s1 = session($node);
 $s2 = session($node);
 $t1 = $s1->query_safe("SELECT etcd_lock('/app/auth')");

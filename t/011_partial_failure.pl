@@ -238,6 +238,28 @@ sub worker_pid
 	$sb->quit;
 }
 
+# --- a crash restart (a backend SIGKILLed) does not hold the old locks
+# for a TTL: the new worker revokes the previous run's leases
+{
+	my $e = etcd_node('e', $etcd, 'etcd_lock.lease_ttl' => '10s', 'restart_after_crash' => 'on');
+	my $s = session($e);
+	my $pid = $s->query_safe('SELECT pg_backend_pid()');
+	$s->query_safe("SELECT etcd_lock('/crash10')");
+	usleep(200_000);    # the worker records the lease
+	my $t0 = time;
+	kill 'KILL', $pid;
+	eval { $s->quit };
+	my $sb = session($b);
+	my $tok = $sb->query_safe("SELECT etcd_lock('/crash10', '30 s')");
+	my $el = time - $t0;
+	ok($tok > 0 && $el < 5, sprintf('crash restart: another instance got the lock %.2f s after the SIGKILL (TTL 10 s)', $el));
+	ok(wait_until(sub { my ($rc) = $e->psql('postgres', 'SELECT 1'); $rc == 0 }, 30), 'crash restart: the server is back');
+	ok($e->log_contains("revoking 1 lease\\(s\\) of this server's previous run"), 'crash restart: the worker says it revoked the old lease');
+	$sb->query_safe("SELECT etcd_unlock('/crash10')");
+	$sb->quit;
+	$e->stop;
+}
+
 # --- releases queued while etcd was unreachable go out as soon as it
 # answers again
 {
