@@ -113,6 +113,30 @@ typedef struct GwAsync
 } GwAsync;
 
 static GwAsync gw_async[GW_ASYNC_MAX];
+
+/*
+ * The keepalive stream (the worker): one chunked POST to
+ * /v3/lease/keepalive carrying a message per renewal, each answered in
+ * order by one line. Needs "Expect: 100-continue" (without it etcd's Go
+ * server drains the body at its first answer and later answers stall:
+ * etcd #8237). Messages wait in gw_ka_out until libcurl asks for them; the
+ * upload is paused while there is nothing to send.
+ */
+#define GW_KA_MAX_RESULTS	1024
+
+static CURL *gw_ka = NULL;
+static struct curl_slist *gw_ka_headers = NULL;
+static char gw_ka_errbuf[CURL_ERROR_SIZE];
+static bool gw_ka_active = false;	/* in the multi handle */
+static bool gw_ka_done = false; /* the transfer ended (it should not) */
+static bool gw_ka_broken = false;	/* a bad or error line: unusable */
+static bool gw_ka_paused = false;	/* upload paused: nothing to send */
+static GwBuf gw_ka_out;			/* bytes not yet handed to libcurl */
+static size_t gw_ka_out_pos = 0;
+static GwBuf gw_ka_in;			/* answer bytes not yet parsed */
+static EtcdKaResult gw_ka_results[GW_KA_MAX_RESULTS];
+static int	gw_ka_nresults = 0;
+static bool gw_ka_unauth = false;	/* the stream said: bad token */
 static int	gw_async_inflight = 0;
 static bool gw_latch_seen = false;	/* gw_drive saw the latch set */
 
@@ -260,6 +284,90 @@ gw_watch_line(const char *line, size_t len)
 		}
 	}
 	json_decref(root);
+}
+
+/*
+ * gw_ka_line interprets one answer of the keepalive stream: {"result":
+ * {"ID":..,"TTL":..}} (no TTL: the lease is gone) or {"error":{...}}. Runs
+ * inside a curl callback: no ereport, jansson memory only.
+ */
+static void
+gw_ka_line(const char *line, size_t len)
+{
+	json_t	   *root,
+			   *res;
+	json_error_t jerr;
+	int64		id = 0,
+				ttl = 0;
+
+	if (len == 0)
+		return;
+	root = json_loadb(line, len, 0, &jerr);
+	res = json_is_object(root) ? json_object_get(root, "result") : NULL;
+	if (!json_is_object(res) || !etcd_json_int64(res, "ID", &id) ||
+		!etcd_json_int64(res, "TTL", &ttl) || id == 0 ||
+		gw_ka_nresults >= GW_KA_MAX_RESULTS)
+	{
+		json_t	   *err = json_is_object(root) ? json_object_get(root, "error") : NULL;
+
+		if (json_is_object(err) &&
+			json_integer_value(json_object_get(err, "grpc_code")) == GRPC_UNAUTHENTICATED)
+			gw_ka_unauth = true;
+		gw_ka_broken = true;
+		json_decref(root);
+		return;
+	}
+	gw_ka_results[gw_ka_nresults].lease_id = id;
+	gw_ka_results[gw_ka_nresults].ttl = ttl;
+	gw_ka_nresults++;
+	json_decref(root);
+}
+
+static size_t
+gw_ka_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	size_t		n = size * nmemb;
+	char	   *nl;
+
+	if (!gw_buf_append(&gw_ka_in, ptr, n, GW_MAX_WATCH_LINE))
+	{
+		gw_ka_broken = true;
+		return 0;
+	}
+	while ((nl = memchr(gw_ka_in.data, '\n', gw_ka_in.len)) != NULL)
+	{
+		size_t		linelen = nl - gw_ka_in.data;
+
+		gw_ka_line(gw_ka_in.data, linelen);
+		memmove(gw_ka_in.data, nl + 1, gw_ka_in.len - linelen - 1);
+		gw_ka_in.len -= linelen + 1;
+		gw_ka_in.data[gw_ka_in.len] = '\0';
+	}
+	return n;
+}
+
+/*
+ * gw_ka_read_cb hands libcurl the queued messages, or pauses the upload.
+ */
+static size_t
+gw_ka_read_cb(char *buf, size_t size, size_t nitems, void *userdata)
+{
+	size_t		avail = gw_ka_out.len - gw_ka_out_pos;
+	size_t		n = Min(avail, size * nitems);
+
+	if (n == 0)
+	{
+		gw_ka_paused = true;
+		return CURL_READFUNC_PAUSE;
+	}
+	memcpy(buf, gw_ka_out.data + gw_ka_out_pos, n);
+	gw_ka_out_pos += n;
+	if (gw_ka_out_pos == gw_ka_out.len)
+	{
+		gw_ka_out.len = 0;
+		gw_ka_out_pos = 0;
+	}
+	return n;
 }
 
 static size_t
@@ -562,6 +670,8 @@ gw_collect(void)
 		}
 		else if (msg->easy_handle == gw_watch)
 			gw_watch_done = true;
+		else if (msg->easy_handle == gw_ka)
+			gw_ka_done = true;
 		else
 		{
 			GwAsync    *a = NULL;
@@ -1346,7 +1456,8 @@ gw_async_cond(void)
 {
 	int			i;
 
-	if (gw_latch_seen)
+	if (gw_latch_seen || gw_ka_nresults > 0 ||
+		(gw_ka_active && (gw_ka_done || gw_ka_broken)))
 		return true;
 	for (i = 0; i < GW_ASYNC_MAX; i++)
 		if (gw_async[i].used && gw_async[i].done)
@@ -1437,7 +1548,7 @@ etcd_async_wait(long timeout_ms, EtcdAsyncResult *out, int max)
 
 	gw_init();
 	gw_latch_seen = false;
-	if (gw_async_inflight == 0)
+	if (gw_async_inflight == 0 && !gw_ka_active)
 	{
 		int			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 								   Max(0, timeout_ms), PG_WAIT_EXTENSION);
@@ -1452,6 +1563,146 @@ etcd_async_wait(long timeout_ms, EtcdAsyncResult *out, int max)
 		if (gw_async[i].used && gw_async[i].done)
 			gw_async_finish(&gw_async[i], &out[n++]);
 	return n;
+}
+
+/*
+ * etcd_ka_stream_open starts the keepalive stream on the current endpoint
+ * (closing one that is open). Renewals sent before etcd accepts the stream
+ * wait in the upload buffer. False with st filled if it could not start.
+ */
+bool
+etcd_ka_stream_open(EtcdStatus *st)
+{
+	char		url[1024];
+	int			neps;
+
+	gw_init();
+	gw_apply_tls();
+	neps = gw_endpoints();
+	memset(st, 0, sizeof(*st));
+	etcd_ka_stream_close();
+	if (!gw_auth_ready(st, etcd_lock_request_timeout))
+		return false;
+	if (gw_ka == NULL)
+	{
+		gw_ka = gw_new_easy(gw_ka_errbuf, NULL);
+		curl_easy_setopt(gw_ka, CURLOPT_WRITEFUNCTION, gw_ka_write_cb);
+		curl_easy_setopt(gw_ka, CURLOPT_READFUNCTION, gw_ka_read_cb);
+		curl_easy_setopt(gw_ka, CURLOPT_POST, 1L);
+		curl_easy_setopt(gw_ka, CURLOPT_PRIVATE, (char *) NULL);
+	}
+	gw_tls_setup(gw_ka);
+	/* its own header list: Expect and chunked, plus the current token */
+	if (gw_ka_headers)
+		curl_slist_free_all(gw_ka_headers);
+	gw_ka_headers = NULL;
+	gw_ka_headers = curl_slist_append(gw_ka_headers, "Content-Type: application/json");
+	gw_ka_headers = curl_slist_append(gw_ka_headers, "Transfer-Encoding: chunked");
+	gw_ka_headers = curl_slist_append(gw_ka_headers, "Expect: 100-continue");
+	gw_ka_headers = curl_slist_append(gw_ka_headers, "Grpc-Metadata-hasleader: true");
+	if (gw_token)
+	{
+		char	   *auth = psprintf("Authorization: %s", gw_token);
+
+		gw_ka_headers = curl_slist_append(gw_ka_headers, auth);
+		explicit_bzero(auth, strlen(auth));
+		pfree(auth);
+	}
+	if (gw_ka_headers == NULL)
+		elog(ERROR, "etcd_lock: out of memory");
+	curl_easy_setopt(gw_ka, CURLOPT_HTTPHEADER, gw_ka_headers);
+	snprintf(url, sizeof(url), "%s/v3/lease/keepalive", gw_eps[gw_cur % neps]);
+	curl_easy_setopt(gw_ka, CURLOPT_URL, url);
+	curl_easy_setopt(gw_ka, CURLOPT_CONNECTTIMEOUT_MS, (long) etcd_lock_request_timeout);
+	curl_easy_setopt(gw_ka, CURLOPT_EXPECT_100_TIMEOUT_MS, (long) etcd_lock_request_timeout);
+	gw_buf_reset(&gw_ka_out);
+	gw_buf_reset(&gw_ka_in);
+	gw_ka_out_pos = 0;
+	gw_ka_nresults = 0;
+	gw_ka_errbuf[0] = '\0';
+	gw_ka_done = gw_ka_broken = gw_ka_paused = false;
+	gw_ka_unauth = false;
+	curl_multi_add_handle(gw_multi, gw_ka);
+	gw_ka_active = true;
+	GW_COUNT(GW_EV_REQUEST);
+	return true;
+}
+
+/*
+ * etcd_ka_stream_usable says whether renewals can go on the stream.
+ */
+bool
+etcd_ka_stream_usable(void)
+{
+	return gw_ka_active && !gw_ka_done && !gw_ka_broken;
+}
+
+/*
+ * etcd_ka_stream_send queues the renewal of lease_id on the stream (one
+ * chunk); its answer comes from etcd_ka_stream_results, in send order.
+ */
+bool
+etcd_ka_stream_send(int64 lease_id)
+{
+	char		msg[64];
+	int			n;
+
+	if (!etcd_ka_stream_usable())
+		return false;
+	n = snprintf(msg, sizeof(msg), "{\"ID\":\"" INT64_FORMAT "\"}\n", lease_id);
+	if (!gw_buf_append(&gw_ka_out, msg, n, GW_MAX_BODY))
+		return false;
+	GW_COUNT(GW_EV_REQUEST);
+	if (gw_ka_paused)
+	{
+		gw_ka_paused = false;
+		curl_easy_pause(gw_ka, CURLPAUSE_CONT);
+	}
+	return true;
+}
+
+/*
+ * etcd_ka_stream_results moves the answers received so far into out (at
+ * most max), in the order they came; returns how many.
+ */
+int
+etcd_ka_stream_results(EtcdKaResult *out, int max)
+{
+	int			n = Min(max, gw_ka_nresults);
+
+	memcpy(out, gw_ka_results, n * sizeof(EtcdKaResult));
+	memmove(gw_ka_results, gw_ka_results + n, (gw_ka_nresults - n) * sizeof(EtcdKaResult));
+	gw_ka_nresults -= n;
+	return n;
+}
+
+/*
+ * etcd_ka_stream_close ends the stream (closing its connection); renewals
+ * sent on it and not answered are the caller's to retry. If etcd said the
+ * token is invalid, the next request authenticates again.
+ */
+void
+etcd_ka_stream_close(void)
+{
+	int			neps;
+
+	if (!gw_ka_active)
+		return;
+	if (gw_ka_done || gw_ka_broken)
+	{
+		GW_COUNT(GW_EV_FAILURE);
+		neps = gw_endpoints();
+		if (gw_ka_unauth)
+			gw_reject_token();
+		else if (neps > 1)
+		{
+			gw_cur = (gw_cur + 1) % neps;
+			GW_COUNT(GW_EV_FAILOVER);
+		}
+	}
+	curl_multi_remove_handle(gw_multi, gw_ka);
+	gw_ka_active = false;
+	gw_ka_nresults = 0;
 }
 
 /* ---------------------------------------------------------------------

@@ -96,6 +96,22 @@ extern int	etcd_async_wait(long timeout_ms, EtcdAsyncResult *out, int max);
 extern int	etcd_async_inflight(void);
 extern int	etcd_endpoint_count(void);
 
+/*
+ * The keepalive stream (the worker): renewals of many leases on one
+ * streaming request, answered in order.
+ */
+typedef struct EtcdKaResult
+{
+	int64		lease_id;
+	int64		ttl;			/* 0: the lease no longer exists */
+} EtcdKaResult;
+
+extern bool etcd_ka_stream_open(EtcdStatus *st);
+extern bool etcd_ka_stream_usable(void);
+extern bool etcd_ka_stream_send(int64 lease_id);
+extern int	etcd_ka_stream_results(EtcdKaResult *out, int max);
+extern void etcd_ka_stream_close(void);
+
 /* Watching one key for its deletion (a streaming /v3/watch request). */
 typedef enum EtcdWatchResult
 {

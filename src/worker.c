@@ -79,6 +79,25 @@ typedef struct WorkerReq
 } WorkerReq;
 
 static WorkerReq w_reqs[MAX_INFLIGHT];
+
+/*
+ * Renewals sent on the keepalive stream, oldest first: answers come in
+ * send order, so each answer belongs to the head. Each must be answered
+ * by answer_by, or the stream counts as broken.
+ */
+typedef struct KaSent
+{
+	int			slot;
+	int64		lease_id;
+	EtcdMono	sent;
+	EtcdMono	answer_by;
+} KaSent;
+
+static KaSent *w_ka_fifo = NULL;	/* ring of nslots entries */
+static int	w_ka_head = 0;
+static int	w_ka_count = 0;
+static EtcdMono w_ka_stream_retry_at = 0;	/* no new stream before this */
+#define KA_STREAM_RETRY_MS	1000
 static int	w_nreleases_inflight = 0;
 static bool *w_ka_inflight = NULL;	/* per lease slot */
 
@@ -191,6 +210,13 @@ static void
 note_result(const EtcdStatus *st, bool ok)
 {
 	EtcdMono	now = etcd_mono_now();
+	EtcdStatus	okst;
+
+	if (st == NULL)
+	{
+		memset(&okst, 0, sizeof(okst));
+		st = &okst;
+	}
 
 	publish_endpoint();
 	if (ok || st->kind == ETCD_ERROR_REPLY)
@@ -347,18 +373,43 @@ start_keepalives(EtcdMono now, EtcdMono *next)
 				*next = due;
 			continue;
 		}
-		r = free_req();
-		if (r < 0)
-		{
-			*next = now;		/* due, but no room: as soon as one ends */
-			return;
-		}
 		/*
 		 * Bounded by a share of the time left before the deadline, so that
 		 * a member that accepts but never answers leaves time to renew
 		 * through the next one (a failure moves requests on to it).
 		 */
 		left_ms = (long) ((deadline - now) / 1000) / Max(2, etcd_endpoint_count());
+		left_ms = Max(1, Min(left_ms, etcd_lock_request_timeout));
+
+		/* on the stream, if there is one or one can be opened */
+		if (!etcd_ka_stream_usable() && w_ka_count == 0 && now >= w_ka_stream_retry_at)
+		{
+			if (!etcd_ka_stream_open(&st))
+			{
+				note_result(&st, false);
+				w_ka_stream_retry_at = now + MONO_MS(KA_STREAM_RETRY_MS);
+			}
+		}
+		if (etcd_ka_stream_usable() && etcd_ka_stream_send(lease))
+		{
+			KaSent	   *k = &w_ka_fifo[(w_ka_head + w_ka_count) % etcd_shared->nslots];
+
+			k->slot = i;
+			k->lease_id = lease;
+			k->sent = now;
+			k->answer_by = now + MONO_MS(left_ms);
+			w_ka_count++;
+			w_ka_inflight[i] = true;
+			continue;
+		}
+
+		/* one-shot, while the stream cannot be had */
+		r = free_req();
+		if (r < 0)
+		{
+			*next = now;		/* due, but no room: as soon as one ends */
+			return;
+		}
 		w_reqs[r].kind = WR_KEEPALIVE;
 		w_reqs[r].index = i;
 		w_reqs[r].lease_id = lease;
@@ -366,8 +417,7 @@ start_keepalives(EtcdMono now, EtcdMono *next)
 		w_reqs[r].ttl = 0;
 		/* a renewal only extends a lease: safe to resend */
 		if (!etcd_async_start("/v3/lease/keepalive", etcd_lease_body(lease),
-							  etcd_parse_keepalive, &w_reqs[r].ttl,
-							  (int) Max(1, Min(left_ms, etcd_lock_request_timeout)),
+							  etcd_parse_keepalive, &w_reqs[r].ttl, (int) left_ms,
 							  r, &st))
 		{
 			w_reqs[r].kind = WR_FREE;
@@ -383,43 +433,45 @@ start_keepalives(EtcdMono now, EtcdMono *next)
 }
 
 /*
- * finish_keepalive applies a renewal's answer. The new deadline counts from
- * the send time of the renewal answered, never a later one; a deadline that
- * has already passed is never extended (a lease once counted lost stays
- * lost, even if etcd still had it).
+ * apply_renewal applies the outcome of the renewal of lease (sent at sent)
+ * to its slot: ok with ttl > 0, renewed; ok with ttl 0, etcd says it is
+ * gone; not ok, retried. The new deadline counts from the send time of the
+ * renewal answered, never a later one; a deadline that has already passed
+ * is never extended (a lease once counted lost stays lost, even if etcd
+ * still had it).
  */
 static void
-finish_keepalive(WorkerReq *req, EtcdAsyncResult *res)
+apply_renewal(int index, int64 lease, EtcdMono sent, bool ok, int64 ttl,
+			  const EtcdStatus *st)
 {
-	EtcdLeaseSlot *slot = &etcd_shared->slots[req->index];
+	EtcdLeaseSlot *slot = &etcd_shared->slots[index];
 	EtcdMono	now = etcd_mono_now();
 	bool		lost = false;
 
-	w_ka_inflight[req->index] = false;
-	note_result(&res->st, res->ok);
+	w_ka_inflight[index] = false;
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-	if (slot->state == LEASE_LIVE && slot->lease_id == req->lease_id)
+	if (slot->state == LEASE_LIVE && slot->lease_id == lease)
 	{
-		if (res->ok && req->ttl > 0 && now < slot->deadline)
+		if (ok && ttl > 0 && now < slot->deadline)
 		{
-			int			ttl = (int) Min(slot->ttl, req->ttl);
+			int			newttl = (int) Min(slot->ttl, ttl);
 
-			if (req->sent > slot->renewed_at)
+			if (sent > slot->renewed_at)
 			{
-				slot->renewed_at = req->sent;
-				slot->deadline = Max(slot->deadline, LEASE_DEADLINE(req->sent, ttl));
+				slot->renewed_at = sent;
+				slot->deadline = Max(slot->deadline, LEASE_DEADLINE(sent, newttl));
 			}
-			slot->next_keepalive = req->sent + MONO_MS(slot->ttl * 1000L / 3);
+			slot->next_keepalive = sent + MONO_MS(slot->ttl * 1000L / 3);
 		}
-		else if (res->ok)
+		else if (ok)
 		{
-			mark_lost(slot, req->ttl > 0);
+			mark_lost(slot, ttl > 0);
 			lost = true;
 		}
 		else
 		{
 			/* with another member to try, retry at once */
-			long		retry = res->st.kind == ETCD_UNREACHABLE &&
+			long		retry = st && st->kind == ETCD_UNREACHABLE &&
 				etcd_endpoint_count() > 1 ? 0 : RETRY_MS;
 
 			slot->next_keepalive = Min(slot->deadline, now + MONO_MS(retry));
@@ -429,9 +481,85 @@ finish_keepalive(WorkerReq *req, EtcdAsyncResult *res)
 	if (lost)
 		ereport(LOG,
 				(errmsg("etcd_lock worker: lease %llx of backend pid %d is lost: %s",
-						(unsigned long long) req->lease_id, (int) slot->pid,
-						req->ttl > 0 ? "renewed only after its deadline" :
+						(unsigned long long) lease, (int) slot->pid,
+						ttl > 0 ? "renewed only after its deadline" :
 						"etcd says it no longer exists")));
+}
+
+static void
+finish_keepalive(WorkerReq *req, EtcdAsyncResult *res)
+{
+	note_result(&res->st, res->ok);
+	apply_renewal(req->index, req->lease_id, req->sent, res->ok, req->ttl, &res->st);
+}
+
+/*
+ * ka_stream_fail closes a keepalive stream that broke, stalled or answered
+ * out of order: every renewal on it not yet answered is retried at once
+ * (as one-shot requests until a new stream opens, in a second).
+ */
+static void
+ka_stream_fail(const char *why)
+{
+	EtcdStatus	st;
+
+	etcd_ka_stream_close();
+	memset(&st, 0, sizeof(st));
+	st.kind = ETCD_UNREACHABLE;
+	snprintf(st.message, sizeof(st.message), "%s: keepalive stream %s",
+			 etcd_current_endpoint(), why);
+	note_result(&st, false);
+	while (w_ka_count > 0)
+	{
+		KaSent	   *k = &w_ka_fifo[w_ka_head];
+
+		w_ka_head = (w_ka_head + 1) % etcd_shared->nslots;
+		w_ka_count--;
+		apply_renewal(k->slot, k->lease_id, k->sent, false, 0, &st);
+	}
+	w_ka_stream_retry_at = etcd_mono_now() + MONO_MS(KA_STREAM_RETRY_MS);
+}
+
+/*
+ * ka_stream_collect pairs the stream's answers with the renewals sent, in
+ * order, and checks that the oldest unanswered one is not overdue.
+ */
+static void
+ka_stream_collect(EtcdMono *next)
+{
+	EtcdKaResult res[64];
+	int			n,
+				i;
+
+	while ((n = etcd_ka_stream_results(res, lengthof(res))) > 0)
+	{
+		for (i = 0; i < n; i++)
+		{
+			KaSent		k;
+
+			if (w_ka_count == 0 || w_ka_fifo[w_ka_head].lease_id != res[i].lease_id)
+			{
+				ka_stream_fail("answered out of order");
+				return;
+			}
+			k = w_ka_fifo[w_ka_head];
+			w_ka_head = (w_ka_head + 1) % etcd_shared->nslots;
+			w_ka_count--;
+			note_result(NULL, true);
+			apply_renewal(k.slot, k.lease_id, k.sent, true, res[i].ttl, NULL);
+		}
+	}
+	if (w_ka_count > 0)
+	{
+		EtcdMono	now = etcd_mono_now();
+
+		if (!etcd_ka_stream_usable())
+			ka_stream_fail("ended");
+		else if (now >= w_ka_fifo[w_ka_head].answer_by)
+			ka_stream_fail("timed out");
+		else if (w_ka_fifo[w_ka_head].answer_by < *next)
+			*next = w_ka_fifo[w_ka_head].answer_by;
+	}
 }
 
 /*
@@ -694,6 +822,8 @@ etcd_lock_worker_main(Datum arg)
 
 	w_ka_inflight = MemoryContextAllocZero(TopMemoryContext,
 										   sizeof(bool) * etcd_shared->nslots);
+	w_ka_fifo = MemoryContextAllocZero(TopMemoryContext,
+									   sizeof(KaSent) * etcd_shared->nslots);
 	cxt = AllocSetContextCreate(TopMemoryContext, "etcd_lock worker",
 								ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG, (errmsg("etcd_lock worker started")));
@@ -722,6 +852,7 @@ etcd_lock_worker_main(Datum arg)
 
 		MemoryContextSwitchTo(cxt);
 		record_leases();
+		ka_stream_collect(&next);
 		check_deadlines(now, &next);
 		start_releases(now, &next);
 		start_keepalives(now, &next);
@@ -741,6 +872,7 @@ etcd_lock_worker_main(Datum arg)
 				finish_release(req, &res[i]);
 			req->kind = WR_FREE;
 		}
+
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(cxt);
 

@@ -61,6 +61,31 @@ sub worker_pid
 	return $pid;
 }
 
+# etcd's own counters of the LeaseKeepAlive stream RPC: streams started
+# and messages received
+sub ka_metrics
+{
+	my $m = `curl -s -m 5 $etcd->{endpoint}/metrics`;
+	my ($started) = $m =~ /^grpc_server_started_total\{grpc_method="LeaseKeepAlive".*\} (\d+)/m;
+	my ($msgs) = $m =~ /^grpc_server_msg_received_total\{grpc_method="LeaseKeepAlive".*\} (\d+)/m;
+	return ($started // 0, $msgs // 0);
+}
+
+# --- keepalives of many leases travel on one stream
+{
+	my @s = map { session($b) } 1 .. 20;
+	$s[$_]->query_safe("SELECT etcd_lock('/ka$_')") for 0 .. 19;
+	my ($st0, $m0) = ka_metrics();
+	sleep(2 * $ttl);
+	my ($st1, $m1) = ka_metrics();
+	is($b->safe_psql('postgres', "SELECT count(*) FROM generate_series(0, 19) i WHERE etcd_try_lock('/ka' || i)"), '0',
+		'keepalive stream: 20 locks held past 2 x TTL');
+	ok($m1 - $m0 >= 20 * 3, sprintf('keepalive stream: %d renewals in %d s', $m1 - $m0, 2 * $ttl));
+	ok($st1 - $st0 <= 1, sprintf('keepalive stream: on %d new keepalive stream(s), not one request each', $st1 - $st0));
+	$_->query_safe("SELECT etcd_unlock_all()") for @s;
+	$_->quit for @s;
+}
+
 # --- 1. etcd_unlock cancelled by statement_timeout while etcd applied the
 # delete but its answer is lost: the session must not go on claiming it
 {
