@@ -211,6 +211,9 @@ def etcd_metrics():
         text = r.read().decode()
     want = {
         "keepalive_msgs": r'^grpc_server_msg_received_total\{grpc_method="LeaseKeepAlive"[^}]*\} (\S+)',
+        # each HTTP POST to /v3/lease/keepalive is one LeaseKeepAlive stream:
+        # one per renewal when sent one-shot, one in all when streamed
+        "keepalive_streams": r'^grpc_server_started_total\{grpc_method="LeaseKeepAlive"[^}]*\} (\S+)',
         "lease_renewed": r"^etcd_debugging_lease_renewed_total (\S+)",
         "lease_granted": r"^etcd_debugging_lease_granted_total (\S+)",
         "lease_revoked": r"^etcd_debugging_lease_revoked_total (\S+)",
@@ -654,6 +657,8 @@ def wl_idle(R):
         holders=nh, idle_sessions=ni, seconds=round(wall, 2), lease_ttl_s=ttl, leases_in_etcd_at_start=leases_in_etcd,
         client_backends_seen=int(tokens_ok),
         keepalive_requests_per_s=ka, lease_renewals_per_s=ren,
+        keepalive_http_requests_per_s=((m1["keepalive_streams"] - m0["keepalive_streams"]) / wall
+                                       if m0.get("keepalive_streams") is not None else None),
         expected_keepalives_per_s=nh / (ttl / 3),
         keepalives_per_lease_per_ttl3=per_lease, window_periods=max(1, round(secs / (ttl / 3))),
         worker_pid=wpid, worker_cpu_pct=100.0 * (w1 - w0) / CLK_TCK / wall,
@@ -862,8 +867,9 @@ def table(R):
     i = R.get("idle")
     if i:
         m = i["memory"]
-        L.append("idle %d holders %ss             keepalive_req_per_s=%s (expected %s) per_lease_per_ttl3=%s worker_cpu_pct=%s etcd_cpu_pct=%s"
+        L.append("idle %d holders %ss             keepalive_req_per_s=%s (expected %s) keepalive_http_requests_per_s=%s per_lease_per_ttl3=%s worker_cpu_pct=%s etcd_cpu_pct=%s"
                  % (i["holders"], fmt(i["seconds"]), fmt(i["keepalive_requests_per_s"], 1), fmt(i["expected_keepalives_per_s"], 1),
+                    fmt(i.get("keepalive_http_requests_per_s"), 2),
                     fmt(i["keepalives_per_lease_per_ttl3"], 3), fmt(i["worker_cpu_pct"], 2), fmt(i["etcd_cpu_pct"], 1)))
         L.append("idle memory per session KiB (holder - never-locked): Pss=%s Rss=%s Private=%s Anonymous=%s (holder Pss %s, idle Pss %s)"
                  % (fmt(m["Pss"]["per_session_kib"]), fmt(m["Rss"]["per_session_kib"]), fmt(m["Private"]["per_session_kib"]),

@@ -271,6 +271,13 @@ curl_multi_add_handle(CURLM *multi, CURL *curl)
 	return CURLM_OK;
 }
 
+/* the worker's keepalive stream is not fuzzed here */
+CURLcode
+curl_easy_pause(CURL *curl, int bitmask)
+{
+	return CURLE_OK;
+}
+
 CURLMcode
 curl_multi_remove_handle(CURLM *multi, CURL *curl)
 {
@@ -372,6 +379,12 @@ fz_next_event_us(void)
 }
 
 /* ---- latch and wait event set: time passes, nothing else happens ---- */
+
+uint32
+etcd_wait_event(EtcdWaitKind kind)
+{
+	return PG_WAIT_EXTENSION;
+}
 
 struct Latch *MyLatch = NULL;
 static int	fz_sets;

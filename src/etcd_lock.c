@@ -11,6 +11,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 
+#include "compat.h"
 #include "etcd_lock.h"
 #include "gateway.h"
 #include "guc.h"
@@ -30,6 +31,34 @@ static const EtcdGatewayHooks gateway_hooks = {
 };
 
 void		_PG_init(void);
+
+/*
+ * etcd_wait_event returns the wait event to report for kind: a named one
+ * (registered on first use in each process) where PostgreSQL has custom
+ * wait events, else PG_WAIT_EXTENSION.
+ */
+uint32
+etcd_wait_event(EtcdWaitKind kind)
+{
+#ifdef ETCD_HAVE_CUSTOM_WAIT_EVENTS
+	static uint32 events[ETCD_NUM_WAIT_KINDS];
+	static const char *const names[ETCD_NUM_WAIT_KINDS] = {
+		"EtcdLockRequest",
+		"EtcdLockAcquire",
+		"EtcdLockPredecessor",
+		"EtcdLockOwnRelease",
+		"EtcdLockWorker"
+	};
+
+	if (kind < 0 || kind >= ETCD_NUM_WAIT_KINDS)
+		return PG_WAIT_EXTENSION;
+	if (events[kind] == 0)
+		events[kind] = WaitEventExtensionNew(names[kind]);
+	return events[kind];
+#else
+	return PG_WAIT_EXTENSION;
+#endif
+}
 
 void
 _PG_init(void)

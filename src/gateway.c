@@ -147,6 +147,20 @@ static int	gw_nretired = 0;
 static bool gw_auth_ready(EtcdStatus *st, int timeout_ms);
 
 static const EtcdGatewayHooks *gw_hooks = NULL;
+static int	gw_wait_kind = ETCD_WAIT_REQUEST;	/* what waits here are for */
+
+/*
+ * etcd_gateway_wait_kind sets what this process's waits on etcd are shown
+ * as (EtcdWaitKind, for pg_stat_activity); returns the previous kind.
+ */
+int
+etcd_gateway_wait_kind(int kind)
+{
+	int			old = gw_wait_kind;
+
+	gw_wait_kind = kind;
+	return old;
+}
 
 #define GW_COUNT(ev) do { if (gw_hooks && gw_hooks->count) gw_hooks->count(ev); } while (0)
 
@@ -712,7 +726,7 @@ gw_sock_events(int i)
 static int
 gw_wait_all(long timeout, WaitEvent *evs, int nevs)
 {
-	WaitEventSet *set = CreateWaitEventSet(CurrentMemoryContext, gw_nsocks + 2);
+	WaitEventSet *set = etcd_create_wait_event_set(gw_nsocks + 2);
 	int			nev = 0;
 	int			i;
 
@@ -723,7 +737,7 @@ gw_wait_all(long timeout, WaitEvent *evs, int nevs)
 		for (i = 0; i < gw_nsocks; i++)
 			if (gw_sock_events(i))
 				AddWaitEventToSet(set, gw_sock_events(i), gw_socks[i].fd, NULL, NULL);
-		nev = WaitEventSetWait(set, timeout, evs, nevs, PG_WAIT_EXTENSION);
+		nev = WaitEventSetWait(set, timeout, evs, nevs, etcd_wait_event(gw_wait_kind));
 	}
 	PG_CATCH();
 	{
@@ -775,7 +789,7 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 					FreeWaitEventSet(gw_set);
 				gw_set = NULL;
 				gw_set_fd = CURL_SOCKET_BAD;
-				gw_set = CreateWaitEventSet(TopMemoryContext, 3);
+				gw_set = etcd_create_wait_event_set(3);
 				AddWaitEventToSet(gw_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 				AddWaitEventToSet(gw_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 				gw_set_pos = AddWaitEventToSet(gw_set, ev, gw_socks[0].fd, NULL, NULL);
@@ -788,7 +802,8 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 				ModifyWaitEvent(gw_set, gw_set_pos, ev, NULL);
 				gw_set_events = ev;
 			}
-			nev = WaitEventSetWait(gw_set, timeout, evs, lengthof(evs), PG_WAIT_EXTENSION);
+			nev = WaitEventSetWait(gw_set, timeout, evs, lengthof(evs),
+								   etcd_wait_event(gw_wait_kind));
 		}
 		else
 			nev = gw_wait_all(timeout, evs, lengthof(evs));
@@ -1551,7 +1566,7 @@ etcd_async_wait(long timeout_ms, EtcdAsyncResult *out, int max)
 	if (gw_async_inflight == 0 && !gw_ka_active)
 	{
 		int			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								   Max(0, timeout_ms), PG_WAIT_EXTENSION);
+								   Max(0, timeout_ms), etcd_wait_event(gw_wait_kind));
 
 		if (rc & WL_LATCH_SET)
 			ResetLatch(MyLatch);

@@ -10,6 +10,8 @@
 #define ETCD_LOCK_GATEWAY_H
 
 #include "lib/stringinfo.h"
+
+#include "compat.h"
 #include "utils/timestamp.h"
 
 typedef enum EtcdStatusKind
@@ -53,8 +55,9 @@ extern bool etcd_request_ex(const char *path, const char *body,
 extern void etcd_request_or_error(const char *path, const char *body,
 								  EtcdParseFn parse, void *arg,
 								  const char *what);
-pg_attribute_noreturn()
-extern void etcd_report_status(const EtcdStatus *st, const char *what);
+extern ETCD_NORETURN_PREFIX void etcd_report_status(const EtcdStatus *st,
+													const char *what) ETCD_NORETURN_ATTR;
+extern int	etcd_gateway_wait_kind(int kind);
 
 /*
  * What the gateway tells, and asks of, the rest of the extension without

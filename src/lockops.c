@@ -323,7 +323,19 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 
 	r.key_b64 = key64.data;
 	r.try_only = try_only;
-	etcd_request_or_error("/v3/kv/txn", b.data, parse_acquire, &r, "acquire a lock");
+	{
+		int			prev = etcd_gateway_wait_kind(ETCD_WAIT_ACQUIRE);
+
+		PG_TRY();
+		{
+			etcd_request_or_error("/v3/kv/txn", b.data, parse_acquire, &r, "acquire a lock");
+		}
+		PG_FINALLY();
+		{
+			etcd_gateway_wait_kind(prev);
+		}
+		PG_END_TRY();
+	}
 	pfree(b.data);
 	pfree(key64.data);
 	*rev = r.rev;
@@ -511,7 +523,7 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			if (left > 0)
 			{
 				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 Min(backoff_ms, left), PG_WAIT_EXTENSION);
+								 Min(backoff_ms, left), etcd_wait_event(ETCD_WAIT_PREDECESSOR));
 				ResetLatch(MyLatch);
 			}
 		}
@@ -525,6 +537,7 @@ etcd_lock_wait(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			   bool (*lease_ok) (void))
 {
 	bool		result;
+	int			prev = etcd_gateway_wait_kind(ETCD_WAIT_PREDECESSOR);
 
 	PG_TRY();
 	{
@@ -533,9 +546,11 @@ etcd_lock_wait(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 	PG_CATCH();
 	{
 		etcd_watch_close();
+		etcd_gateway_wait_kind(prev);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	etcd_gateway_wait_kind(prev);
 	return result;
 }
 

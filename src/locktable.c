@@ -197,6 +197,8 @@ lt_lease_lost(void)
 	if (lt_dead)
 		return true;
 	slot = etcd_my_slot();
+	if (LWLockHeldByMe(etcd_shared->lock))
+		return false;			/* an error path inside a critical section */
 	LWLockAcquire(etcd_shared->lock, LW_SHARED);
 	lost = slot->lease_id != lt_lease || slot->state != LEASE_LIVE ||
 		etcd_mono_now() >= slot->deadline;
@@ -256,7 +258,11 @@ lt_lease_ok(void)
 
 /*
  * lt_forget_lease drops the lease and every local entry (used when the
- * lease was lost, and at exit). The slot is freed for the next backend.
+ * lease was lost, and at exit). The slot is freed for the next backend,
+ * and the lease is handed to the worker for revocation: at exit its locks
+ * free at once; once lost (a passed deadline may have left it alive in
+ * etcd) its keys no longer block anyone. A revoked lease answers "not
+ * found" to a second revoke, so this is safe whatever etcd still has.
  */
 static void
 lt_forget_lease(StringInfo lost_names)
@@ -288,6 +294,7 @@ lt_forget_lease(StringInfo lost_names)
 			slot->nheld = 0;
 		}
 		LWLockRelease(etcd_shared->lock);
+		(void) etcd_queue_release(REL_REVOKE, lt_lease, NULL, 0, 0, false, false);
 	}
 	lt_lease = 0;
 	lt_xact_acqs = 0;
@@ -430,12 +437,7 @@ lt_check_lost(void)
 static void
 lt_backend_exit(int code, Datum arg)
 {
-	int64		lease = lt_lease;
-	bool		live = lease != 0 && !lt_lease_lost();
-
 	lt_forget_lease(NULL);
-	if (live)
-		etcd_queue_release(REL_REVOKE, lease, NULL, 0, 0, false, false);
 }
 
 /*
@@ -594,7 +596,8 @@ lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
 					 errmsg("etcd_lock: could not acquire a lock: an earlier release of it has not reached etcd"),
 					 errhint("Check that etcd is reachable from this server.")));
 		}
-		ConditionVariableTimedSleep(&etcd_shared->release_cv, 10, PG_WAIT_EXTENSION);
+		ConditionVariableTimedSleep(&etcd_shared->release_cv, 10,
+									etcd_wait_event(ETCD_WAIT_OWN_RELEASE));
 	}
 	ConditionVariableCancelSleep();
 	return taken;
@@ -615,7 +618,8 @@ lt_wait_removed(const EtcdLockKeys *k)
 	HOLD_INTERRUPTS();
 	while (etcd_release_pending(lt_lease, k->key, k->keylen) &&
 		   GetCurrentTimestamp() < giveup)
-		ConditionVariableTimedSleep(&etcd_shared->release_cv, 5, PG_WAIT_EXTENSION);
+		ConditionVariableTimedSleep(&etcd_shared->release_cv, 5,
+									etcd_wait_event(ETCD_WAIT_OWN_RELEASE));
 	ConditionVariableCancelSleep();
 	RESUME_INTERRUPTS();
 }

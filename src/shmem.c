@@ -16,10 +16,10 @@
 #include <time.h>
 
 #include "miscadmin.h"
-#include "storage/backendid.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 
+#include "compat.h"
 #include "gateway.h"
 #include "shmem.h"
 
@@ -200,8 +200,8 @@ etcd_shared_count(int event)
 EtcdLeaseSlot *
 etcd_my_slot(void)
 {
-	Assert(MyBackendId >= 1 && MyBackendId <= etcd_shared->nslots);
-	return &etcd_shared->slots[MyBackendId - 1];
+	Assert(ETCD_MY_SLOT_INDEX() >= 0 && ETCD_MY_SLOT_INDEX() < etcd_shared->nslots);
+	return &etcd_shared->slots[ETCD_MY_SLOT_INDEX()];
 }
 
 /*
@@ -364,7 +364,7 @@ etcd_lockinfo_add(const char *name, int64 lease_id)
 {
 	EtcdLockInfo *found = NULL;
 	int			n = etcd_shared->ninfos;
-	int			start = ((MyBackendId - 1) * 8) % n;
+	int			start = (ETCD_MY_SLOT_INDEX() * 8) % n;
 	int			k;
 
 	/*
@@ -380,7 +380,7 @@ etcd_lockinfo_add(const char *name, int64 lease_id)
 			continue;
 		info->mode = LOCKINFO_WAITING;
 		info->pid = MyProcPid;
-		info->owner = MyBackendId - 1;
+		info->owner = ETCD_MY_SLOT_INDEX();
 		info->nsession = 0;
 		info->nxact = 0;
 		info->token = 0;

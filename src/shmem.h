@@ -34,7 +34,7 @@ typedef enum EtcdLeaseState
 	LEASE_LOST					/* etcd says it is gone */
 } EtcdLeaseState;
 
-/* One per backend, indexed by MyBackendId - 1. */
+/* One per backend, indexed by ETCD_MY_SLOT_INDEX() (compat.h). */
 typedef struct EtcdLeaseSlot
 {
 	int			state;			/* EtcdLeaseState */

@@ -203,9 +203,12 @@ my $t_start = time;
 note sprintf('%.3f started %d sessions', $t_start, scalar @s);
 
 # --- the nemesis: rounds of every fault kind in a random order, with pass
-# periods between; each fault is noted with its time (the proxy logs them too)
+# periods between; each fault is noted with its time (the proxy logs them too).
+# hold comes twice a round: a hold past the lease deadline is what makes
+# sections lose their lock.
 my %injected;
 my @kinds = qw(hold cut drop_txn_cut drop_txn_hold drop_keepalive_cut drop_keepalive_hold delay dup_txn);
+my @round_kinds = (@kinds, 'hold');
 
 sub fault_note
 {
@@ -263,7 +266,7 @@ while (time < $nemesis_end)
 	last if time >= $nemesis_end;
 	unless (@round)
 	{
-		@round = @kinds;
+		@round = @round_kinds;
 		for (my $i = $#round; $i > 0; $i--)
 		{
 			my $j = int(rand($i + 1));
