@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Runs the whole etcd_lock test suite against real etcd and PostgreSQL 15
-# processes on loopback: pg_regress (the SQL surface and its errors, on a
-# throwaway instance preloaded with the extension) and the TAP tests in t/
-# (several sessions, instances and the Go reference mutex).
+# Runs the whole etcd_lock test suite against real etcd and PostgreSQL
+# processes on loopback, on two PostgreSQL majors:
+#  - PostgreSQL 15 (Debian's packages): pg_regress (the SQL surface and its
+#    errors, on a throwaway instance preloaded with the extension) and every
+#    TAP test in t/ (several sessions, instances, faults, the Go reference);
+#  - PostgreSQL 18.3, built from ${SHARED_DIR:-../shared}/pg once per
+#    machine (scripts/pg18.sh, cached outside the checkout): pg_regress and
+#    the TAP tests but the longest fault runs (t/006 cluster, t/012 nemesis).
 # Works as root on a fresh Debian 12 machine: installs what is missing.
+# A machine without the 18.3 tarball skips that run with a message (under
+# CI it is an error). PG_MAJORS="15" or "18" runs one only.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/scripts/lib.sh"
 
 bash "$here/scripts/deps.sh"
 cd "$here"
-make -s
-make -s install
+majors=${PG_MAJORS:-15 18}
 
 work=$(mktemp -d /tmp/etcd_lock_test.XXXXXX)
 cleanup() {
@@ -37,19 +42,10 @@ elif [ -n "${CI:-}" ]; then
 else
 	echo "NOTE: $shared not found; the Go interop test will be skipped" >&2
 fi
-
-# a copy of the tree the postgres user can write to (results, tmp_check)
-mkdir -p "$work/tree"
-tar -C "$here" --exclude=.git -cf - . | tar -C "$work/tree" -xf -
 [ "$(id -u)" = 0 ] && chown -R postgres "$work"
 
 start_etcd "$work/etcd"
 export ETCD_ENDPOINT
-cat > "$work/tree/regress.conf" <<CONF
-shared_preload_libraries = 'etcd_lock'
-etcd_lock.endpoints = '$ETCD_ENDPOINT'
-etcd_lock.request_timeout = '3s'
-CONF
 
 status=0
 # the response parsers under libFuzzer (ASan/UBSan/LSan), 30 seconds
@@ -61,16 +57,66 @@ else
 	status=1
 fi
 
-echo "etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
-as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" \
-	make -C "$work/tree" installcheck PROVE_FLAGS="--timer" || status=$?
-if [ $status -ne 0 ]; then
-	keep=1
-	for f in "$work/tree/regression.diffs"; do
-		[ -f "$f" ] && { echo "==== $f"; head -200 "$f"; }
-	done
-	for f in "$work"/tree/tmp_check/log/*; do
-		[ -f "$f" ] && { echo "==== $f"; tail -60 "$f"; }
-	done
-fi
+# run_suite LABEL PG_CONFIG [TESTS]: builds and installs the extension for
+# that PostgreSQL from a clean copy of the tree (warnings are errors), then
+# runs pg_regress and the TAP tests (TESTS: a subset of t/*.pl) against it.
+run_suite() {
+	local label=$1 pgc=$2 tests=${3:-} tree="$work/tree$1" rc=0
+	echo "==== PostgreSQL $label ($("$pgc" --version)): building"
+	mkdir -p "$tree"
+	tar -C "$here" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
+		--exclude=fuzz/work --exclude=fuzz/build -cf - . | tar -C "$tree" -xf -
+	if ! make -s -C "$tree" PG_CONFIG="$pgc" COPT="-Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers -Werror" \
+		> "$work/build$label.log" 2>&1; then
+		echo "build FAILED for PostgreSQL $label:"; cat "$work/build$label.log"
+		return 1
+	fi
+	make -s -C "$tree" PG_CONFIG="$pgc" install > /dev/null
+	cat > "$tree/regress.conf" <<CONF
+shared_preload_libraries = 'etcd_lock'
+etcd_lock.endpoints = '$ETCD_ENDPOINT'
+etcd_lock.request_timeout = '3s'
+CONF
+	[ "$(id -u)" = 0 ] && chown -R postgres "$tree"
+	echo "==== PostgreSQL $label: etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
+	as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" \
+		make -C "$tree" installcheck PG_CONFIG="$pgc" PROVE_FLAGS="--timer" \
+		${tests:+PROVE_TESTS="$tests"} || rc=$?
+	if [ $rc -ne 0 ]; then
+		keep=1
+		for f in "$tree/regression.diffs"; do
+			[ -f "$f" ] && { echo "==== $f"; head -200 "$f"; }
+		done
+		for f in "$tree"/tmp_check/log/*; do
+			[ -f "$f" ] && { echo "==== $f"; tail -60 "$f"; }
+		done
+	fi
+	return $rc
+}
+
+for major in $majors; do
+	case $major in
+	15)
+		run_suite 15 "$(command -v pg_config)" || status=1
+		;;
+	18)
+		rc=0
+		pg18=$(bash "$here/scripts/pg18.sh") || rc=$?
+		if [ $rc = 3 ] && [ -z "${CI:-}" ]; then
+			echo "NOTE: the PostgreSQL 18.3 source is not on this machine; skipping the PostgreSQL 18 run" >&2
+		elif [ $rc != 0 ]; then
+			echo "ERROR: could not build PostgreSQL 18.3 (scripts/pg18.sh exit $rc)" >&2
+			status=1
+		else
+			# the longest fault runs (3-member cluster, nemesis) run on 15 only
+			tests=$(cd "$here" && ls t/*.pl | grep -v -e t/006_cluster.pl -e t/012_nemesis.pl | tr '\n' ' ')
+			run_suite 18 "$pg18/bin/pg_config" "$tests" || status=1
+		fi
+		;;
+	*)
+		echo "unknown PostgreSQL major $major" >&2
+		status=1
+		;;
+	esac
+done
 exit $status

@@ -65,7 +65,6 @@ typedef enum EtcdWaitKind
 	ETCD_WAIT_PREDECESSOR,		/* EtcdLockPredecessor: queued behind another holder */
 	ETCD_WAIT_OWN_RELEASE,		/* EtcdLockOwnRelease: an earlier release of the
 								 * same lock by this session, in the worker's hands */
-	ETCD_WAIT_WORKER,			/* EtcdLockWorker: the worker between duties */
 	ETCD_NUM_WAIT_KINDS
 } EtcdWaitKind;
 

@@ -46,8 +46,7 @@ etcd_wait_event(EtcdWaitKind kind)
 		"EtcdLockRequest",
 		"EtcdLockAcquire",
 		"EtcdLockPredecessor",
-		"EtcdLockOwnRelease",
-		"EtcdLockWorker"
+		"EtcdLockOwnRelease"
 	};
 
 	if (kind < 0 || kind >= ETCD_NUM_WAIT_KINDS)

@@ -820,7 +820,6 @@ etcd_lock_worker_main(Datum arg)
 	LWLockRelease(etcd_shared->lock);
 	on_shmem_exit(worker_detach, 0);
 
-	etcd_gateway_wait_kind(ETCD_WAIT_WORKER);
 	w_ka_inflight = MemoryContextAllocZero(TopMemoryContext,
 										   sizeof(bool) * etcd_shared->nslots);
 	w_ka_fifo = MemoryContextAllocZero(TopMemoryContext,
