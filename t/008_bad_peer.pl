@@ -99,6 +99,8 @@ my (undef, $err500) = bad_case('http500', 'HTTP 500 (3.4 error shape)', detail =
 bad_case('http400', 'HTTP 400 (3.6 error shape)', detail => qr/etcd said: HTTP 400: bad \(code 3\)/);
 bad_case('http401', 'HTTP 401', detail => qr/HTTP 401: etcdserver: user name is empty \(code 16\)/);
 bad_case('http403', 'HTTP 403 permission denied', state => '42501', detail => qr/permission denied \(code 7\)/);
+bad_case('http403_36', 'HTTP 403 permission denied (3.6 error shape)', state => '42501',
+	detail => qr/permission denied \(code 7\)/);
 bad_case('stall', 'a stall (request read, never answered)', detail => qr/timed out/, min => 0.9);
 bad_case('close_mid', 'connection closed mid-answer', detail => qr/Endpoints tried: http:\S+: \S/);
 bad_case('close_at_once', 'connection closed before any answer', detail => qr/Endpoints tried: http:\S+: \S/);

@@ -456,6 +456,11 @@ sub _answer
 		return _send($c, 403,
 			'{"error":"etcdserver: permission denied","message":"etcdserver: permission denied","code":7}');
 	}
+	if ($mode eq 'http403_36')
+	{
+		# etcd 3.6 (grpc-gateway v2): no "error" field, details[]
+		return _send($c, 403, '{"code":7,"message":"etcdserver: permission denied","details":[]}');
+	}
 	if ($mode eq 'empty200')
 	{
 		return _send($c, 200, '');
