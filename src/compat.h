@@ -57,6 +57,28 @@
 #define ETCD_HAVE_CUSTOM_WAIT_EVENTS 1
 #endif
 
+/*
+ * 18 made the binary side of pg_b64_encode/pg_b64_decode uint8 instead of
+ * char.
+ */
+#if PG_VERSION_NUM >= 180000
+typedef uint8 etcd_b64_byte;
+#else
+typedef char etcd_b64_byte;
+#endif
+
+/*
+ * 17 gave makeJsonLexContextCstringLen a first argument: a context to fill
+ * in, or NULL to allocate one.
+ */
+#if PG_VERSION_NUM >= 170000
+#define etcd_json_lex(json, len, enc) \
+	makeJsonLexContextCstringLen(NULL, (json), (len), (enc), false)
+#else
+#define etcd_json_lex(json, len, enc) \
+	makeJsonLexContextCstringLen((json), (len), (enc), false)
+#endif
+
 /* What a session (or the worker) waits for; see etcd_wait_event(). */
 typedef enum EtcdWaitKind
 {

@@ -292,8 +292,7 @@ holder_jsonb(const char *value, Datum *out)
 		return false;
 	if (pg_verify_mbstr(GetDatabaseEncoding(), value, strlen(value), true) == false)
 		return false;
-	lex = makeJsonLexContextCstringLen(pstrdup(value), strlen(value),
-									   GetDatabaseEncoding(), false);
+	lex = etcd_json_lex(pstrdup(value), strlen(value), GetDatabaseEncoding());
 	if (pg_parse_json(lex, &nullSemAction) != JSON_SUCCESS)
 		return false;
 	*out = DirectFunctionCall1(jsonb_in, CStringGetDatum(value));

@@ -1852,7 +1852,7 @@ etcd_append_b64(StringInfo buf, const char *data, int len)
 	int			n;
 
 	enlargeStringInfo(buf, need + 1);
-	n = pg_b64_encode(data, len, buf->data + buf->len, need);
+	n = pg_b64_encode((const etcd_b64_byte *) data, len, buf->data + buf->len, need);
 	if (n < 0)
 		elog(ERROR, "etcd_lock: base64 encoding failed");
 	buf->len += n;
@@ -1869,7 +1869,7 @@ etcd_b64_decode(const char *src, int *outlen)
 	int			srclen = strlen(src);
 	int			cap = pg_b64_dec_len(srclen);
 	char	   *dst = palloc(cap + 1);
-	int			n = pg_b64_decode(src, srclen, dst, cap);
+	int			n = pg_b64_decode(src, srclen, (etcd_b64_byte *) dst, cap);
 
 	if (n < 0)
 	{

@@ -68,7 +68,8 @@ for my $i (0 .. $NAMES - 1)
 # loss it was not told of yet at its next statement).
 # t_exit is taken before the token check that follows the write: a section
 # whose token is still there then held the lock over [t_enter, t_exit].
-# A cancel can land anywhere (also in a handler), hence the outer guard.
+# A cancel can land anywhere (also in a handler or between iterations),
+# hence the guard block and the outer loop around it.
 my $worker = q{
 CREATE PROCEDURE nm_worker(who text, dir text, nnames int, seed float8, max_secs int)
 LANGUAGE plpgsql AS $$
@@ -80,90 +81,110 @@ DECLARE
 	err text; unl text; msg text;
 	recorded bool := true;
 	nsec int := 0;
+	restarts int := 0;
 	log text[] := '{}';
 	stop_at timestamptz := clock_timestamp() + make_interval(secs => max_secs);
 BEGIN
 	PERFORM setseed(seed);
-	WHILE clock_timestamp() < stop_at AND pg_stat_file(dir || '/stop', true) IS NULL LOOP
+	-- the outer loop: a late cancel between two iterations (outside the
+	-- guard) restarts the loop instead of ending the CALL
+	LOOP
 		BEGIN
-			sfx := floor(random() * nnames)::int::text;
-			nm := '/nm/' || sfx;
-			f := dir || '/counter_' || sfx;
-			long := nsec % 10 = 9;
-			tok := NULL; t_in := NULL; t_out := NULL; lost := false; wrote := false;
-			uncertain := false; failed := false; err := NULL; unl := NULL; msg := NULL;
-			stage := 'lock';
-			BEGIN
-				tok := etcd_lock(nm, '10 s');
-				t_in := clock_timestamp();
-				recorded := false;
-				nsec := nsec + 1;
-				stage := 'read';
-				v := trim(pg_read_file(f))::bigint;
-				stage := 'sleep';
-				PERFORM pg_sleep(CASE WHEN long THEN 4 ELSE 0.002 + random() * 0.008 END);
-				stage := 'check';
-				pre := etcd_lock_token(nm);
-				IF pre IS NULL OR pre <> tok THEN
-					t_out := clock_timestamp();
-					lost := true;
-					err := CASE WHEN pre IS NULL THEN 'check:null' ELSE 'check:token ' || pre END;
-				ELSE
-					stage := 'write';
-					prog := format('read v && echo "$v" >%s.tmp.%s && mv -f %s.tmp.%s %s', f, who, f, who, f);
-					EXECUTE format('COPY (SELECT %s) TO PROGRAM %L', v + 1, prog);
-					wrote := true;
-					stage := 'after';
-					t_out := clock_timestamp();
-					IF etcd_lock_token(nm) IS NULL THEN
-						lost := true;
-						err := 'after:null';
+			WHILE clock_timestamp() < stop_at AND pg_stat_file(dir || '/stop', true) IS NULL LOOP
+				BEGIN
+					sfx := floor(random() * nnames)::int::text;
+					nm := '/nm/' || sfx;
+					f := dir || '/counter_' || sfx;
+					long := nsec % 10 = 9;
+					tok := NULL; t_in := NULL; t_out := NULL; lost := false; wrote := false;
+					uncertain := false; failed := false; err := NULL; unl := NULL; msg := NULL;
+					stage := 'lock';
+					BEGIN
+						tok := etcd_lock(nm, '10 s');
+						t_in := clock_timestamp();
+						recorded := false;
+						nsec := nsec + 1;
+						stage := 'read';
+						v := trim(pg_read_file(f))::bigint;
+						stage := 'sleep';
+						PERFORM pg_sleep(CASE WHEN long THEN 4 ELSE 0.002 + random() * 0.008 END);
+						stage := 'check';
+						pre := etcd_lock_token(nm);
+						IF pre IS NULL OR pre <> tok THEN
+							t_out := clock_timestamp();
+							lost := true;
+							err := CASE WHEN pre IS NULL THEN 'check:null' ELSE 'check:token ' || pre END;
+						ELSE
+							stage := 'write';
+							prog := format('read v && echo "$v" >%s.tmp.%s && mv -f %s.tmp.%s %s', f, who, f, who, f);
+							EXECUTE format('COPY (SELECT %s) TO PROGRAM %L', v + 1, prog);
+							wrote := true;
+							stage := 'after';
+							t_out := clock_timestamp();
+							IF etcd_lock_token(nm) IS NULL THEN
+								lost := true;
+								err := 'after:null';
+							END IF;
+						END IF;
+						stage := 'unlock';
+						PERFORM etcd_unlock(nm);
+						stage := 'done';
+					EXCEPTION WHEN query_canceled OR others THEN
+						msg := left(translate(SQLERRM, E'|\n\t', '   '), 120);
+						IF stage = 'lock' THEN
+							failed := true;
+							log := log || format('F|%s|%s||%s||||||%s||%s', who, nm, clock_timestamp(),
+								'lock:' || SQLSTATE, msg);
+						ELSIF stage IN ('unlock', 'done') THEN
+							unl := SQLSTATE;
+						ELSE
+							t_out := coalesce(t_out, clock_timestamp());
+							lost := true;
+							-- 55000 here: the COPY was refused at its start (the
+							-- lease-loss check of a new statement), nothing written
+							uncertain := stage = 'write' AND SQLSTATE <> '55000';
+							err := stage || ':' || SQLSTATE;
+						END IF;
+					END;
+					IF NOT recorded THEN
+						log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in, t_out,
+							lost, wrote, uncertain, long, err, unl, msg);
+						recorded := true;
 					END IF;
-				END IF;
-				stage := 'unlock';
-				PERFORM etcd_unlock(nm);
-				stage := 'done';
-			EXCEPTION WHEN query_canceled OR others THEN
-				msg := left(translate(SQLERRM, E'|\n\t', '   '), 120);
-				IF stage = 'lock' THEN
-					failed := true;
-					log := log || format('F|%s|%s||%s||||||%s||%s', who, nm, clock_timestamp(),
-						'lock:' || SQLSTATE, msg);
-				ELSIF stage IN ('unlock', 'done') THEN
-					unl := SQLSTATE;
-				ELSE
-					t_out := coalesce(t_out, clock_timestamp());
-					lost := true;
-					-- 55000 here: the COPY was refused at its start (the
-					-- lease-loss check of a new statement), nothing written
-					uncertain := stage = 'write' AND SQLSTATE <> '55000';
-					err := stage || ':' || SQLSTATE;
-				END IF;
-			END;
-			IF NOT recorded THEN
-				log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in, t_out,
-					lost, wrote, uncertain, long, err, unl, msg);
-				recorded := true;
-			END IF;
-			IF failed THEN
-				PERFORM pg_sleep(0.02 + random() * 0.05);
-			END IF;
+					IF failed THEN
+						PERFORM pg_sleep(0.02 + random() * 0.05);
+					END IF;
+				EXCEPTION WHEN query_canceled OR others THEN
+					-- an error outside the inner block (a late cancel): the section
+					-- in progress, if any, counts as lost unless it had finished
+					IF NOT recorded THEN
+						IF stage NOT IN ('unlock', 'done') THEN
+							lost := true;
+							uncertain := uncertain OR stage = 'write';
+							t_out := coalesce(t_out, clock_timestamp());
+						END IF;
+						err := coalesce(err || '/', '') || 'guard:' || SQLSTATE;
+						log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in, t_out,
+							lost, wrote, uncertain, long, err, unl, msg);
+						recorded := true;
+					ELSE
+						log := log || format('G|%s|%s||%s||||||%s||', who, nm, clock_timestamp(), 'guard:' || SQLSTATE);
+					END IF;
+				END;
+			END LOOP;
+			EXIT;
 		EXCEPTION WHEN query_canceled OR others THEN
-			-- an error outside the inner block (a late cancel): the section
-			-- in progress, if any, counts as lost unless it had finished
 			IF NOT recorded THEN
-				IF stage NOT IN ('unlock', 'done') THEN
-					lost := true;
-					uncertain := uncertain OR stage = 'write';
-					t_out := coalesce(t_out, clock_timestamp());
-				END IF;
-				err := coalesce(err || '/', '') || 'guard:' || SQLSTATE;
-				log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in, t_out,
-					lost, wrote, uncertain, long, err, unl, msg);
+				lost := lost OR stage NOT IN ('unlock', 'done');
+				err := coalesce(err || '/', '') || 'outer:' || SQLSTATE;
+				log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in,
+					coalesce(t_out, clock_timestamp()), lost, wrote, uncertain OR stage = 'write', long, err, unl, msg);
 				recorded := true;
 			ELSE
-				log := log || format('G|%s|%s||%s||||||%s||', who, nm, clock_timestamp(), 'guard:' || SQLSTATE);
+				log := log || format('G|%s|%s||%s||||||%s||', who, nm, clock_timestamp(), 'outer:' || SQLSTATE);
 			END IF;
+			restarts := restarts + 1;
+			EXIT WHEN restarts > 100;
 		END;
 	END LOOP;
 	-- a cancel still pending lands here, not in the COPY of the log
@@ -348,7 +369,7 @@ my $odd = q1(q{
 	  AND NOT (err IN ('check:null', 'after:null')
 	           OR (err ~ '^(read|sleep|check|write|after):(57014|55000)$'
 	               AND (err LIKE '%57014' OR msg LIKE '%lease of this session expired%'))
-	           OR err ~ '^((check|after):null/)?guard:57014$')});
+	           OR err ~ '^((check|after):null/)?(guard|outer):57014$')});
 is($odd, '', 'every section told lost was told by a lease-loss error or a NULL token');
 
 # (1) overlaps among sections not told lost, as timestamps in PostgreSQL
