@@ -67,3 +67,34 @@ SELECT p.proname, p.pronargs,
 FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid
 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'etcd_lock'
 ORDER BY 1, 2;
+
+-- DISCARD ALL (a pooler's reset query) releases session-level locks, as it
+-- does advisory locks; etcd agrees
+SELECT etcd_lock('/regress/pool') > 0 AS locked;
+SELECT etcd_lock('/regress/pool') > 0 AS locked_twice;
+DISCARD ALL;
+SELECT etcd_lock_token('/regress/pool') IS NULL AS released_by_discard;
+SELECT count(*) AS left_in_view FROM etcd_locks WHERE pid = pg_backend_pid();
+SELECT count(*) AS left_in_etcd FROM etcd_lock_holders('/regress/pool');
+
+-- etcd_lock.allow_session_locks = off (for clients behind a transaction
+-- pooler): session-level lock functions refuse, xact ones work
+CREATE FUNCTION scope_error(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE q;
+	RETURN 'no error';
+EXCEPTION WHEN others THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+SET etcd_lock.allow_session_locks = off;
+SELECT scope_error($$SELECT etcd_lock('/regress/s')$$);
+SELECT scope_error($$SELECT etcd_try_lock('/regress/s')$$);
+BEGIN;
+SELECT etcd_xact_lock('/regress/s') > 0 AS xact_ok, etcd_try_xact_lock('/regress/s2') AS try_xact_ok;
+COMMIT;
+RESET etcd_lock.allow_session_locks;
+
+-- the instance's state in one row
+SELECT worker_pid > 0 AS worker, etcd_reachable, endpoint <> '' AS has_endpoint,
+       releases_queued >= 0 AS queue, requests > 0 AS requests
+  FROM etcd_lock_status;

@@ -98,6 +98,21 @@ timeout_ms(FunctionCallInfo fcinfo)
 	return (int64) (us / 1000.0);
 }
 
+/*
+ * check_scope refuses session-level locks where etcd_lock.allow_session_locks
+ * is off (clients behind a transaction pooler).
+ */
+static void
+check_scope(bool xact)
+{
+	if (!xact && !etcd_lock_allow_session_locks)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("session-level etcd locks are not allowed here"),
+				 errdetail("etcd_lock.allow_session_locks is off for this role or database."),
+				 errhint("Use etcd_xact_lock() or etcd_try_xact_lock(): behind a transaction pooler, a session-level lock would outlive the transaction and pass to the next client.")));
+}
+
 static Datum
 lock_common(FunctionCallInfo fcinfo, bool xact)
 {
@@ -105,6 +120,7 @@ lock_common(FunctionCallInfo fcinfo, bool xact)
 	int64		timeout = timeout_ms(fcinfo);
 	int64		token;
 
+	check_scope(xact);
 	(void) etcd_acquire(name, xact, true, timeout, &token);
 	PG_RETURN_INT64(token);
 }
@@ -115,6 +131,7 @@ try_lock_common(FunctionCallInfo fcinfo, bool xact)
 	char	   *name = lock_name(fcinfo);
 	int64		token;
 
+	check_scope(xact);
 	PG_RETURN_BOOL(etcd_acquire(name, xact, false, -1, &token));
 }
 

@@ -148,6 +148,18 @@ static bool gw_auth_ready(EtcdStatus *st, int timeout_ms);
 
 static const EtcdGatewayHooks *gw_hooks = NULL;
 static int	gw_wait_kind = ETCD_WAIT_REQUEST;	/* what waits here are for */
+static TimestampTz gw_call_deadline = 0;	/* the caller's limit, 0: none */
+
+/*
+ * etcd_gateway_call_deadline bounds every request of this process until
+ * it is reset (0): a request gets the smaller of its own timeout and what
+ * is left before deadline.
+ */
+void
+etcd_gateway_call_deadline(TimestampTz deadline)
+{
+	gw_call_deadline = deadline;
+}
 
 /*
  * etcd_gateway_wait_kind sets what this process's waits on etcd are shown
@@ -1280,6 +1292,9 @@ etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
 	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													   Max(timeout_ms, 1));
 
+	if (gw_call_deadline != 0 && gw_call_deadline < deadline)
+		deadline = gw_call_deadline;
+
 	/* every step below shares the one time bound of this call */
 #define LEFT_MS() ((int) Max(1, (deadline - GetCurrentTimestamp()) / 1000))
 
@@ -1779,6 +1794,8 @@ etcd_watch_open(const char *key, int keylen, EtcdStatus *st)
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 										   etcd_lock_request_timeout);
+	if (gw_call_deadline != 0 && gw_call_deadline < deadline)
+		deadline = gw_call_deadline;
 	PG_TRY();
 	{
 		created = gw_drive(gw_watch_created_cond, deadline) && gw_watch_created;

@@ -58,6 +58,7 @@ extern void etcd_request_or_error(const char *path, const char *body,
 extern ETCD_NORETURN_PREFIX void etcd_report_status(const EtcdStatus *st,
 													const char *what) ETCD_NORETURN_ATTR;
 extern int	etcd_gateway_wait_kind(int kind);
+extern void etcd_gateway_call_deadline(TimestampTz deadline);
 
 /*
  * What the gateway tells, and asks of, the rest of the extension without

@@ -20,6 +20,8 @@ int			etcd_lock_lease_ttl = 10;
 int			etcd_lock_request_timeout = 5000;
 int			etcd_lock_on_lease_loss = ON_LOSS_CANCEL;
 bool		etcd_lock_verify_on_commit = false;
+int			etcd_lock_release_wait = 1000;
+bool		etcd_lock_allow_session_locks = true;
 char	   *etcd_lock_tls_ca_file = NULL;
 char	   *etcd_lock_tls_cert_file = NULL;
 char	   *etcd_lock_tls_key_file = NULL;
@@ -236,6 +238,24 @@ etcd_lock_define_gucs(void)
 							 false,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+	DefineCustomIntVariable("etcd_lock.release_wait",
+							"How long COMMIT and ROLLBACK wait for the worker to send the releases of the locks they end.",
+							"The worker sends them (no network I/O in commit); the ending transaction waits for its "
+							"first attempt, at most this long, so a released lock is free everywhere when COMMIT returns. "
+							"0: do not wait.",
+							&etcd_lock_release_wait,
+							1000, 0, 60000,
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomBoolVariable("etcd_lock.allow_session_locks",
+							 "Whether the session-level lock functions may be used.",
+							 "Set it off (per role or database) for clients behind a transaction pooler: "
+							 "a session lock would outlive the client's transaction.",
+							 &etcd_lock_allow_session_locks,
+							 true,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+
 	/*
 	 * Security settings are server-wide (the worker authenticates too) and
 	 * hidden from non-superusers. There is deliberately no password setting:

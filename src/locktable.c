@@ -69,6 +69,8 @@ typedef struct LocalLock
 	bool		owed_attempted; /* ... and may have reached etcd */
 } LocalLock;
 
+#define LT_MAX_WAIT_REFS 64		/* releases a COMMIT waits for, at most */
+
 static HTAB *lt_locks = NULL;
 static int64 lt_lease = 0;		/* this backend's lease, 0 if none */
 static int	lt_xact_acqs = 0;	/* acquisitions made in the current xact */
@@ -398,6 +400,9 @@ lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 				  ParamListInfo params, QueryEnvironment *queryEnv,
 				  DestReceiver *dest, QueryCompletion *qc)
 {
+	bool		discard_all = IsA(pstmt->utilityStmt, DiscardStmt) &&
+		((DiscardStmt *) pstmt->utilityStmt)->target == DISCARD_ALL;
+
 	lt_surface_loss(IsA(pstmt->utilityStmt, TransactionStmt));
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
@@ -405,6 +410,15 @@ lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);
+
+	/*
+	 * DISCARD ALL (a pooler's reset query) releases session-level locks, as
+	 * it does advisory locks: the next client of this connection must not
+	 * inherit them. It cannot run inside a transaction block, so no
+	 * transaction-level lock is left.
+	 */
+	if (discard_all)
+		etcd_release_all();
 }
 
 /*
@@ -637,21 +651,16 @@ lt_raise_timeout(const char *name, bool by_lock_timeout)
 }
 
 /*
- * etcd_acquire takes the lock name for this session (xact: until the end of
- * the transaction). wait=false never waits. timeout_ms < 0 waits without
- * limit (lock_timeout still applies). Returns true and the fencing token if
- * the lock is held; false only when wait=false and it is taken by another.
+ * lt_acquire does the work of etcd_acquire within deadline (0: none).
  */
-bool
-etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
-			 int64 *token)
+static bool
+lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
+		   bool by_lock_timeout, int64 *token)
 {
 	char		pfx[ETCD_MAX_KEY];
 	LocalLock  *e;
 	bool		found;
 	EtcdLockKeys k;
-	volatile TimestampTz deadline = 0;
-	volatile bool by_lock_timeout = false;
 	volatile int64 rev = 0;
 	volatile bool key_sent = false;
 	bool		held = false;
@@ -684,20 +693,6 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		return true;
 	}
 
-	if (wait)
-	{
-		TimestampTz now = GetCurrentTimestamp();
-
-		if (timeout_ms >= 0)
-			deadline = TimestampTzPlusMilliseconds(now, Min(timeout_ms, INT_MAX));
-		if (LockTimeout > 0 &&
-			(deadline == 0 || TimestampTzPlusMilliseconds(now, LockTimeout) < deadline))
-		{
-			deadline = TimestampTzPlusMilliseconds(now, LockTimeout);
-			by_lock_timeout = true;
-		}
-	}
-
 	lt_ensure_lease();
 	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease);
 
@@ -724,7 +719,8 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		int64		reclaimed = 0;
 		bool		timed_out;
 
-		if (lt_wait_queued(&k, &reclaimed, deadline, !wait, &timed_out))
+		/* a try waits for an earlier release of its own, too */
+		if (lt_wait_queued(&k, &reclaimed, deadline, false, &timed_out))
 		{
 			/* taken back: rely on it only within the lease deadline */
 			if (lt_lease_lost())
@@ -734,8 +730,6 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 			held = true;
 			rev = reclaimed;
 		}
-		else if (timed_out && !wait)
-			held = false;		/* a try never waits for an earlier release */
 		else if (timed_out)
 			lt_raise_timeout(name, by_lock_timeout);
 		else
@@ -807,6 +801,68 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 		lt_check_lost();
 	*token = rev;
 	return true;
+}
+
+/*
+ * etcd_acquire takes the lock name for this session (xact: until the end of
+ * the transaction). wait=false never waits for another holder. timeout_ms <
+ * 0 waits without limit (lock_timeout still applies). The timeout and
+ * lock_timeout bound the whole call, etcd requests included: each request
+ * gets the smaller of request_timeout and what is left, and a request cut
+ * short by them ends the call with their error (55P03), not etcd's.
+ * Returns true and the fencing token if the lock is held; false only when
+ * wait=false and it is taken by another.
+ */
+bool
+etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
+			 int64 *token)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	TimestampTz deadline = 0;
+	bool		by_lock_timeout = false;
+	bool		result;
+
+	if (wait)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		if (timeout_ms >= 0)
+			deadline = TimestampTzPlusMilliseconds(now, Min(timeout_ms, INT_MAX));
+		if (LockTimeout > 0 &&
+			(deadline == 0 || TimestampTzPlusMilliseconds(now, LockTimeout) < deadline))
+		{
+			deadline = TimestampTzPlusMilliseconds(now, LockTimeout);
+			by_lock_timeout = true;
+		}
+	}
+	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);
+	etcd_gateway_call_deadline(deadline);
+	PG_TRY();
+	{
+		result = lt_acquire(name, xact, wait, deadline, by_lock_timeout, token);
+	}
+	PG_CATCH();
+	{
+		etcd_gateway_call_deadline(0);
+		if (deadline != 0 && GetCurrentTimestamp() >= deadline)
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(oldcxt);
+			edata = CopyErrorData();
+			if (edata->sqlerrcode == ERRCODE_SYSTEM_ERROR)
+			{
+				/* an etcd request cut short by the caller's limit */
+				FlushErrorState();
+				lt_raise_timeout(name, by_lock_timeout);
+			}
+			FreeErrorData(edata);
+		}
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	etcd_gateway_call_deadline(0);
+	return result;
 }
 
 /*
@@ -1106,6 +1162,47 @@ etcd_token(const char *name, int64 *token)
 }
 
 /*
+ * lt_wait_settled waits, at most etcd_lock.release_wait, until the worker's
+ * first attempt at each of the releases in refs has finished, so the locks
+ * a COMMIT or ROLLBACK ends are free for everyone when it returns, as with
+ * advisory locks. It runs in the commit/abort callback: interrupts are held
+ * (it cannot be cancelled), it never raises an error, and once the bound
+ * passes the transaction ends all the same (a WARNING) while the worker
+ * carries on.
+ */
+static void
+lt_wait_settled(EtcdReleaseRef *refs, int n)
+{
+	TimestampTz giveup;
+	int			i = 0;
+
+	if (n == 0 || etcd_lock_release_wait <= 0)
+		return;
+	giveup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), etcd_lock_release_wait);
+	for (;;)
+	{
+		long		left;
+
+		while (i < n && etcd_release_settled(&refs[i]))
+			i++;
+		if (i == n)
+			break;
+		left = (long) ((giveup - GetCurrentTimestamp()) / 1000);
+		if (left <= 0)
+		{
+			ereport(WARNING,
+					(errmsg("etcd_lock: the release of %d lock(s) ended by this transaction is not confirmed after %d ms; the worker goes on sending it",
+							n - i, etcd_lock_release_wait),
+					 errhint("Another session may not get these locks until etcd answers.")));
+			break;
+		}
+		ConditionVariableTimedSleep(&etcd_shared->release_cv, Min(left, 100),
+									etcd_wait_event(ETCD_WAIT_OWN_RELEASE));
+	}
+	ConditionVariableCancelSleep();
+}
+
+/*
  * lt_end_xact applies the end of the top transaction: commit keeps session
  * acquisitions (now permanent) and drops xact ones; abort drops everything
  * acquired in it. Keys left with no acquisition are released via the
@@ -1116,12 +1213,20 @@ lt_end_xact(bool commit)
 {
 	HASH_SEQ_STATUS seq;
 	LocalLock  *e;
+	EtcdReleaseRef refs[LT_MAX_WAIT_REFS];
+	int			nrefs = 0;
 
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (lt_filter(e, commit ? keep_at_commit : keep_at_abort, NULL) == 0)
-			(void) lt_release_async(e, false);
+		{
+			etcd_last_queued.idx = -1;
+			if (lt_release_async(e, false) && etcd_last_queued.idx >= 0 &&
+				nrefs < LT_MAX_WAIT_REFS)
+				refs[nrefs++] = etcd_last_queued;
+		}
 	lt_xact_acqs = 0;
+	lt_wait_settled(refs, nrefs);
 }
 
 /*

@@ -25,6 +25,9 @@
 
 EtcdShared *etcd_shared = NULL;
 
+/* the release this process queued last (etcd_queue_release) */
+EtcdReleaseRef etcd_last_queued = {-1, 0};
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -269,6 +272,10 @@ etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
 		r->token = token;
 		r->queued_at = etcd_mono_now();
 		r->retry_at = 0;
+		r->tried = false;
+		r->seq = ++etcd_shared->next_seq;
+		etcd_last_queued.idx = i;
+		etcd_last_queued.seq = r->seq;
 		r->keylen = keylen;
 		if (keylen > 0)
 			memcpy(r->key, key, keylen);
@@ -283,6 +290,25 @@ etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
 	if (queued)
 		etcd_wake_worker();
 	return queued;
+}
+
+/*
+ * etcd_release_settled says whether the worker's first attempt at a queued
+ * release has finished (sent and answered, or failed), or it is gone.
+ */
+bool
+etcd_release_settled(const EtcdReleaseRef *ref)
+{
+	EtcdRelease *r;
+	bool		settled;
+
+	if (ref->idx < 0)
+		return true;
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	r = &etcd_shared->releases[ref->idx];
+	settled = r->seq != ref->seq || r->state == REL_FREE || r->tried;
+	LWLockRelease(etcd_shared->lock);
+	return settled;
 }
 
 /*

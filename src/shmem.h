@@ -81,6 +81,8 @@ typedef struct EtcdRelease
 	int			kind;			/* EtcdReleaseKind */
 	bool		held;			/* the key was a held lock, not a queue place */
 	bool		attempted;		/* may have reached etcd: never take back */
+	bool		tried;			/* the worker's first attempt has finished */
+	uint64		seq;			/* which queuing this is (entries are reused) */
 	int64		lease_id;
 	int64		token;			/* create_revision of the key */
 	EtcdMono	queued_at;
@@ -147,6 +149,7 @@ typedef struct EtcdShared
 
 	EtcdCounters counters;
 	bool		leases_recovered;	/* the previous run's leases are revoked */
+	uint64		next_seq;		/* EtcdRelease.seq of the next release queued */
 
 	ConditionVariable release_cv;	/* broadcast when a release finished */
 	int			nslots;
@@ -171,6 +174,16 @@ extern void etcd_signal_loss(EtcdLeaseSlot *slot);
 extern bool etcd_queue_release(EtcdReleaseKind kind, int64 lease_id,
 							   const char *key, int keylen, int64 token,
 							   bool held, bool attempted);
+
+/* One queued release, to wait for its first attempt (etcd_release_settled). */
+typedef struct EtcdReleaseRef
+{
+	int			idx;			/* -1: none */
+	uint64		seq;
+} EtcdReleaseRef;
+
+extern EtcdReleaseRef etcd_last_queued;
+extern bool etcd_release_settled(const EtcdReleaseRef *ref);
 
 typedef enum EtcdReclaim
 {

@@ -660,6 +660,7 @@ finish_release(WorkerReq *req, EtcdAsyncResult *res)
 						revoke ? "the revoke" : "a release",
 						(unsigned long long) e->lease_id)));
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	e->tried = true;
 	if (ok || give_up)
 	{
 		e->state = REL_FREE;

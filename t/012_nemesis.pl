@@ -434,8 +434,8 @@ unless (Test::More->builder->is_passing)
 	note "seed $seed; fault schedule ($fp->{log}):\n" . $fp->log_text;
 	for my $n ($na, $nb)
 	{
-		my @lines = grep { /etcd_lock|lease|terminated by signal/ } split /\n/,
-		  PostgreSQL::Test::Utils::slurp_file($n->logfile);
+		my @lines = grep { /^\d{4}-\d\d-\d\d .*(etcd_lock|lease|terminated by signal)/ && !/ statement: / }
+		  split /\n/, PostgreSQL::Test::Utils::slurp_file($n->logfile);
 		splice(@lines, 0, @lines - 200) if @lines > 200;
 		note "server log " . $n->logfile . " (etcd_lock lines, last 200):\n" . join("\n", @lines);
 	}
