@@ -27,7 +27,9 @@ bool		etcd_lock_preloaded = false;
 static const EtcdGatewayHooks gateway_hooks = {
 	etcd_shared_token_get,
 	etcd_shared_token_put,
-	etcd_shared_count
+	etcd_shared_count,
+	etcd_shared_endpoint_get,
+	etcd_shared_endpoint_put
 };
 
 void		_PG_init(void);

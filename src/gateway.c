@@ -191,6 +191,7 @@ static char *gw_eps[ETCD_MAX_ENDPOINTS];
 static int	gw_neps = 0;
 static char *gw_eps_source = NULL;
 static int	gw_cur = 0;			/* endpoint that answered last */
+static int	gw_hint = -1;		/* the instance's hint, as we last saw it */
 
 /*
  * gw_buf_append appends bytes to a malloc'd buffer; false (and the overflow
@@ -649,16 +650,25 @@ gw_endpoints(void)
 		int			n = etcd_lock_parse_endpoints(src, eps, ETCD_MAX_ENDPOINTS,
 												  err, sizeof(err));
 
+		/*
+		 * Accepted at server start though invalid (guc.c): refuse, never
+		 * fall back to a default that may be some other etcd.
+		 */
 		if (n < 0)
 			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid value for etcd_lock.endpoints"),
-					 errdetail("%s", err)));
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("etcd_lock.endpoints is invalid: \"%s\"", src),
+					 errdetail("%s", err),
+					 errhint("Fix etcd_lock.endpoints in postgresql.conf (client URLs such as http://10.0.0.1:2379) and reload the configuration.")));
 		while (gw_neps > 0)
 			free(gw_eps[--gw_neps]);
 		memcpy(gw_eps, eps, sizeof(char *) * n);
 		gw_neps = n;
-		gw_cur = 0;
+		/* start where the instance last got an answer */
+		gw_cur = gw_hooks && gw_hooks->endpoint_get ? gw_hooks->endpoint_get(src) : 0;
+		if (gw_cur < 0 || gw_cur >= n)
+			gw_cur = 0;
+		gw_hint = gw_cur;
 		if (gw_eps_source)
 			free(gw_eps_source);
 		gw_eps_source = strdup(src);
@@ -666,6 +676,38 @@ gw_endpoints(void)
 			elog(ERROR, "etcd_lock: out of memory");
 	}
 	return gw_neps;
+}
+
+/*
+ * gw_answered notes that endpoint idx answered: the instance's other
+ * processes (new backends) start with it.
+ */
+static void
+gw_answered(int idx)
+{
+	gw_cur = idx;
+	if (idx != gw_hint && gw_hooks && gw_hooks->endpoint_put && gw_eps_source)
+	{
+		gw_hooks->endpoint_put(gw_eps_source, idx);
+		gw_hint = idx;
+	}
+}
+
+/*
+ * etcd_endpoints_ok says, without raising, whether etcd_lock.endpoints can
+ * be used (errbuf: why not).
+ */
+bool
+etcd_endpoints_ok(char *errbuf, size_t errlen)
+{
+	char	   *eps[ETCD_MAX_ENDPOINTS];
+	int			n = etcd_lock_parse_endpoints(etcd_lock_endpoints ? etcd_lock_endpoints : "",
+											  eps, ETCD_MAX_ENDPOINTS, errbuf, errlen);
+	bool		ok = n > 0;
+
+	while (n > 0)
+		free(eps[--n]);
+	return ok;
 }
 
 const char *
@@ -909,6 +951,14 @@ gw_error_reply_buf(EtcdStatus *st, long http, GwBuf *body)
 		snprintf(st->message, sizeof(st->message), "HTTP %ld: %s (code %d)",
 				 http, clean, st->grpc_code);
 	}
+	else if (http == 404 || http == 405)
+	{
+		/* not etcd's gateway answering: a path in the URL, the peer port */
+		snprintf(st->message, sizeof(st->message),
+				 "HTTP %ld from %s: not etcd's client API (a path in the URL, or the peer port?); "
+				 "etcd_lock.endpoints wants client URLs such as http://host:2379, without a path",
+				 http, gw_eps_source ? etcd_current_endpoint() : "the endpoint");
+	}
 	else
 		snprintf(st->message, sizeof(st->message), "HTTP %ld", http);
 	json_decref(root);
@@ -1044,7 +1094,7 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 			json_error_t jerr;
 			bool		ok;
 
-			gw_cur = idx;
+			gw_answered(idx);
 			root = json_loadb(gw_body.data ? gw_body.data : "", gw_body.len, 0, &jerr);
 			if (!root)
 			{
@@ -1075,7 +1125,7 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 		if (rc == CURLE_OK && http < 500)
 		{
 			/* etcd answered: an error that another member would repeat */
-			gw_cur = idx;
+			gw_answered(idx);
 			gw_error_reply(st, http);
 			return false;
 		}
@@ -1518,6 +1568,7 @@ gw_async_finish(GwAsync *a, EtcdAsyncResult *r)
 		json_t	   *root = json_loadb(a->body.data ? a->body.data : "", a->body.len, 0, &jerr);
 
 		r->ok = root != NULL && gw_parse(root, a->parse, a->arg);
+		gw_answered(a->ep);
 		if (r->ok)
 			st->kind = ETCD_OK;
 		else

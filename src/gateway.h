@@ -80,6 +80,8 @@ typedef struct EtcdGatewayHooks
 	bool		(*token_get) (const char *user, char *buf, size_t len);
 	void		(*token_put) (const char *user, const char *token);
 	void		(*count) (int event);
+	int			(*endpoint_get) (const char *endpoints);
+	void		(*endpoint_put) (const char *endpoints, int idx);
 } EtcdGatewayHooks;
 
 extern void etcd_gateway_set_hooks(const EtcdGatewayHooks *hooks);
@@ -133,5 +135,6 @@ extern void etcd_append_b64(StringInfo buf, const char *data, int len);
 extern char *etcd_b64_decode(const char *src, int *outlen);
 extern bool etcd_json_int64(struct json_t *obj, const char *field, int64 *out);
 extern const char *etcd_current_endpoint(void);
+extern bool etcd_endpoints_ok(char *errbuf, size_t errlen);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include <ctype.h>
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "guc.h"
@@ -170,6 +171,22 @@ check_endpoints(char **newval, void **extra, GucSource source)
 
 	if (n < 0)
 	{
+		/*
+		 * At server start an invalid value is kept, not replaced by the
+		 * default (which might be some other etcd, say a Kubernetes
+		 * member's): every lock call then fails quoting it. At a reload,
+		 * PostgreSQL keeps the old value with a WARNING, as for any setting:
+		 * a typo must not turn into refusing every lock.
+		 */
+		if (process_shared_preload_libraries_in_progress)
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("etcd_lock.endpoints is invalid: \"%s\"; etcd locks are refused until it is fixed",
+							*newval ? *newval : ""),
+					 errdetail("%s", err)));
+			return true;
+		}
 		GUC_check_errdetail("%s", err);
 		return false;
 	}

@@ -18,6 +18,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
+#include "common/hashfn.h"
 
 #include "compat.h"
 #include "gateway.h"
@@ -195,6 +196,37 @@ etcd_shared_count(int event)
 	}
 	if (c)
 		pg_atomic_fetch_add_u64(c, 1);
+}
+
+/*
+ * etcd_shared_endpoint_get returns the index of the endpoint of the list
+ * endpoints that answered last in this instance (0 if none is known), so
+ * a new backend does not start with a member that keeps failing.
+ */
+int
+etcd_shared_endpoint_get(const char *endpoints)
+{
+	uint32		h = hash_bytes((const unsigned char *) endpoints, strlen(endpoints));
+	int			idx = 0;
+
+	if (etcd_shared == NULL)
+		return 0;
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	if (etcd_shared->endpoints_hash == h)
+		idx = etcd_shared->endpoint_good;
+	LWLockRelease(etcd_shared->lock);
+	return idx;
+}
+
+void
+etcd_shared_endpoint_put(const char *endpoints, int idx)
+{
+	if (etcd_shared == NULL)
+		return;
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	etcd_shared->endpoints_hash = hash_bytes((const unsigned char *) endpoints, strlen(endpoints));
+	etcd_shared->endpoint_good = idx;
+	LWLockRelease(etcd_shared->lock);
 }
 
 /*

@@ -140,6 +140,10 @@ typedef struct EtcdShared
 	TimestampTz reachable_since;	/* last change (wall clock, for display) */
 	char		endpoint[256];	/* the endpoint the worker uses */
 
+	/* the endpoint that answered last, for new backends (gateway hint) */
+	uint32		endpoints_hash; /* of the etcd_lock.endpoints it belongs to */
+	int			endpoint_good;
+
 	/*
 	 * The etcd auth token of etcd_lock.username, shared by every process
 	 * of the instance: one authentication per instance, not per backend.
@@ -168,6 +172,8 @@ extern void etcd_shmem_install_hooks(void);
 extern bool etcd_shared_token_get(const char *user, char *buf, size_t len);
 extern void etcd_shared_token_put(const char *user, const char *token);
 extern void etcd_shared_count(int event);
+extern int	etcd_shared_endpoint_get(const char *endpoints);
+extern void etcd_shared_endpoint_put(const char *endpoints, int idx);
 extern EtcdLeaseSlot *etcd_my_slot(void);
 extern void etcd_wake_worker(void);
 extern void etcd_signal_loss(EtcdLeaseSlot *slot);

@@ -193,6 +193,10 @@ free_req(void)
 static void
 publish_endpoint(void)
 {
+	char		err[300];
+
+	if (!etcd_endpoints_ok(err, sizeof(err)))
+		return;
 	if (strcmp(w_endpoint, etcd_current_endpoint()) == 0)
 		return;
 	strlcpy(w_endpoint, etcd_current_endpoint(), sizeof(w_endpoint));
@@ -779,6 +783,31 @@ revoke_previous_leases(void)
 }
 
 /*
+ * endpoints_usable: an invalid etcd_lock.endpoints (accepted at server
+ * start, see guc.c) stops all sending, with one LOG line, until a reload
+ * fixes it; leases then count as lost at their deadlines as usual.
+ */
+static bool
+endpoints_usable(void)
+{
+	static bool said = false;
+	char		err[300];
+
+	if (etcd_endpoints_ok(err, sizeof(err)))
+	{
+		said = false;
+		return true;
+	}
+	if (!said)
+		ereport(LOG,
+				(errmsg("etcd_lock worker: etcd_lock.endpoints is invalid: \"%s\"; nothing is sent to etcd until it is fixed",
+						etcd_lock_endpoints ? etcd_lock_endpoints : ""),
+				 errdetail("%s", err)));
+	said = true;
+	return false;
+}
+
+/*
  * worker_may_exit: at shutdown, once no backend keeps a lease and nothing
  * is queued or in flight, or after a bound (twice the request timeout, at
  * least 5 s) if etcd cannot be reached.
@@ -836,7 +865,7 @@ etcd_lock_worker_main(Datum arg)
 	 * With etcd auth on, authenticate once for the instance: backends take
 	 * the shared token instead of each authenticating.
 	 */
-	if (etcd_lock_username && etcd_lock_username[0])
+	if (etcd_lock_username && etcd_lock_username[0] && endpoints_usable())
 	{
 		EtcdStatus	st;
 
@@ -855,8 +884,11 @@ etcd_lock_worker_main(Datum arg)
 		record_leases();
 		ka_stream_collect(&next);
 		check_deadlines(now, &next);
-		start_releases(now, &next);
-		start_keepalives(now, &next);
+		if (endpoints_usable())
+		{
+			start_releases(now, &next);
+			start_keepalives(now, &next);
+		}
 		if (w_shutdown && worker_may_exit(now))
 			break;
 		if (w_shutdown)

@@ -1,0 +1,120 @@
+# PostgreSQL-like semantics: a release at COMMIT is done when COMMIT
+# returns (a procedure that commits and retakes, another instance right
+# after COMMIT), the timeout and lock_timeout bound the whole call even
+# against a frozen etcd, ROLLBACK is bounded when etcd hangs, and an
+# invalid etcd_lock.endpoints at startup refuses instead of falling back.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use EtcdLockTest;
+use IO::Socket::INET;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+my $etcd = start_etcd();
+my $a = etcd_node('sem_a', $etcd);
+my $b = etcd_node('sem_b', $etcd);
+
+# --- commit-and-retake in a procedure: the previous iteration's release
+# is done when COMMIT returns, so the try-lock never fails
+{
+	my $s = session($a);
+	my ($out, $err) = finish_query($s, start_query($s, q{
+DO $$DECLARE f int := 0; BEGIN
+	FOR i IN 1..100 LOOP
+		IF NOT etcd_try_xact_lock('/loop') THEN f := f + 1; END IF;
+		COMMIT;
+	END LOOP;
+	RAISE NOTICE 'failures: %', f;
+END$$;}), 120);
+	like($err, qr/failures: 0\b/, 'a procedure that commits after each try-lock never fails on its own release (100 iterations)');
+	$s->quit;
+}
+
+# --- another instance's try-lock right after COMMIT returns succeeds
+{
+	my $sa = session($a);
+	my $sb = session($b);
+	my $ok = 0;
+	for my $i (1 .. 20)
+	{
+		$sa->query_safe("BEGIN; SELECT etcd_xact_lock('/after_commit'); COMMIT;");
+		my $r = $sb->query_safe("SELECT etcd_try_lock('/after_commit')");
+		$ok++ if $r eq 't';
+		$sb->query_safe("SELECT etcd_unlock('/after_commit')") if $r eq 't';
+	}
+	is($ok, 20, "another instance's try-lock right after COMMIT returned succeeded $ok of 20 times");
+	$_->quit for $sa, $sb;
+}
+
+# --- the timeout bounds the whole call, etcd requests included
+{
+	my $s = session($a);
+	$s->query_safe("SET etcd_lock.request_timeout = '30s'");
+	$s->query_safe("SELECT etcd_lock('/warm'); SELECT etcd_unlock('/warm');");
+	kill 'STOP', $etcd->{pid};
+	my $t0 = time;
+	my ($out, $err) = finish_query($s, start_query($s, "\\set VERBOSITY verbose\nSELECT etcd_lock('/frozen', '1s')"), 40);
+	my $el = time - $t0;
+	like($err, qr/55P03.*could not obtain etcd lock "\/frozen" within the timeout/s,
+		'frozen etcd: etcd_lock(name, \'1s\') fails with 55P03');
+	ok($el < 10, sprintf('... after %.2f s, not the 30 s request timeout', $el));
+	$t0 = time;
+	($out, $err) = finish_query($s, start_query($s, "SET lock_timeout = '1s';\nSELECT etcd_lock('/frozen');\nRESET lock_timeout;"), 40);
+	$el = time - $t0;
+	like($err, qr/55P03.*due to lock_timeout/s, 'frozen etcd: lock_timeout ends the call with 55P03');
+	ok($el < 10, sprintf('... after %.2f s', $el));
+	($out, $err) = finish_query($s, start_query($s, "SET statement_timeout = '1s';\nSELECT etcd_lock('/frozen');\nRESET statement_timeout;"), 40);
+	like($err, qr/57014/, 'frozen etcd: statement_timeout ends the call with 57014');
+
+	# ROLLBACK with etcd hung: bounded by etcd_lock.release_wait
+	kill 'CONT', $etcd->{pid};
+	$s->query_safe("BEGIN; SELECT etcd_xact_lock('/rb1'), etcd_xact_lock('/rb2');");
+	kill 'STOP', $etcd->{pid};
+	$t0 = time;
+	($out, $err) = finish_query($s, start_query($s, 'ROLLBACK'), 30);
+	my $rb = time - $t0;
+	ok($rb < 3, sprintf('hung etcd: ROLLBACK returned after %.2f s (release_wait 1 s)', $rb));
+	like($err, qr/WARNING:.*release of 2 lock\(s\) ended by this transaction is not confirmed/,
+		'hung etcd: ROLLBACK warns that the release is not confirmed yet');
+	kill 'CONT', $etcd->{pid};
+	ok(wait_until(sub { scalar(keys %{ etcd_keys($etcd, '/rb') }) == 0 }, 20),
+		'hung etcd: the worker finished the releases once etcd answered');
+	$s->quit;
+}
+
+# --- an invalid etcd_lock.endpoints at startup: the functions refuse,
+# quoting it; nothing falls back to the default 127.0.0.1:2379
+{
+	my $listener = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 2379,
+		Listen => 5, ReuseAddr => 1, Blocking => 0);
+	my $bad = PostgreSQL::Test::Cluster->new('badep');
+	$bad->init;
+	$bad->append_conf('postgresql.conf', "shared_preload_libraries = 'etcd_lock'\netcd_lock.endpoints = 'htp://127.0.0.1:2379'\n");
+	$bad->start;
+	$bad->safe_psql('postgres', 'CREATE EXTENSION etcd_lock');
+	is($bad->safe_psql('postgres', 'SHOW etcd_lock.endpoints'), 'htp://127.0.0.1:2379',
+		'bad endpoint at startup: the setting keeps the bad value, not the default');
+	my ($rc, $out, $err) = $bad->psql('postgres', "\\set VERBOSITY verbose\nSELECT etcd_lock('/x')");
+	like($err, qr/F0000.*etcd_lock\.endpoints is invalid: "htp:\/\/127\.0\.0\.1:2379"/s,
+		'bad endpoint at startup: a lock call fails quoting the bad value');
+	ok($bad->log_contains('etcd_lock.endpoints is invalid'), 'bad endpoint at startup: the log says so');
+	if ($listener)
+	{
+		my $conn = $listener->accept;
+		ok(!defined $conn, 'bad endpoint at startup: nothing connected to 127.0.0.1:2379');
+	}
+	else
+	{
+		note 'port 2379 is in use here; the no-fallback connection check is skipped';
+	}
+	ok(!$bad->log_contains('terminated by signal') && !$bad->log_contains('exited with exit code 1'),
+		'bad endpoint at startup: no crash, no worker restart loop');
+	$bad->stop;
+}
+
+ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
+done_testing();
