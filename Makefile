@@ -7,6 +7,9 @@ DATA = sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql
 PGFILEDESC = "etcd_lock - distributed locks stored in etcd"
 
 PG_CPPFLAGS = -I$(srcdir)/src
+# the server's flags plus -Wall -Wextra, minus what PostgreSQL's own headers
+# trigger; scripts/test.sh adds -Werror
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 SHLIB_LINK = -lcurl -ljansson
 
 # pg_regress against a throwaway instance preloaded with the extension;

@@ -818,8 +818,8 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 			 int64 *token)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	TimestampTz deadline = 0;
-	bool		by_lock_timeout = false;
+	volatile TimestampTz deadline = 0;
+	volatile bool by_lock_timeout = false;
 	bool		result;
 
 	if (wait)
