@@ -12,7 +12,8 @@ CREATE FUNCTION etcd_lock_status_internal(
     OUT leases integer, OUT releases_queued integer,
     OUT releases_attempted integer, OUT releases_owed integer,
     OUT requests bigint, OUT failures bigint, OUT failovers bigint,
-    OUT leases_lost bigint, OUT authentications bigint)
+    OUT leases_lost bigint, OUT authentications bigint,
+    OUT locks_not_shown integer)
 RETURNS record
 AS 'MODULE_PATHNAME', 'etcd_lock_status_sql'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
@@ -22,3 +23,16 @@ GRANT SELECT ON etcd_lock_status TO PUBLIC;
 
 COMMENT ON VIEW etcd_lock_status IS
 'etcd_lock state of this instance: worker, etcd reachability, leases, release queue, counters';
+
+-- etcd_locks gains columns (at the end, so views built on it keep
+-- working): state (held, waiting, or lost: the lease lapsed or etcd said
+-- it is gone), the owner's database, and the full etcd key.
+CREATE FUNCTION etcd_locks_internal_v2(
+    OUT pid integer, OUT name text, OUT scope text, OUT mode text,
+    OUT count integer, OUT token bigint, OUT lease_id text,
+    OUT since timestamptz, OUT state text, OUT database text, OUT key text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'etcd_locks_v2_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE OR REPLACE VIEW etcd_locks AS SELECT * FROM etcd_locks_internal_v2();

@@ -98,3 +98,19 @@ RESET etcd_lock.allow_session_locks;
 SELECT worker_pid > 0 AS worker, etcd_reachable, endpoint <> '' AS has_endpoint,
        releases_queued >= 0 AS queue, requests > 0 AS requests
   FROM etcd_lock_status;
+
+-- etcd_locks (1.1): state, the owner's database and the full etcd key
+SELECT etcd_lock('/regress/cols') > 0 AS locked;
+SELECT name, state, database = current_database() AS db_ok,
+       key = '/regress/cols/' || lease_id AS key_ok
+  FROM etcd_locks WHERE pid = pg_backend_pid();
+SELECT etcd_unlock('/regress/cols');
+SELECT locks_not_shown FROM etcd_lock_status;
+
+-- names are independent: a lock on a nested name neither blocks nor is
+-- blocked by its parent (the parent's queue is its direct lock keys only)
+SELECT etcd_lock('/regress/jobs/nightly') > 0 AS nested_locked;
+SELECT etcd_try_lock('/regress/jobs') AS parent_free_while_child_held;
+SELECT etcd_try_lock('/regress/jobs/weekly') AS sibling_free;
+SELECT name FROM etcd_lock_holders('/regress/jobs') ORDER BY 1;
+SELECT etcd_unlock_all();

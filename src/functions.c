@@ -14,6 +14,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -32,6 +33,7 @@ PG_FUNCTION_INFO_V1(etcd_unlock_sql);
 PG_FUNCTION_INFO_V1(etcd_unlock_all_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_token_sql);
 PG_FUNCTION_INFO_V1(etcd_locks_sql);
+PG_FUNCTION_INFO_V1(etcd_locks_v2_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_holders_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_status_sql);
 
@@ -190,29 +192,51 @@ etcd_lock_token_sql(PG_FUNCTION_ARGS)
  * etcd_locks_sql returns one row per lock held or awaited by any backend of
  * this instance, from shared memory (no etcd call), like pg_locks.
  */
-Datum
-etcd_locks_sql(PG_FUNCTION_ARGS)
+/*
+ * locks_common returns the rows of etcd_locks: the 8 columns of version
+ * 1.0, or (v2, version 1.1) those plus state, database and key. The 1.0
+ * function stays, so a server with the new library still serves a
+ * database whose extension is at 1.0.
+ */
+static Datum
+locks_common(FunctionCallInfo fcinfo, bool v2)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	EtcdLockInfo *copy;
+	bool	   *lost;
 	int			n = 0,
 				i;
+	EtcdMono	now = etcd_mono_now();
+	uint32		unshown;
 
 	check_preloaded();
 	InitMaterializedSRF(fcinfo, 0);
 
 	/* copy under the lock, build tuples after */
 	copy = palloc(sizeof(EtcdLockInfo) * etcd_shared->ninfos);
+	lost = palloc(sizeof(bool) * etcd_shared->ninfos);
 	LWLockAcquire(etcd_shared->lock, LW_SHARED);
 	for (i = 0; i < etcd_shared->ninfos; i++)
-		if (etcd_shared->infos[i].mode != LOCKINFO_FREE)
-			copy[n++] = etcd_shared->infos[i];
+	{
+		EtcdLockInfo *li = &etcd_shared->infos[i];
+		EtcdLeaseSlot *slot;
+
+		if (li->mode == LOCKINFO_FREE)
+			continue;
+		slot = li->owner >= 0 && li->owner < etcd_shared->nslots ?
+			&etcd_shared->slots[li->owner] : NULL;
+		/* the lease lapsed or etcd reported it gone: not held any more */
+		lost[n] = slot == NULL || slot->lease_id != li->lease_id ||
+			slot->state != LEASE_LIVE || now >= slot->deadline;
+		copy[n++] = *li;
+	}
 	LWLockRelease(etcd_shared->lock);
+	unshown = pg_atomic_read_u32(&etcd_shared->counters.unshown);
 
 	for (i = 0; i < n; i++)
 	{
-		Datum		values[8];
-		bool		nulls[8] = {0};
+		Datum		values[11];
+		bool		nulls[11] = {0};
 		EtcdLockInfo *li = &copy[i];
 		bool		held = li->mode == LOCKINFO_HELD;
 		char		hex[24];
@@ -228,9 +252,34 @@ etcd_locks_sql(PG_FUNCTION_ARGS)
 		snprintf(hex, sizeof(hex), "%llx", (unsigned long long) li->lease_id);
 		values[6] = CStringGetTextDatum(hex);
 		values[7] = TimestampTzGetDatum(li->since);
+		if (v2)
+		{
+			char	   *db = get_database_name(li->dbid);
+
+			values[8] = CStringGetTextDatum(lost[i] ? "lost" : held ? "held" : "waiting");
+			values[9] = CStringGetTextDatum(db ? db : "");
+			nulls[9] = db == NULL;
+			values[10] = CStringGetTextDatum(psprintf("%s%s/%s", li->prefix, li->name, hex));
+		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	if (unshown > 0)
+		ereport(NOTICE,
+				(errmsg("etcd_locks: %u lock(s) of this instance are not shown", unshown),
+				 errhint("Raise etcd_lock.max_locks (needs a restart).")));
 	return (Datum) 0;
+}
+
+Datum
+etcd_locks_sql(PG_FUNCTION_ARGS)
+{
+	return locks_common(fcinfo, false);
+}
+
+Datum
+etcd_locks_v2_sql(PG_FUNCTION_ARGS)
+{
+	return locks_common(fcinfo, true);
 }
 
 /*
@@ -242,8 +291,8 @@ Datum
 etcd_lock_status_sql(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[13];
-	bool		nulls[13] = {0};
+	Datum		values[14];
+	bool		nulls[14] = {0};
 	int			i,
 				leases = 0,
 				queued = 0,
@@ -293,6 +342,7 @@ etcd_lock_status_sql(PG_FUNCTION_ARGS)
 	values[10] = Int64GetDatum((int64) pg_atomic_read_u64(&c->failovers));
 	values[11] = Int64GetDatum((int64) pg_atomic_read_u64(&c->leases_lost));
 	values[12] = Int64GetDatum((int64) pg_atomic_read_u64(&c->authentications));
+	values[13] = Int32GetDatum((int32) pg_atomic_read_u32(&c->unshown));
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

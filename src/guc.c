@@ -23,6 +23,7 @@ int			etcd_lock_on_lease_loss = ON_LOSS_CANCEL;
 bool		etcd_lock_verify_on_commit = false;
 int			etcd_lock_release_wait = 1000;
 bool		etcd_lock_allow_session_locks = true;
+int			etcd_lock_max_locks = 0;
 char	   *etcd_lock_tls_ca_file = NULL;
 char	   *etcd_lock_tls_cert_file = NULL;
 char	   *etcd_lock_tls_key_file = NULL;
@@ -263,6 +264,14 @@ etcd_lock_define_gucs(void)
 							&etcd_lock_release_wait,
 							1000, 0, 60000,
 							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("etcd_lock.max_locks",
+							"Locks held or awaited at once on this instance that etcd_locks can show.",
+							"0: max(1024, 8 per backend). Locks beyond it work but are not shown "
+							"(etcd_lock_status.locks_not_shown counts them).",
+							&etcd_lock_max_locks,
+							0, 0, 1000000,
+							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	DefineCustomBoolVariable("etcd_lock.allow_session_locks",
 							 "Whether the session-level lock functions may be used.",

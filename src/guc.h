@@ -24,6 +24,7 @@ extern char *etcd_lock_password_file;
 extern bool etcd_lock_verify_on_commit;
 extern int	etcd_lock_release_wait;
 extern bool etcd_lock_allow_session_locks;
+extern int	etcd_lock_max_locks;
 
 typedef enum EtcdOnLeaseLoss
 {

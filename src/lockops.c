@@ -172,13 +172,63 @@ etcd_lease_revoke(int64 lease_id, EtcdStatus *st)
 
 /* ---- acquire ---- */
 
+static bool lock_key_of(const EtcdLockKeys *k, const char *key, int keylen,
+						int64 lease);
+
+#define TRY_PAGE	64			/* oldest keys a failed try-lock reads */
+
 typedef struct AcquireReply
 {
+	const EtcdLockKeys *k;
 	const char *key_b64;		/* our key, base64 */
 	bool		try_only;
 	int64		rev;			/* our key's create_revision, 0 if none */
 	bool		held;
+	bool		undecided;		/* try: only other data seen, no lock key */
 } AcquireReply;
+
+/*
+ * try_scan looks through the oldest keys under the name (oldest first) for
+ * the oldest lock key: ours (held), another's (taken), or none in the page
+ * (undecided: only nested names' keys or other data, or too many of them).
+ */
+static bool
+try_scan(AcquireReply *r, json_t *kvs)
+{
+	size_t		i;
+	json_t	   *kv;
+
+	r->undecided = true;
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	json_array_foreach(kvs, i, kv)
+	{
+		json_t	   *jkey = json_object_get(kv, "key");
+		int64		rev,
+					lease;
+		char	   *key;
+		int			keylen;
+		bool		lock;
+
+		if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", &rev) ||
+			!etcd_json_int64(kv, "lease", &lease))
+			return false;
+		key = etcd_b64_decode(json_string_value(jkey), &keylen);
+		if (key == NULL)
+			return false;
+		lock = lock_key_of(r->k, key, keylen, lease);
+		pfree(key);
+		if (!lock)
+			continue;
+		r->undecided = false;
+		r->held = r->rev > 0 && rev == r->rev &&
+			strcmp(json_string_value(jkey), r->key_b64) == 0;
+		break;
+	}
+	return true;
+}
 
 /*
  * first_kv returns kvs[0] of responses[i].response_range, or NULL if the
@@ -230,19 +280,19 @@ parse_acquire(json_t *root, void *arg)
 		return false;
 	if (r->try_only)
 	{
+		json_t	   *rr = json_object_get(json_array_get(responses, 1), "response_range");
+
 		/*
 		 * Not empty. Our own key may be there: this very request, applied
 		 * once already but its answer lost and resent (by libcurl, by
-		 * failover). Then it is ours, and the holder if it is the oldest.
+		 * failover). Then it is ours, and the holder if it is the oldest
+		 * lock key.
 		 */
 		mine = first_kv(responses, 0, &ok);
-		if (!ok || !etcd_json_int64(mine, "create_revision", &r->rev))
+		if (!ok || !etcd_json_int64(mine, "create_revision", &r->rev) ||
+			!json_is_object(rr))
 			return false;
-		if (mine == NULL)
-		{
-			r->held = false;
-			return true;
-		}
+		return try_scan(r, json_object_get(rr, "kvs"));
 	}
 	else if (!succeeded)
 	{
@@ -310,8 +360,9 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 		etcd_append_b64(&oldest, k->pfx, k->pfxlen);
 		appendStringInfoString(&oldest, "\",\"range_end\":\"");
 		append_range_end(&oldest, k->pfx, k->pfxlen);
-		appendStringInfoString(&oldest, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
-							   "\"limit\":\"1\",\"keys_only\":true}}");
+		/* a failed try reads a page, to tell lock keys from other data */
+		appendStringInfo(&oldest, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
+						 "\"limit\":\"%d\",\"keys_only\":true}}", try_only ? TRY_PAGE : 1);
 		/* a try needs no read on success: the range was empty */
 		if (!try_only)
 			appendStringInfo(&b, ",%s", oldest.data);
@@ -321,6 +372,7 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 	}
 	appendStringInfoChar(&b, '}');
 
+	r.k = k;
 	r.key_b64 = key64.data;
 	r.try_only = try_only;
 	{
@@ -339,72 +391,207 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 	pfree(b.data);
 	pfree(key64.data);
 	*rev = r.rev;
+	if (try_only && r.undecided)
+	{
+		/*
+		 * The name's range holds other data (nested names, foreign keys)
+		 * and no lock key we could see. etcd's compares cannot say "no lock
+		 * key under this range": put our key, then check whether a lock key
+		 * is older. If one is, the caller removes ours (*rev > 0 with
+		 * false): a release like any other.
+		 */
+		if (etcd_lock_acquire(k, lease_id, value, false, rev))
+			return true;
+		return etcd_lock_first(k, *rev);
+	}
 	return r.held;
+}
+
+/* ---- which keys are lock keys ---- */
+
+/*
+ * lock_key_of says whether key (keylen bytes, attached to lease) is a lock
+ * key of the name whose range is k->pfx: a direct child whose last segment
+ * is the hex of its own lease, optionally followed by ".<marker>" (the
+ * syntax later lock modes use). Keys of nested names ("<name>/x/...") and
+ * any other data under the range are not: they neither hold nor queue.
+ * A marker this version does not know counts as an exclusive holder, never
+ * as nothing: a newer node's key must not be ignored during an upgrade.
+ */
+static bool
+lock_key_of(const EtcdLockKeys *k, const char *key, int keylen, int64 lease)
+{
+	const char *rest = key + k->pfxlen;
+	int			restlen = keylen - k->pfxlen;
+	char		hex[24];
+	int			hexlen,
+				i;
+
+	if (lease == 0 || restlen <= 0 || keylen < k->pfxlen ||
+		memcmp(key, k->pfx, k->pfxlen) != 0 || memchr(rest, '/', restlen) != NULL)
+		return false;
+	hexlen = snprintf(hex, sizeof(hex), "%llx", (unsigned long long) lease);
+	if (restlen < hexlen || memcmp(rest, hex, hexlen) != 0)
+		return false;
+	if (restlen == hexlen)
+		return true;
+	if (rest[hexlen] != '.' || restlen == hexlen + 1)
+		return false;
+	for (i = hexlen + 1; i < restlen; i++)
+		if (!((rest[i] >= 'a' && rest[i] <= 'z') || (rest[i] >= '0' && rest[i] <= '9') ||
+			  rest[i] == '_'))
+			return false;
+	return true;
 }
 
 /* ---- wait ---- */
 
+#define PRED_PAGE	64			/* keys read per page when looking for a predecessor */
+
 typedef struct PredReply
 {
+	const EtcdLockKeys *k;
+	bool		with_mine;		/* responses[0] is our key (a txn) */
 	int64		my_rev;			/* create_revision of our key now, 0 if gone */
 	char	   *pred;			/* predecessor key (palloc'd), NULL if none */
 	int			predlen;
 	int64		pred_rev;		/* its create_revision */
+	int			nread;			/* keys in the page read */
+	int64		last_rev;		/* create_revision of the page's last key */
 } PredReply;
+
+/*
+ * pred_scan looks through a page of keys (newest first) for the first lock
+ * key of the name: our predecessor.
+ */
+static bool
+pred_scan(PredReply *r, json_t *kvs)
+{
+	size_t		i;
+	json_t	   *kv;
+
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	json_array_foreach(kvs, i, kv)
+	{
+		json_t	   *jkey = json_object_get(kv, "key");
+		int64		rev,
+					lease;
+		char	   *key;
+		int			keylen;
+
+		if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", &rev) ||
+			!etcd_json_int64(kv, "lease", &lease))
+			return false;
+		key = etcd_b64_decode(json_string_value(jkey), &keylen);
+		if (key == NULL)
+			return false;
+		r->nread++;
+		r->last_rev = rev;
+		if (r->pred == NULL && lock_key_of(r->k, key, keylen, lease))
+		{
+			r->pred = key;
+			r->predlen = keylen;
+			r->pred_rev = rev;
+		}
+		else
+			pfree(key);
+	}
+	return true;
+}
 
 static bool
 parse_pred(json_t *root, void *arg)
 {
 	PredReply  *r = arg;
-	json_t	   *responses = json_object_get(root, "responses");
-	json_t	   *mine,
-			   *pred,
-			   *pkey;
+	json_t	   *responses,
+			   *mine,
+			   *rr;
 	bool		ok = true;
 
+	if (!r->with_mine)
+		return pred_scan(r, json_object_get(root, "kvs"));
+	responses = json_object_get(root, "responses");
 	if (!json_is_array(responses) || json_array_size(responses) != 2)
 		return false;
 	mine = first_kv(responses, 0, &ok);
 	if (!ok || !etcd_json_int64(mine, "create_revision", &r->my_rev))
 		return false;
-	pred = first_kv(responses, 1, &ok);
-	if (!ok)
+	rr = json_object_get(json_array_get(responses, 1), "response_range");
+	if (!json_is_object(rr))
 		return false;
-	r->pred = NULL;
-	if (pred)
-	{
-		pkey = json_object_get(pred, "key");
-		if (!json_is_string(pkey))
-			return false;
-		r->pred = etcd_b64_decode(json_string_value(pkey), &r->predlen);
-		if (r->pred == NULL || !etcd_json_int64(pred, "create_revision", &r->pred_rev))
-			return false;
-	}
-	return true;
+	return pred_scan(r, json_object_get(rr, "kvs"));
 }
 
 /*
- * read_pred reads, in one txn, our key and the key created just before it
- * under the same name (our predecessor in the queue).
+ * append_pred_range appends a range request (JSON object body) of the keys
+ * under the name created before revision below, newest first, one page.
+ */
+static void
+append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below)
+{
+	appendStringInfoString(b, "{\"key\":\"");
+	etcd_append_b64(b, k->pfx, k->pfxlen);
+	appendStringInfoString(b, "\",\"range_end\":\"");
+	append_range_end(b, k->pfx, k->pfxlen);
+	appendStringInfo(b, "\",\"sort_order\":\"DESCEND\",\"sort_target\":\"CREATE\","
+					 "\"limit\":\"%d\",\"keys_only\":true,\"max_create_revision\":\"" INT64_FORMAT "\"}",
+					 PRED_PAGE, below - 1);
+}
+
+/*
+ * read_pred reads, in one txn, our key and our predecessor in the queue:
+ * the lock key of the name created last before ours (keys of nested names
+ * and other data under the range are skipped; where they are many, more
+ * pages follow).
  */
 static void
 read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 {
 	StringInfoData b;
 
+	memset(r, 0, sizeof(*r));
+	r->k = k;
+	r->with_mine = true;
 	initStringInfo(&b);
 	appendStringInfoString(&b, "{\"success\":[{\"request_range\":{\"key\":\"");
 	etcd_append_b64(&b, k->key, k->keylen);
-	appendStringInfoString(&b, "\",\"keys_only\":true}},{\"request_range\":{\"key\":\"");
-	etcd_append_b64(&b, k->pfx, k->pfxlen);
-	appendStringInfoString(&b, "\",\"range_end\":\"");
-	append_range_end(&b, k->pfx, k->pfxlen);
-	appendStringInfo(&b, "\",\"sort_order\":\"DESCEND\",\"sort_target\":\"CREATE\","
-					 "\"limit\":\"1\",\"keys_only\":true,\"max_create_revision\":\"" INT64_FORMAT "\"}}]}",
-					 rev - 1);
-	memset(r, 0, sizeof(*r));
+	appendStringInfoString(&b, "\",\"keys_only\":true}},{\"request_range\":");
+	append_pred_range(&b, k, rev);
+	appendStringInfoString(&b, "}]}");
 	etcd_request_or_error("/v3/kv/txn", b.data, parse_pred, r, "read the lock queue");
 	pfree(b.data);
+	r->with_mine = false;
+	while (r->pred == NULL && r->nread == PRED_PAGE && r->last_rev > 1)
+	{
+		int64		below = r->last_rev;
+
+		r->nread = 0;
+		resetStringInfo(&b);
+		append_pred_range(&b, k, below);
+		etcd_request_or_error("/v3/kv/range", b.data, parse_pred, r, "read the lock queue");
+	}
+}
+
+/*
+ * etcd_lock_first says whether our key (create_revision rev) is the oldest
+ * lock key of the name: no lock key was created before it. Keys of nested
+ * names and other data do not count.
+ */
+bool
+etcd_lock_first(const EtcdLockKeys *k, int64 rev)
+{
+	PredReply	p;
+
+	read_pred(k, rev, &p);
+	if (p.my_rev != rev)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etcd_lock: this session's place in the lock queue disappeared"),
+				 errdetail("The key of this session's lease is gone from etcd; the lease probably expired.")));
+	return p.pred == NULL;
 }
 
 static bool
@@ -690,7 +877,6 @@ parse_list(json_t *root, void *arg)
 		char	   *key,
 				   *slash,
 				   *val = NULL;
-		char		hex[24];
 		int			keylen;
 
 		if (!json_is_string(jkey) ||
@@ -703,14 +889,24 @@ parse_list(json_t *root, void *arg)
 		if (key == NULL)
 			return false;
 		slash = strrchr(key, '/');
-		snprintf(hex, sizeof(hex), "%llx", (unsigned long long) lease);
 		if ((int) strlen(key) != keylen || keylen < r->prefixlen ||
 			memcmp(key, r->prefix, r->prefixlen) != 0 ||
-			slash == NULL || slash < key + r->prefixlen + 1 ||
-			strcmp(slash + 1, hex) != 0)
+			slash == NULL || slash < key + r->prefixlen + 1)
 		{
 			pfree(key);
 			continue;
+		}
+		{
+			/* a lock key of the name before the slash (lockops' rule) */
+			EtcdLockKeys lk;
+
+			lk.pfx = key;
+			lk.pfxlen = slash + 1 - key;
+			if (!lock_key_of(&lk, key, keylen, lease))
+			{
+				pfree(key);
+				continue;
+			}
 		}
 		if (json_is_string(jval))
 			val = etcd_b64_decode(json_string_value(jval), NULL);

@@ -31,6 +31,7 @@ extern const char *etcd_release_request(const char *key, int keylen,
 
 extern bool etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id,
 							  const char *value, bool try_only, int64 *rev);
+extern bool etcd_lock_first(const EtcdLockKeys *k, int64 rev);
 extern bool etcd_lock_wait(const EtcdLockKeys *k, int64 rev,
 						   TimestampTz deadline, bool (*lease_ok) (void));
 extern bool etcd_lock_release(const char *key, int keylen, int64 token,

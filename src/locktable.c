@@ -170,6 +170,8 @@ lt_free_entry(LocalLock *e)
 {
 	lt_set_owed(e, false);
 	lt_count_held(e, false);
+	if (e->info == NULL)
+		pg_atomic_fetch_sub_u32(&etcd_shared->counters.unshown, 1);
 	etcd_lockinfo_remove(e->info);
 	e->info = NULL;
 	if (e->name)
@@ -710,7 +712,7 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
 		e->counted = false;
 		e->owed = false;
 		e->owed_attempted = false;
-		e->info = etcd_lockinfo_add(name, lt_lease);
+		e->info = etcd_lockinfo_add(etcd_lock_prefix, name, lt_lease);
 		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
 	}
 

@@ -57,7 +57,7 @@ etcd_nreleases(void)
 static int
 etcd_ninfos(void)
 {
-	return Max(256, MaxBackends * 8);
+	return etcd_lock_max_locks > 0 ? etcd_lock_max_locks : Max(1024, MaxBackends * 8);
 }
 
 static Size
@@ -104,6 +104,7 @@ etcd_shmem_startup(void)
 		pg_atomic_init_u64(&etcd_shared->counters.authentications, 0);
 		pg_atomic_init_u64(&etcd_shared->counters.leases_lost, 0);
 		pg_atomic_init_u32(&etcd_shared->counters.owed, 0);
+		pg_atomic_init_u32(&etcd_shared->counters.unshown, 0);
 		ConditionVariableInit(&etcd_shared->release_cv);
 		etcd_shared->nslots = MaxBackends;
 		etcd_shared->nreleases = etcd_nreleases();
@@ -418,7 +419,7 @@ etcd_release_pending(int64 lease_id, const char *key, int keylen)
  * not shown.
  */
 EtcdLockInfo *
-etcd_lockinfo_add(const char *name, int64 lease_id)
+etcd_lockinfo_add(const char *prefix, const char *name, int64 lease_id)
 {
 	EtcdLockInfo *found = NULL;
 	int			n = etcd_shared->ninfos;
@@ -444,11 +445,15 @@ etcd_lockinfo_add(const char *name, int64 lease_id)
 		info->token = 0;
 		info->lease_id = lease_id;
 		info->since = GetCurrentTimestamp();
+		info->dbid = MyDatabaseId;
+		strlcpy(info->prefix, prefix ? prefix : "", sizeof(info->prefix));
 		strlcpy(info->name, name, sizeof(info->name));
 		found = info;
 		break;
 	}
 	LWLockRelease(etcd_shared->lock);
+	if (found == NULL)
+		pg_atomic_fetch_add_u32(&etcd_shared->counters.unshown, 1);
 	return found;
 }
 

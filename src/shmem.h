@@ -112,6 +112,8 @@ typedef struct EtcdLockInfo
 	int64		token;
 	int64		lease_id;
 	TimestampTz since;
+	Oid			dbid;			/* the owner's database */
+	char		prefix[ETCD_MAX_PREFIX + 1];	/* etcd_lock.prefix when taken */
 	char		name[ETCD_MAX_NAME + 1];
 } EtcdLockInfo;
 
@@ -127,6 +129,7 @@ typedef struct EtcdCounters
 	pg_atomic_uint64 authentications;
 	pg_atomic_uint64 leases_lost;
 	pg_atomic_uint32 owed;		/* releases that did not fit the queue */
+	pg_atomic_uint32 unshown;	/* locks not in etcd_locks (registry full) */
 } EtcdCounters;
 
 typedef struct EtcdShared
@@ -198,7 +201,8 @@ typedef enum EtcdReclaim
 	RECLAIM_WAIT				/* a release of it is in flight or not reclaimable */
 } EtcdReclaim;
 
-extern EtcdLockInfo *etcd_lockinfo_add(const char *name, int64 lease_id);
+extern EtcdLockInfo *etcd_lockinfo_add(const char *prefix, const char *name,
+									   int64 lease_id);
 extern void etcd_lockinfo_set(EtcdLockInfo *info, EtcdLockMode mode,
 							  int nsession, int nxact, int64 token);
 extern void etcd_lockinfo_remove(EtcdLockInfo *info);

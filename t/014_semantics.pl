@@ -9,6 +9,7 @@ use FindBin;
 use lib $FindBin::RealBin;
 use EtcdLockTest;
 use IO::Socket::INET;
+use MIME::Base64;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -114,6 +115,42 @@ END$$;}), 120);
 	ok(!$bad->log_contains('terminated by signal') && !$bad->log_contains('exited with exit code 1'),
 		'bad endpoint at startup: no crash, no worker restart loop');
 	$bad->stop;
+}
+
+# --- independent names: data under a name's range that is not a lock key
+# of that name (another application's keys, nested names) neither holds
+# nor queues; a key with a lock-mode marker this version does not know
+# counts as a holder (fail-safe for mixed versions)
+{
+	etcd_put($etcd, '/svc/pgcluster/leader', 'node1');
+	etcd_put($etcd, '/svc/pgcluster/members/node1', '{}');
+	my $sa = session($a);
+	my $sb = session($b);
+	is($sa->query_safe("SELECT etcd_try_lock('/svc/pgcluster')"), 't',
+		'foreign keys under a name: a try-lock takes it (they are not holders)');
+	my ($out, $err) = finish_query($sb, start_query($sb, "SELECT etcd_lock('/svc/pgcluster', '1 s')"), 20);
+	like($err, qr/could not obtain etcd lock "\/svc\/pgcluster" within the timeout/, 'foreign keys under a name: another instance waits for the real holder');
+	is($sb->query_safe("SELECT etcd_try_lock('/svc/pgcluster/members')"), 't',
+		'a nested name is independent of its parent (other instance)');
+	$sa->query_safe("SELECT etcd_unlock('/svc/pgcluster')");
+	is($sb->query_safe("SELECT etcd_lock('/svc/pgcluster', '10 s') > 0"), 't',
+		'foreign keys under a name: the waiter gets it once the holder releases');
+	$sb->query_safe("SELECT etcd_unlock_all()");
+	my $k = etcd_keys($etcd, '/svc/pgcluster/');
+	is(join(',', sort keys %$k), '/svc/pgcluster/leader,/svc/pgcluster/members/node1',
+		'foreign keys under a name: untouched, and no lock key left');
+
+	# a newer version's key with an unknown marker holds the name
+	my $lease = `curl -s -m 5 $etcd->{endpoint}/v3/lease/grant -d '{"TTL":"30"}'`;
+	my ($id) = $lease =~ /"ID":"(\d+)"/;
+	my $key = MIME::Base64::encode_base64(sprintf('/mk/%x.shared9', $id), '');
+	system("curl -s -m 5 $etcd->{endpoint}/v3/kv/put -d '{\"key\":\"$key\",\"value\":\"\",\"lease\":\"$id\"}' >/dev/null");
+	is($sa->query_safe("SELECT etcd_try_lock('/mk')"), 'f', 'an unknown lock-mode marker counts as a holder (fail-safe)');
+	is(scalar(keys %{ etcd_keys($etcd, '/mk/') }), 1, '... and the failed try-lock left no key');
+	system("curl -s -m 5 $etcd->{endpoint}/v3/lease/revoke -d '{\"ID\":\"$id\"}' >/dev/null");
+	is($sa->query_safe("SELECT etcd_try_lock('/mk')"), 't', '... and once it is gone the name is free');
+	$sa->query_safe("SELECT etcd_unlock_all()");
+	$_->quit for $sa, $sb;
 }
 
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
