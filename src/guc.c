@@ -24,6 +24,7 @@ bool		etcd_lock_verify_on_commit = false;
 int			etcd_lock_release_wait = 1000;
 bool		etcd_lock_allow_session_locks = true;
 int			etcd_lock_max_locks = 0;
+int			etcd_lock_deadlock_max_keys = 10000;
 char	   *etcd_lock_tls_ca_file = NULL;
 char	   *etcd_lock_tls_cert_file = NULL;
 char	   *etcd_lock_tls_key_file = NULL;
@@ -272,6 +273,14 @@ etcd_lock_define_gucs(void)
 							&etcd_lock_max_locks,
 							0, 0, 1000000,
 							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("etcd_lock.deadlock_max_keys",
+							"Most keys under etcd_lock.prefix that deadlock detection reads.",
+							"After deadlock_timeout a waiter reads every key under the prefix (keys only) "
+							"to look for a cycle of waits; with more keys than this it skips detection. 0: off.",
+							&etcd_lock_deadlock_max_keys,
+							10000, 0, 1000000,
+							PGC_SUSET, 0,
 							NULL, NULL, NULL);
 	DefineCustomBoolVariable("etcd_lock.allow_session_locks",
 							 "Whether the session-level lock functions may be used.",

@@ -25,6 +25,7 @@ extern bool etcd_lock_verify_on_commit;
 extern int	etcd_lock_release_wait;
 extern bool etcd_lock_allow_session_locks;
 extern int	etcd_lock_max_locks;
+extern int	etcd_lock_deadlock_max_keys;
 
 typedef enum EtcdOnLeaseLoss
 {

@@ -15,6 +15,8 @@
 
 #include "miscadmin.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
+#include "guc.h"
 #include "utils/wait_event.h"
 
 #include <jansson.h>
@@ -29,6 +31,9 @@ void
 etcd_lock_keys(EtcdLockKeys *k, const char *prefix, const char *name,
 			   int64 lease_id)
 {
+	k->prefix = pstrdup(prefix ? prefix : "");
+	k->prefixlen = strlen(k->prefix);
+	k->lease_id = lease_id;
 	k->pfx = psprintf("%s%s/", prefix ? prefix : "", name);
 	k->pfxlen = strlen(k->pfx);
 	k->key = psprintf("%s%llx", k->pfx, (unsigned long long) lease_id);
@@ -444,7 +449,341 @@ lock_key_of(const EtcdLockKeys *k, const char *key, int keylen, int64 lease)
 	return true;
 }
 
+/* ---- deadlock detection across instances ---- */
+
+typedef struct DlKey
+{
+	char	   *name;			/* lock name (prefix stripped) */
+	char	   *key;			/* full key */
+	int			keylen;
+	int64		rev;			/* create_revision */
+	int64		lease;
+} DlKey;
+
+typedef struct DlRead
+{
+	const EtcdLockKeys *k;
+	DlKey	   *keys;
+	int			n;
+	int			cap;
+	int			max;
+	bool		too_many;
+} DlRead;
+
+/*
+ * parse_dl_keys keeps the lock keys among the keys under the prefix: for
+ * each, the name is what lies between the prefix and the last slash.
+ */
+static bool
+parse_dl_keys(json_t *root, void *arg)
+{
+	DlRead	   *r = arg;
+	json_t	   *kvs = json_object_get(root, "kvs");
+	json_t	   *kv;
+	size_t		i;
+
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	if ((int) json_array_size(kvs) > r->max)
+	{
+		r->too_many = true;
+		return true;
+	}
+	json_array_foreach(kvs, i, kv)
+	{
+		json_t	   *jkey = json_object_get(kv, "key");
+		int64		rev,
+					lease;
+		char	   *key,
+				   *slash;
+		int			keylen;
+		EtcdLockKeys lk;
+
+		if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", &rev) ||
+			!etcd_json_int64(kv, "lease", &lease))
+			return false;
+		key = etcd_b64_decode(json_string_value(jkey), &keylen);
+		if (key == NULL)
+			return false;
+		slash = (int) strlen(key) == keylen ? strrchr(key, '/') : NULL;
+		if (slash == NULL || slash < key + r->k->prefixlen + 1 ||
+			memcmp(key, r->k->prefix, r->k->prefixlen) != 0)
+		{
+			pfree(key);
+			continue;
+		}
+		lk.pfx = key;
+		lk.pfxlen = slash + 1 - key;
+		if (!lock_key_of(&lk, key, keylen, lease))
+		{
+			pfree(key);
+			continue;
+		}
+		if (r->n >= r->cap)
+		{
+			r->cap = r->cap ? r->cap * 2 : 64;
+			r->keys = r->keys ? repalloc(r->keys, r->cap * sizeof(DlKey)) :
+				palloc(r->cap * sizeof(DlKey));
+		}
+		r->keys[r->n].name = pnstrdup(key + r->k->prefixlen, slash - key - r->k->prefixlen);
+		r->keys[r->n].key = key;
+		r->keys[r->n].keylen = keylen;
+		r->keys[r->n].rev = rev;
+		r->keys[r->n].lease = lease;
+		r->n++;
+	}
+	return true;
+}
+
+static int
+dl_key_cmp(const void *a, const void *b)
+{
+	const DlKey *x = a;
+	const DlKey *y = b;
+	int			c = strcmp(x->name, y->name);
+
+	if (c != 0)
+		return c;
+	return x->rev < y->rev ? -1 : x->rev > y->rev;
+}
+
+typedef struct DlValues
+{
+	int			n;
+	bool	   *sql;			/* the key holds an SQL holder's JSON value */
+} DlValues;
+
+static bool
+parse_dl_values(json_t *root, void *arg)
+{
+	DlValues   *v = arg;
+	json_t	   *responses = json_object_get(root, "responses");
+	int			i;
+
+	if (!json_is_array(responses) || (int) json_array_size(responses) != v->n)
+		return false;
+	for (i = 0; i < v->n; i++)
+	{
+		bool		ok = true;
+		json_t	   *kv = first_kv(responses, i, &ok);
+		json_t	   *jval;
+		char	   *val;
+
+		if (!ok)
+			return false;
+		v->sql[i] = false;
+		jval = kv ? json_object_get(kv, "value") : NULL;
+		if (!json_is_string(jval))
+			continue;
+		val = etcd_b64_decode(json_string_value(jval), NULL);
+		v->sql[i] = val != NULL && val[0] == '{' && strstr(val, "\"instance\"") != NULL;
+		if (val)
+			pfree(val);
+	}
+	return true;
+}
+
+/*
+ * etcd_deadlock_check raises 40P01 if this waiter (our key k->key, revision
+ * rev) closes a cycle of waits and is its victim.
+ *
+ * The wait-for graph comes from one range read of every key under the
+ * prefix (keys only; one revision, so all edges are seen at the same
+ * moment): a lease waits for the holder (oldest lock key) of every name
+ * where it has a lock key that does not hold. A cycle through our lease is
+ * a deadlock. Exactly one victim per cycle: the youngest SQL wait key in it
+ * (highest create_revision among the cycle's waiting keys whose value is an
+ * SQL holder's JSON), like PostgreSQL's detector failing one waiter; every
+ * other member keeps waiting, and the victim finds the same cycle at its own
+ * next check. A Go session shares one lease across goroutines, so a cycle
+ * through a Go lease may not be a real deadlock: an over-approximation there.
+ * Does not use /v3/lease/timetolive with keys (it needs read permission on
+ * every key of a lease since etcd 3.4.26 / 3.5.9, CVE-2023-32082).
+ */
+void
+etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
+{
+	static bool said_too_many = false;
+	static bool said_failed = false;
+	EtcdStatus	st;
+	DlRead		r = {0};
+	StringInfoData b;
+	int64	   *leases;
+	int		   *holder_of;		/* per key: index of its name's holder key */
+	int			nleases = 0,
+				i,
+				j;
+	int		   *parent_edge;	/* per lease: the key by which it was reached */
+	int		   *stack;
+	int			sp = 0;
+	bool	   *seen;
+	int			our,
+				found_edge = -1;
+
+	if (etcd_lock_deadlock_max_keys <= 0)
+		return;
+	r.k = k;
+	r.max = etcd_lock_deadlock_max_keys;
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"key\":\"");
+	if (k->prefixlen == 0)
+	{
+		etcd_append_b64(&b, "\0", 1);
+		appendStringInfoString(&b, "\",\"range_end\":\"");
+		etcd_append_b64(&b, "\0", 1);
+	}
+	else
+	{
+		etcd_append_b64(&b, k->prefix, k->prefixlen);
+		appendStringInfoString(&b, "\",\"range_end\":\"");
+		append_range_end(&b, k->prefix, k->prefixlen);
+	}
+	appendStringInfo(&b, "\",\"keys_only\":true,\"limit\":\"%d\"}", r.max + 1);
+
+	/*
+	 * Detection must never end a wait by itself: if etcd refuses the read
+	 * (a role that may not read the whole prefix, say), say so once in the
+	 * log and go on waiting without it.
+	 */
+	if (!etcd_request("/v3/kv/range", b.data, parse_dl_keys, &r, &st))
+	{
+		if (!said_failed)
+			ereport(LOG,
+					(errmsg("etcd_lock: deadlock detection skipped: could not read the keys under the prefix"),
+					 errdetail("%s", st.message),
+					 errhint("Give the etcd role read access to all of etcd_lock.prefix, or set a prefix it can read.")));
+		said_failed = true;
+		return;
+	}
+	if (r.too_many)
+	{
+		if (!said_too_many)
+			ereport(LOG,
+					(errmsg("etcd_lock: deadlock detection skipped: more than %d keys under the prefix",
+							r.max),
+					 errhint("Raise etcd_lock.deadlock_max_keys, or set etcd_lock.prefix so that lock keys are apart from other data.")));
+		said_too_many = true;
+		return;
+	}
+	if (r.n < 2)
+		return;
+	qsort(r.keys, r.n, sizeof(DlKey), dl_key_cmp);
+
+	/* leases as graph nodes; each key points at its name's holder */
+	leases = palloc(sizeof(int64) * r.n);
+	holder_of = palloc(sizeof(int) * r.n);
+	for (i = 0; i < r.n; i++)
+	{
+		holder_of[i] = (i > 0 && strcmp(r.keys[i].name, r.keys[i - 1].name) == 0) ?
+			holder_of[i - 1] : i;
+		for (j = 0; j < nleases && leases[j] != r.keys[i].lease; j++)
+			;
+		if (j == nleases)
+			leases[nleases++] = r.keys[i].lease;
+	}
+	for (our = 0; our < nleases && leases[our] != k->lease_id; our++)
+		;
+	if (our == nleases)
+		return;
+
+	/*
+	 * Depth-first search from our lease along "waits for" edges: a key of
+	 * lease L that does not hold its name is an edge L -> holder's lease.
+	 */
+	parent_edge = palloc(sizeof(int) * nleases);
+	seen = palloc0(sizeof(bool) * nleases);
+	stack = palloc(sizeof(int) * (nleases + 1));
+	stack[sp++] = our;
+	seen[our] = true;
+	while (sp > 0 && found_edge < 0)
+	{
+		int			l = stack[--sp];
+
+		for (i = 0; i < r.n && found_edge < 0; i++)
+		{
+			int			h;
+
+			if (r.keys[i].lease != leases[l] || holder_of[i] == i)
+				continue;
+			for (h = 0; leases[h] != r.keys[holder_of[i]].lease; h++)
+				;
+			if (h == our)
+				found_edge = i; /* back at our lease: a cycle */
+			else if (!seen[h])
+			{
+				seen[h] = true;
+				parent_edge[h] = i;
+				stack[sp++] = h;
+			}
+		}
+	}
+	if (found_edge < 0)
+		return;
+
+	/* the cycle's wait keys, from the closing edge back to our lease */
+	{
+		int		   *cyc = palloc(sizeof(int) * (nleases + 1));
+		int			nc = 0,
+					victim = -1,
+					l;
+		DlValues	v;
+		StringInfoData detail;
+
+		cyc[nc++] = found_edge;
+		for (l = 0; leases[l] != r.keys[found_edge].lease; l++)
+			;
+		while (l != our && nc <= nleases)
+		{
+			int			e = parent_edge[l];
+
+			cyc[nc++] = e;
+			for (l = 0; leases[l] != r.keys[e].lease; l++)
+				;
+		}
+
+		/* which of them are SQL sessions' keys: one read of their values */
+		v.n = nc;
+		v.sql = palloc0(sizeof(bool) * nc);
+		resetStringInfo(&b);
+		appendStringInfoString(&b, "{\"success\":[");
+		for (i = 0; i < nc; i++)
+		{
+			appendStringInfo(&b, "%s{\"request_range\":{\"key\":\"", i ? "," : "");
+			etcd_append_b64(&b, r.keys[cyc[i]].key, r.keys[cyc[i]].keylen);
+			appendStringInfoString(&b, "\"}}");
+		}
+		appendStringInfoString(&b, "]}");
+		if (!etcd_request("/v3/kv/txn", b.data, parse_dl_values, &v, &st))
+			return;				/* checked again later */
+		for (i = 0; i < nc; i++)
+			if (v.sql[i] && (victim < 0 || r.keys[cyc[i]].rev > r.keys[cyc[victim]].rev))
+				victim = i;
+		if (victim < 0 || r.keys[cyc[victim]].lease != k->lease_id ||
+			r.keys[cyc[victim]].rev != rev)
+			return;				/* another member of the cycle is its victim */
+
+		initStringInfo(&detail);
+		for (i = nc - 1; i >= 0; i--)
+		{
+			DlKey	   *w = &r.keys[cyc[i]];
+
+			appendStringInfo(&detail, "%sLease %llx waits for etcd lock \"%s\", held by lease %llx.",
+							 detail.len ? "\n" : "", (unsigned long long) w->lease, w->name,
+							 (unsigned long long) r.keys[holder_of[cyc[i]]].lease);
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("deadlock detected"),
+				 errdetail("%s", detail.data),
+				 errhint("This session (lease %llx) was chosen as the victim: the youngest waiter in the cycle. See etcd_lock_holders() for who holds the locks.",
+						 (unsigned long long) k->lease_id)));
+	}
+}
+
 /* ---- wait ---- */
+
 
 #define PRED_PAGE	64			/* keys read per page when looking for a predecessor */
 
@@ -645,9 +984,13 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 	int			backoff_ms = 0;
 	char	   *gone_key = NULL;	/* predecessor last found gone */
 	int64		gone_rev = 0;
+	TimestampTz next_dl_check = 0;
+	int			dl_interval = Max(DeadlockTimeout, 10);
 
 	if (deadline == 0)
 		deadline = DT_NOEND;
+	if (DeadlockTimeout > 0)
+		next_dl_check = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DeadlockTimeout);
 	for (;;)
 	{
 		PredReply	p;
@@ -655,6 +998,19 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 		EtcdWatchResult wr = WATCH_TIMEOUT;
 
 		CHECK_FOR_INTERRUPTS();
+
+		/*
+		 * After deadlock_timeout, look for a cycle through our lease in the
+		 * wait-for graph of every lock under the prefix; again with growing
+		 * intervals (up to 16 x deadlock_timeout), since a cycle can close
+		 * after our first look and only its victim ends it.
+		 */
+		if (next_dl_check != 0 && GetCurrentTimestamp() >= next_dl_check)
+		{
+			etcd_deadlock_check(k, rev);
+			dl_interval = Min(dl_interval * 2, Max(DeadlockTimeout, 10) * 16);
+			next_dl_check = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), dl_interval);
+		}
 		if (lease_ok && !lease_ok())
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -677,8 +1033,12 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 				 * Any outcome (deletion, broken stream, a second without
 				 * news as a safety net) leads to reading the queue again.
 				 */
-				wr = etcd_watch_wait(Min(deadline,
-										 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000)));
+				TimestampTz until = Min(deadline,
+										TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000));
+
+				if (next_dl_check != 0)
+					until = Min(until, next_dl_check);
+				wr = etcd_watch_wait(until);
 			}
 			else if (gone_key && p.pred_rev == gone_rev && strcmp(gone_key, p.pred) == 0)
 				wr = WATCH_BROKEN;	/* "gone" twice, yet listed: the peer is

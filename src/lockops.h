@@ -11,6 +11,9 @@
 /* A lock name turned into etcd keys: key = pfx + lease id in hex. */
 typedef struct EtcdLockKeys
 {
+	const char *prefix;			/* etcd_lock.prefix */
+	int			prefixlen;
+	int64		lease_id;		/* ours */
 	char	   *pfx;			/* prefix + name + "/" */
 	int			pfxlen;
 	char	   *key;			/* pfx + "%llx" of the lease */
@@ -32,6 +35,7 @@ extern const char *etcd_release_request(const char *key, int keylen,
 extern bool etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id,
 							  const char *value, bool try_only, int64 *rev);
 extern bool etcd_lock_first(const EtcdLockKeys *k, int64 rev);
+extern void etcd_deadlock_check(const EtcdLockKeys *k, int64 rev);
 extern bool etcd_lock_wait(const EtcdLockKeys *k, int64 rev,
 						   TimestampTz deadline, bool (*lease_ok) (void));
 extern bool etcd_lock_release(const char *key, int keylen, int64 token,

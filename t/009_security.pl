@@ -204,6 +204,25 @@ ok(scalar(@all) >= 2, 'root sees the lock keys');
 is(scalar(@outside), 0, 'prefix: no key exists outside /app/ (' . join(',', @all) . ')');
 $s1->query_safe("SELECT etcd_unlock_all()");
 
+# --- deadlock detection with a role confined to the prefix: it reads only
+# keys under the prefix (no lease key listings, which need more rights)
+{
+	my $d1 = session($node);
+	my $d2 = session($node);
+	$d1->query_safe("BEGIN; SELECT etcd_xact_lock('/dla')");
+	$d2->query_safe("BEGIN; SELECT etcd_xact_lock('/dlb')");
+	my $m1 = start_query($d1, "SELECT etcd_xact_lock('/dlb', '30 s') > 0");
+	usleep(300_000);
+	my $m2 = start_query($d2, "\\set VERBOSITY verbose\nSELECT etcd_xact_lock('/dla', '30 s') > 0");
+	my ($o2, $e2) = finish_query($d2, $m2, 60);
+	like($e2, qr/40P01.*deadlock detected/s, 'confined role: the deadlock is detected (40P01)');
+	$d2->query('ROLLBACK');
+	my ($o1, $e1) = finish_query($d1, $m1, 60);
+	is($o1, 't', 'confined role: the other side proceeds');
+	$d1->query('ROLLBACK');
+	$_->quit for $d1, $d2;
+}
+
 # --- bad passwords: clear errors, the password never in a message or the log
 $pf = undef;
 open($pf, '>', $pwfile) or die;

@@ -153,5 +153,74 @@ END$$;}), 120);
 	$_->quit for $sa, $sb;
 }
 
+# run_cycle(sessions, names): each session holds its name (xact), then
+# waits for the next one's, the last starting last; returns each session's
+# (output, errors)
+sub run_cycle
+{
+	my ($sess, $names) = @_;
+	my $n = @$sess;
+	$sess->[$_]->query_safe("BEGIN; SELECT etcd_xact_lock('$names->[$_]')") for 0 .. $n - 1;
+	my @m;
+	for my $i (0 .. $n - 1)
+	{
+		push @m, start_query($sess->[$i], "\\set VERBOSITY verbose\nSELECT etcd_xact_lock('$names->[($i + 1) % $n]', '30 s') > 0");
+		usleep(300_000);    # a known order: the last one waits youngest
+	}
+	my @res = map { [ finish_query($sess->[$_], $m[$_], 60) ] } 0 .. $n - 1;
+	$_->query('ROLLBACK') for @$sess;
+	return @res;
+}
+
+# --- a deadlock across two instances: exactly one side (the younger wait)
+# gets 40P01 after deadlock_timeout, the other proceeds
+{
+	my $sa = session($a);
+	my $sb = session($b);
+	my $t0 = time;
+	my @r = run_cycle([ $sa, $sb ], [ '/dl/a', '/dl/b' ]);
+	my $el = time - $t0;
+	my @dead = grep { $r[$_][1] =~ /40P01/ } 0 .. 1;
+	is(scalar(@dead), 1, 'two-instance deadlock: exactly one side gets 40P01');
+	is($dead[0] // -1, 1, '... the one whose wait began last (instance B)');
+	like($r[1][1], qr/deadlock detected.*waits for etcd lock "\/dl\/a".*waits for etcd lock "\/dl\/b"/s,
+		'... naming the cycle in the detail');
+	is($r[0][0], 't', '... the other side got its lock');
+	ok($el < 15, sprintf('... resolved in %.1f s (deadlock_timeout 1 s)', $el));
+	$_->quit for $sa, $sb;
+}
+
+# --- a three-party cycle through a Go client: its keys are what etcd's
+# concurrency.Mutex writes (a lease-attached key with an empty value per
+# name; the reference Go program cannot hold one lock while waiting for
+# another, so they are written through the gateway): the youngest SQL
+# waiter is the victim, the Go party is never chosen
+{
+	my $sa = session($a);
+	my $sb = session($b);
+	my $lease = `curl -s -m 5 $etcd->{endpoint}/v3/lease/grant -d '{"TTL":"60"}'`;
+	my ($id) = $lease =~ /"ID":"(\d+)"/;
+	my $go_put = sub {
+		my $k = MIME::Base64::encode_base64(sprintf('%s/%x', $_[0], $id), '');
+		system("curl -s -m 5 $etcd->{endpoint}/v3/kv/put -d '{\"key\":\"$k\",\"value\":\"\",\"lease\":\"$id\"}' >/dev/null");
+	};
+	$go_put->('/dl3/c');    # Go holds c
+	$sa->query_safe("BEGIN; SELECT etcd_xact_lock('/dl3/a')");
+	$sb->query_safe("BEGIN; SELECT etcd_xact_lock('/dl3/b')");
+	$go_put->('/dl3/a');    # Go waits for a (held by A)
+	my $ma = start_query($sa, "SELECT etcd_xact_lock('/dl3/b', '30 s') > 0");    # A waits for b
+	usleep(300_000);
+	my $mb = start_query($sb, "\\set VERBOSITY verbose\nSELECT etcd_xact_lock('/dl3/c', '30 s') > 0");    # B waits for c
+	my ($ob, $eb) = finish_query($sb, $mb, 60);
+	like($eb, qr/40P01/, 'three-party cycle through a Go client: the youngest SQL waiter gets 40P01');
+	like($eb, qr/waits for etcd lock "\/dl3\/c"/, '... the detail names the Go client\'s lock');
+	$sb->query('ROLLBACK');
+	my ($oa, $ea) = finish_query($sa, $ma, 60);
+	is($oa, 't', '... the other SQL waiter got its lock once the victim rolled back');
+	$sa->query('ROLLBACK');
+	system("curl -s -m 5 $etcd->{endpoint}/v3/lease/revoke -d '{\"ID\":\"$id\"}' >/dev/null");
+	$_->quit for $sa, $sb;
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 done_testing();
