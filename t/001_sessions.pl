@@ -115,7 +115,7 @@ finish_query($s1, $m, 30);
 pass('after a cancelled and a terminated waiter, the next waiter gets the lock');
 
 # --- the worker keeps the lease alive past its TTL (3 s)
-sleep(7);
+sleep_full(7);
 is($s2->query_safe("SELECT etcd_try_lock('/jobs')"), 'f', 'lock still held after 2 x TTL (keepalives work)');
 is(scalar(keys %{ etcd_keys($etcd, '/jobs/') }), 1, 'holder key still present after 2 x TTL');
 

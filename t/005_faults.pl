@@ -23,7 +23,7 @@ sub freeze
 {
 	my ($secs) = @_;
 	kill 'STOP', $etcd->{pid};
-	sleep($secs);
+	sleep_full($secs);
 	kill 'CONT', $etcd->{pid};
 }
 
@@ -143,7 +143,7 @@ sub freeze
 	chomp $wpid;
 	ok($wpid =~ /^\d+$/, "found the worker ($wpid)");
 	kill 'TERM', $wpid;
-	sleep(2 * $ttl + 1);
+	sleep_full(2 * $ttl + 1);
 	my $wpid2 = `ps -o pid= --ppid $node->{_pid} -o cmd= | grep 'etcd_lock worker' | awk '{print \$1}'`;
 	chomp $wpid2;
 	ok($wpid2 =~ /^\d+$/ && $wpid2 != $wpid, "the worker restarted ($wpid2)");

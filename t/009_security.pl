@@ -76,7 +76,7 @@ ok($t1 > 0, 'TLS: lock');
 my $m = start_query($s2, "SELECT etcd_lock('/app/tls')");
 usleep(300_000);
 ok(!query_done($s2, $m), 'TLS: a second session waits (watch over TLS)');
-sleep(4);
+sleep_full(4);
 is($node->safe_psql('postgres', "SELECT etcd_try_lock('/app/tls')"), 'f', 'TLS: keepalives keep the lock past the TTL');
 is($node->safe_psql('postgres', "SELECT waiters FROM etcd_lock_holders('/app/tls')"), '1', 'TLS: etcd_lock_holders');
 $s1->query_safe("SELECT etcd_unlock('/app/tls')");
@@ -175,7 +175,7 @@ $m = start_query($s2, "SELECT etcd_lock('/app/auth')");
 usleep(300_000);
 ok(!query_done($s2, $m), 'auth: a second session waits');
 # tokens live 2 s: wait past expiry; keepalives and the waiter's watch must re-authenticate
-sleep(5);
+sleep_full(5);
 is($node->safe_psql('postgres', "SELECT etcd_try_lock('/app/auth')"), 'f',
 	'auth: the lock survived token expiry (keepalives re-authenticated)');
 is($node->safe_psql('postgres', "SELECT waiters FROM etcd_lock_holders('/app/')"), '1',

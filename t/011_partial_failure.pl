@@ -76,7 +76,7 @@ sub ka_metrics
 	my @s = map { session($b) } 1 .. 20;
 	$s[$_]->query_safe("SELECT etcd_lock('/ka$_')") for 0 .. 19;
 	my ($st0, $m0) = ka_metrics();
-	sleep(2 * $ttl);
+	sleep_full(2 * $ttl);
 	my ($st1, $m1) = ka_metrics();
 	is($b->safe_psql('postgres', "SELECT count(*) FROM generate_series(0, 19) i WHERE etcd_try_lock('/ka' || i)"), '0',
 		'keepalive stream: 20 locks held past 2 x TTL');
@@ -163,7 +163,8 @@ sub ka_metrics
 		usleep(600_000) if $i < 2;
 	}
 	my @x = map { session($a) } 0 .. 1;
-	$x[$_]->query_safe("BEGIN; SELECT etcd_xact_lock('/px$_')") for 0 .. 1;
+	# (ROLLBACK would wait etcd_lock.release_wait for the worker: not here)
+	$x[$_]->query_safe("SET etcd_lock.release_wait = 0; BEGIN; SELECT etcd_xact_lock('/px$_')") for 0 .. 1;
 	my @hm = map { start_query($h[$_], 'SELECT pg_sleep(60)') } 0 .. 2;
 	usleep(100_000);
 	$fp->hold;
@@ -291,10 +292,10 @@ sub ka_metrics
 	my $d = etcd_node('d', { endpoint => $fp->endpoint },
 		'etcd_lock.lease_ttl' => '10s', 'etcd_lock.request_timeout' => '1s');
 	my @x = map { session($d) } 0 .. 2;
-	$x[$_]->query_safe("BEGIN; SELECT etcd_xact_lock('/out$_')") for 0 .. 2;
+	$x[$_]->query_safe("SET etcd_lock.release_wait = 0; BEGIN; SELECT etcd_xact_lock('/out$_')") for 0 .. 2;
 	$fp->hold;
 	$x[$_]->query_safe('ROLLBACK') for 0 .. 2;
-	sleep(4);
+	sleep_full(4);
 	is(nkeys('/out'), 3, 'outage: the releases are still queued');
 	$fp->pass;
 	my $t0 = time;

@@ -15,7 +15,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(start_etcd start_etcd_cluster etcd_leader run_etcd stop_etcd etcd_node session start_query finish_query
-  query_done etcd_keys etcd_put wait_until);
+  query_done etcd_keys etcd_put wait_until sleep_full);
 
 my @etcd_pids;
 
@@ -223,6 +223,19 @@ sub wait_until
 		usleep(10_000);
 	}
 	return 0;
+}
+
+# sleep_full(secs): sleeps secs seconds even if a signal (SIGCHLD from a
+# finished helper process, say) wakes the process early.
+sub sleep_full
+{
+	my ($secs) = @_;
+	my $end = time + $secs;
+	while ((my $left = $end - time) > 0)
+	{
+		Time::HiRes::sleep($left);
+	}
+	return;
 }
 
 # etcd_keys(etcd, prefix): the keys under prefix, with their values.
