@@ -99,6 +99,8 @@ my (undef, $err500) = bad_case('http500', 'HTTP 500 (3.4 error shape)', detail =
 bad_case('http400', 'HTTP 400 (3.6 error shape)', detail => qr/etcd said: HTTP 400: bad \(code 3\)/);
 bad_case('http401', 'HTTP 401', detail => qr/HTTP 401: etcdserver: user name is empty \(code 16\)/);
 bad_case('http403', 'HTTP 403 permission denied', state => '42501', detail => qr/permission denied \(code 7\)/);
+bad_case('http404_plain', 'HTTP 404 from something that is not the client API',
+	detail => qr/HTTP 404 from http:\S+: not etcd's client API .*client URLs such as http:\/\/host:2379, without a path/);
 bad_case('http403_36', 'HTTP 403 permission denied (3.6 error shape)', state => '42501',
 	detail => qr/permission denied \(code 7\)/);
 bad_case('stall', 'a stall (request read, never answered)', detail => qr/timed out/, min => 0.9);

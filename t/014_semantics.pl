@@ -222,5 +222,31 @@ sub run_cycle
 	$_->quit for $sa, $sb;
 }
 
+# --- etcd_locks tells the truth: a lock whose lease lapsed shows as lost,
+# and locks beyond the registry are counted, not silently dropped
+{
+	my $c = etcd_node('sem_c', $etcd, 'etcd_lock.lease_ttl' => '3s', 'etcd_lock.max_locks' => '20',
+		'etcd_lock.on_lease_loss' => 'warn');
+	my $s = session($c);
+	$s->query_safe("SELECT etcd_lock('/many/' || i) FROM generate_series(1, 30) i");
+	my ($out, $err) = finish_query($s, start_query($s, 'SELECT count(*) FROM etcd_locks'), 20);
+	is($out, '20', 'more locks than the registry holds: etcd_locks shows what fits');
+	like($err, qr/NOTICE:  etcd_locks: 10 lock\(s\) of this instance are not shown/, '... and says how many it does not');
+	is($c->safe_psql('postgres', 'SELECT locks_not_shown FROM etcd_lock_status'), '10',
+		'... etcd_lock_status counts them');
+	is($c->safe_psql('postgres', "SELECT count(*) FROM etcd_locks WHERE state = 'held'"), '20',
+		'... all shown as held');
+	kill 'STOP', $etcd->{pid};
+	sleep_full(3.5);
+	my $lost = $c->safe_psql('postgres', "SELECT count(*) FROM etcd_locks WHERE state = 'lost'");
+	kill 'CONT', $etcd->{pid};
+	is($lost, '20', 'a lapsed lease: its locks show as lost, not held');
+	$s->query('SELECT etcd_unlock_all()');
+	$s->quit;
+	ok(wait_until(sub { $c->safe_psql('postgres', 'SELECT locks_not_shown FROM etcd_lock_status') eq '0' }, 10),
+		'... and nothing is left uncounted once the session ends');
+	$c->stop;
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 done_testing();

@@ -456,6 +456,11 @@ sub _answer
 		return _send($c, 403,
 			'{"error":"etcdserver: permission denied","message":"etcdserver: permission denied","code":7}');
 	}
+	if ($mode eq 'http404_plain')
+	{
+		# not etcd's gateway: a wrong path, or the peer port
+		return _send($c, 404, "404 page not found\n");
+	}
 	if ($mode eq 'http403_36')
 	{
 		# etcd 3.6 (grpc-gateway v2): no "error" field, details[]
