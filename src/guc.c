@@ -266,14 +266,16 @@ etcd_lock_define_gucs(void)
 							1000, 0, 60000,
 							PGC_USERSET, GUC_UNIT_MS,
 							NULL, NULL, NULL);
-	DefineCustomIntVariable("etcd_lock.max_locks",
-							"Locks held or awaited at once on this instance that etcd_locks can show.",
-							"0: max(1024, 8 per backend). Locks beyond it work but are not shown "
-							"(etcd_lock_status.locks_not_shown counts them).",
-							&etcd_lock_max_locks,
-							0, 0, 1000000,
-							PGC_POSTMASTER, 0,
-							NULL, NULL, NULL);
+	/* sizes shared memory: only where the library is preloaded */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("etcd_lock.max_locks",
+								"Locks held or awaited at once on this instance that etcd_locks can show.",
+								"0: max(1024, 8 per backend). Locks beyond it work but are not shown "
+								"(etcd_lock_status.locks_not_shown counts them).",
+								&etcd_lock_max_locks,
+								0, 0, 1000000,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
 	DefineCustomIntVariable("etcd_lock.deadlock_max_keys",
 							"Most keys under etcd_lock.prefix that deadlock detection reads.",
 							"After deadlock_timeout a waiter reads every key under the prefix (keys only) "

@@ -19,6 +19,7 @@ use Carp;
 use IO::Select;
 use IO::Socket::INET;
 use JSON::PP;
+use Math::BigInt;
 use MIME::Base64;
 use POSIX ();
 use PostgreSQL::Test::Cluster;
@@ -273,11 +274,17 @@ sub _hdr
 	return { cluster_id => '1', member_id => '2', revision => "$rev", raft_term => '2' };
 }
 
+# _kv(key_b64, rev): a key as etcd lists it. A lock key is named by the
+# hex of its own lease (the rule the extension checks), so the lease is
+# taken from the key's last segment when that is hex.
 sub _kv
 {
 	my ($key_b64, $rev) = @_;
+	my $key = eval { decode_base64($key_b64) } // '';
+	my ($seg) = $key =~ m{/([0-9a-f]{1,16})$};
+	my $lease = defined $seg ? Math::BigInt->from_hex($seg)->bstr : $LEASE_ID;
 	return { key => $key_b64, create_revision => "$rev", mod_revision => "$rev", version => '1',
-		lease => $LEASE_ID };
+		lease => $lease };
 }
 
 # _kind(req): which lock call a txn is (see src/lockops.c)
