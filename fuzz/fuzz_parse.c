@@ -380,6 +380,9 @@ fz_next_event_us(void)
 
 /* ---- latch and wait event set: time passes, nothing else happens ---- */
 
+/* the wait loop's deadlock check: off in the harness */
+int			DeadlockTimeout = 0;
+
 uint32
 etcd_wait_event(EtcdWaitKind kind)
 {
