@@ -769,6 +769,21 @@ gw_sock_events(int i)
 		ev |= WL_SOCKET_READABLE;
 	if (gw_socks[i].what & CURL_POLL_OUT)
 		ev |= WL_SOCKET_WRITEABLE;
+
+	/*
+	 * libcurl keeps asking to write on the keepalive stream's socket while
+	 * its upload is paused (nothing to send): waiting for writability there
+	 * would wake at once, forever. Only its answers matter until a renewal
+	 * is queued (which unpauses the upload).
+	 */
+	if ((ev & WL_SOCKET_WRITEABLE) && gw_ka_active && gw_ka_paused)
+	{
+		curl_socket_t kfd = CURL_SOCKET_BAD;
+
+		if (curl_easy_getinfo(gw_ka, CURLINFO_ACTIVESOCKET, &kfd) == CURLE_OK &&
+			kfd == gw_socks[i].fd)
+			ev &= ~WL_SOCKET_WRITEABLE;
+	}
 	return ev;
 }
 
@@ -808,6 +823,8 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 {
 	int			running;
 
+	if (gw_timer_armed && GetCurrentTimestamp() >= gw_timer_at)
+		gw_timer_armed = false;
 	curl_multi_socket_action(gw_multi, CURL_SOCKET_TIMEOUT, 0, &running);
 	gw_collect();
 	for (;;)
@@ -880,7 +897,16 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 				curl_multi_socket_action(gw_multi, evs[i].fd, flags, &running);
 		}
 		if (nev == 0 || (gw_timer_armed && GetCurrentTimestamp() >= gw_timer_at))
+		{
+			/*
+			 * curl's timer is one-shot: once it has fired, curl re-arms it
+			 * through the callback if it needs it again. Left armed in the
+			 * past it would make every wait return at once (a busy loop).
+			 */
+			if (gw_timer_armed && GetCurrentTimestamp() >= gw_timer_at)
+				gw_timer_armed = false;
 			curl_multi_socket_action(gw_multi, CURL_SOCKET_TIMEOUT, 0, &running);
+		}
 		gw_collect();
 		if (latch)
 		{
