@@ -19,6 +19,7 @@ use EtcdLockTest;
 use FaultProxy;
 use List::Util qw(min max);
 use MIME::Base64;
+use POSIX ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -46,6 +47,18 @@ sub lease_ids
 {
 	my $json = `curl -s -m 5 $etcd->{endpoint}/v3/lease/leases -d '{}'`;
 	return $json =~ /"ID":"(\d+)"/g;
+}
+
+# proc_cpu(pid): CPU seconds the process has used
+sub proc_cpu
+{
+	my ($pid) = @_;
+	open(my $f, '<', "/proc/$pid/stat") or return 0;
+	my $st = <$f>;
+	close $f;
+	$st =~ s/^.*\) //;
+	my @f = split(' ', $st);
+	return ($f[11] + $f[12]) / (POSIX::sysconf(POSIX::_SC_CLK_TCK()) || 100);
 }
 
 sub fired
@@ -76,8 +89,12 @@ sub ka_metrics
 	my @s = map { session($b) } 1 .. 20;
 	$s[$_]->query_safe("SELECT etcd_lock('/ka$_')") for 0 .. 19;
 	my ($st0, $m0) = ka_metrics();
+	my $wpid = worker_pid($b);
+	my $c0 = proc_cpu($wpid);
 	sleep_full(2 * $ttl);
+	my $cpu = (proc_cpu($wpid) - $c0) / (2 * $ttl);
 	my ($st1, $m1) = ka_metrics();
+	ok($cpu < 0.2, sprintf('keepalive stream: the worker is idle between renewals (%.1f%% of a core)', 100 * $cpu));
 	is($b->safe_psql('postgres', "SELECT count(*) FROM generate_series(0, 19) i WHERE etcd_try_lock('/ka' || i)"), '0',
 		'keepalive stream: 20 locks held past 2 x TTL');
 	ok($m1 - $m0 >= 20 * 3, sprintf('keepalive stream: %d renewals in %d s', $m1 - $m0, 2 * $ttl));
