@@ -797,6 +797,11 @@ typedef struct PredReply
 	int64		pred_rev;		/* its create_revision */
 	int			nread;			/* keys in the page read */
 	int64		last_rev;		/* create_revision of the page's last key */
+	char	   *oldest;			/* the oldest lock key below ours, if seen */
+	int			oldestlen;
+	int64		oldest_rev;
+	bool		pred_oldest;	/* the predecessor is the name's oldest lock
+								 * key: its deletion makes us the holder */
 } PredReply;
 
 /*
@@ -841,27 +846,69 @@ pred_scan(PredReply *r, json_t *kvs)
 	return true;
 }
 
+/*
+ * oldest_scan finds the oldest lock key in a page of keys (oldest first).
+ */
+static bool
+oldest_scan(PredReply *r, json_t *kvs)
+{
+	size_t		i;
+	json_t	   *kv;
+
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	json_array_foreach(kvs, i, kv)
+	{
+		json_t	   *jkey = json_object_get(kv, "key");
+		int64		rev,
+					lease;
+		char	   *key;
+		int			keylen;
+
+		if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", &rev) ||
+			!etcd_json_int64(kv, "lease", &lease))
+			return false;
+		key = etcd_b64_decode(json_string_value(jkey), &keylen);
+		if (key == NULL)
+			return false;
+		if (lock_key_of(r->k, key, keylen, lease))
+		{
+			r->oldest = key;
+			r->oldestlen = keylen;
+			r->oldest_rev = rev;
+			return true;
+		}
+		pfree(key);
+	}
+	return true;
+}
+
 static bool
 parse_pred(json_t *root, void *arg)
 {
 	PredReply  *r = arg;
 	json_t	   *responses,
 			   *mine,
-			   *rr;
+			   *rr,
+			   *ro;
 	bool		ok = true;
 
 	if (!r->with_mine)
 		return pred_scan(r, json_object_get(root, "kvs"));
 	responses = json_object_get(root, "responses");
-	if (!json_is_array(responses) || json_array_size(responses) != 2)
+	if (!json_is_array(responses) || json_array_size(responses) != 3)
 		return false;
 	mine = first_kv(responses, 0, &ok);
 	if (!ok || !etcd_json_int64(mine, "create_revision", &r->my_rev))
 		return false;
 	rr = json_object_get(json_array_get(responses, 1), "response_range");
-	if (!json_is_object(rr))
+	ro = json_object_get(json_array_get(responses, 2), "response_range");
+	if (!json_is_object(rr) || !json_is_object(ro))
 		return false;
-	return pred_scan(r, json_object_get(rr, "kvs"));
+	return pred_scan(r, json_object_get(rr, "kvs")) &&
+		oldest_scan(r, json_object_get(ro, "kvs"));
 }
 
 /*
@@ -869,15 +916,15 @@ parse_pred(json_t *root, void *arg)
  * under the name created before revision below, newest first, one page.
  */
 static void
-append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below)
+append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below, bool oldest_first)
 {
 	appendStringInfoString(b, "{\"key\":\"");
 	etcd_append_b64(b, k->pfx, k->pfxlen);
 	appendStringInfoString(b, "\",\"range_end\":\"");
 	append_range_end(b, k->pfx, k->pfxlen);
-	appendStringInfo(b, "\",\"sort_order\":\"DESCEND\",\"sort_target\":\"CREATE\","
+	appendStringInfo(b, "\",\"sort_order\":\"%s\",\"sort_target\":\"CREATE\","
 					 "\"limit\":\"%d\",\"keys_only\":true,\"max_create_revision\":\"" INT64_FORMAT "\"}",
-					 PRED_PAGE, below - 1);
+					 oldest_first ? "ASCEND" : "DESCEND", PRED_PAGE, below - 1);
 }
 
 /*
@@ -898,7 +945,9 @@ read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 	appendStringInfoString(&b, "{\"success\":[{\"request_range\":{\"key\":\"");
 	etcd_append_b64(&b, k->key, k->keylen);
 	appendStringInfoString(&b, "\",\"keys_only\":true}},{\"request_range\":");
-	append_pred_range(&b, k, rev);
+	append_pred_range(&b, k, rev, false);
+	appendStringInfoString(&b, "},{\"request_range\":");
+	append_pred_range(&b, k, rev, true);
 	appendStringInfoString(&b, "}]}");
 	etcd_request_or_error("/v3/kv/txn", b.data, parse_pred, r, "read the lock queue");
 	pfree(b.data);
@@ -909,9 +958,18 @@ read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 
 		r->nread = 0;
 		resetStringInfo(&b);
-		append_pred_range(&b, k, below);
+		append_pred_range(&b, k, below, false);
 		etcd_request_or_error("/v3/kv/range", b.data, parse_pred, r, "read the lock queue");
 	}
+
+	/*
+	 * The predecessor is the oldest lock key of the name (the holder): no
+	 * other lock key is older than ours, and none can be created older.
+	 * Its deletion alone then makes us the holder (see wait_loop).
+	 */
+	r->pred_oldest = r->pred != NULL && r->oldest != NULL &&
+		r->oldest_rev == r->pred_rev && r->oldestlen == r->predlen &&
+		memcmp(r->oldest, r->pred, r->predlen) == 0;
 }
 
 /*
@@ -1056,6 +1114,19 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			wr = WATCH_BROKEN;
 		etcd_watch_close();
 		pfree(p.pred);
+
+		/*
+		 * Handoff without a read: our last read showed the predecessor as
+		 * the oldest lock key of the name, and it is gone. No lock key can
+		 * be created with a lower revision than ours, so none is older than
+		 * ours now: we hold the lock. Rely on it only under the invariant:
+		 * our key was created under our lease (this wait's own key, seen in
+		 * that read with our revision) and the lease's deadline has not
+		 * passed (lease_ok) -- not a watch on our own key: etcd does not
+		 * order events across watchers.
+		 */
+		if (wr == WATCH_DELETED && p.pred_oldest && (lease_ok == NULL || lease_ok()))
+			return true;
 
 		/*
 		 * A watch that cannot be had or keeps breaking must not turn into a
@@ -1340,7 +1411,11 @@ etcd_lock_holders(const char *prefix, const char *name_prefix, int *nholders)
 		appendStringInfoString(&b, "\",\"range_end\":\"");
 		append_range_end(&b, start, startlen);
 	}
-	appendStringInfoString(&b, "\"}");
+	/*
+	 * A report, never an ownership decision: a serializable read (served
+	 * by the member asked, without a quorum round) is enough.
+	 */
+	appendStringInfoString(&b, "\",\"serializable\":true}");
 	etcd_request_or_error("/v3/kv/range", b.data, parse_list, &r, "list locks");
 
 	if (r.n > 1)

@@ -222,6 +222,28 @@ sub run_cycle
 	$_->quit for $sa, $sb;
 }
 
+# --- handoff without a read: a waiter whose predecessor is the holder takes
+# the lock on its deletion; one whose predecessor was itself a waiter that
+# gave up reads the queue again and keeps waiting for the real holder
+{
+	my $h = session($a);
+	my $w1 = session($b);
+	my $w2 = session($a);
+	my $t0 = $h->query_safe("SELECT etcd_lock('/hg')");
+	my $m1 = start_query($w1, "SELECT etcd_lock('/hg', '2 s')");
+	usleep(300_000);
+	my $m2 = start_query($w2, "SELECT etcd_lock('/hg', '30 s')");
+	my ($o1, $e1) = finish_query($w1, $m1, 20);
+	like($e1, qr/within the timeout/, 'the middle waiter gives up');
+	sleep_full(1);
+	ok(!query_done($w2, $m2), 'the last waiter did not take the lock its predecessor gave up: the holder still holds it');
+	$h->query_safe("SELECT etcd_unlock('/hg')");
+	my ($o2, $e2) = finish_query($w2, $m2, 20);
+	ok($o2 > $t0, 'once the holder releases, the last waiter gets it');
+	$w2->query_safe("SELECT etcd_unlock('/hg')");
+	$_->quit for $h, $w1, $w2;
+}
+
 # --- etcd_locks tells the truth: a lock whose lease lapsed shows as lost,
 # and locks beyond the registry are counted, not silently dropped
 {
