@@ -621,7 +621,10 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 		case T_TRY_ACQUIRE:
 			{
 				AcquireReply r = {0};
+				EtcdLockKeys k;
 
+				etcd_lock_keys(&k, "", "/jobs", INT64CONST(0x390da219c2a52a05));
+				r.k = &k;
 				r.key_b64 = FZ_KEY_B64;
 				r.try_only = t == T_TRY_ACQUIRE;
 				if (fz_parse(body, len, parse_acquire, &r))
@@ -636,7 +639,11 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 		case T_PRED:
 			{
 				PredReply	r = {0};
+				EtcdLockKeys k;
 
+				etcd_lock_keys(&k, "", "/jobs", INT64CONST(0x390da219c2a52a05));
+				r.k = &k;
+				r.with_mine = true;
 				if (fz_parse(body, len, parse_pred, &r) && r.pred)
 				{
 					if (r.predlen < 0 || r.pred[r.predlen] != '\0')
@@ -897,7 +904,7 @@ fz_request(FzTarget t, uint8_t param)
 			}
 		case T_REQ_WATCH:
 			fz_keys(&k, FZ_LEASE);
-			if (etcd_watch_open(k.key, k.keylen, &st))
+			if (etcd_watch_open(k.key, k.keylen, 0, &st))
 			{
 				EtcdWatchResult w = etcd_watch_wait(TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1500));
 

@@ -311,7 +311,7 @@ etcd_lock_status_sql(PG_FUNCTION_ARGS)
 	reachable = etcd_shared->etcd_reachable;
 	since = etcd_shared->reachable_since;
 	strlcpy(endpoint, etcd_shared->endpoint, sizeof(endpoint));
-	for (i = 0; i < etcd_shared->nslots; i++)
+	for (i = 0; i < etcd_shared->nbackends; i++)
 		if (etcd_shared->slots[i].state == LEASE_LIVE)
 			leases++;
 	for (i = 0; i < etcd_shared->nrelused; i++)

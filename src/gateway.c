@@ -85,6 +85,7 @@ static bool gw_watch_done;		/* transfer ended */
 static bool gw_watch_created;
 static bool gw_watch_deleted;
 static bool gw_watch_broken;
+static int64 gw_watch_min_rev = 0;	/* a DELETE counts only above this */
 
 /* TLS settings applied to the handles, and the etcd auth token */
 static char *gw_tls_applied = NULL;	/* "ca|cert|key" last applied */
@@ -141,7 +142,7 @@ static int	gw_async_inflight = 0;
 static bool gw_latch_seen = false;	/* gw_drive saw the latch set */
 
 /* header lists replaced while asynchronous transfers still used them */
-static struct curl_slist *gw_retired[8];
+static struct curl_slist *gw_retired[32];
 static int	gw_nretired = 0;
 
 static bool gw_auth_ready(EtcdStatus *st, int timeout_ms);
@@ -303,10 +304,21 @@ gw_watch_line(const char *line, size_t len)
 		json_array_foreach(events, i, ev)
 		{
 			json_t	   *type = json_object_get(ev, "type");
+			int64		modrev = 0;
 
-			if (json_is_string(type) && strcmp(json_string_value(type), "DELETE") == 0)
-				gw_watch_deleted = true;
-			else if (json_is_integer(type) && json_integer_value(type) == 1)
+			if (!((json_is_string(type) && strcmp(json_string_value(type), "DELETE") == 0) ||
+				  (json_is_integer(type) && json_integer_value(type) == 1)))
+				continue;
+
+			/*
+			 * Only the deletion of the incarnation we wait for counts: a
+			 * member behind the one we read from may still deliver the
+			 * delete of an earlier incarnation of the same key name (its
+			 * revision is below the one the key was created with).
+			 */
+			if (!etcd_json_int64(json_object_get(ev, "kv"), "mod_revision", &modrev))
+				gw_watch_broken = true;
+			else if (modrev > gw_watch_min_rev)
 				gw_watch_deleted = true;
 		}
 	}
@@ -512,7 +524,8 @@ gw_set_headers(void)
 		elog(ERROR, "etcd_lock: out of memory");
 	if (gw_easy)
 		curl_easy_setopt(gw_easy, CURLOPT_HTTPHEADER, h);
-	if (gw_watch)
+	/* a watch in progress keeps its list: it gets the new one when reopened */
+	if (gw_watch && !gw_watch_active)
 		curl_easy_setopt(gw_watch, CURLOPT_HTTPHEADER, w);
 	for (int i = 0; i < GW_ASYNC_MAX; i++)
 		if (gw_async[i].easy && !gw_async[i].used)
@@ -522,11 +535,20 @@ gw_set_headers(void)
 	 * libcurl does not copy header lists: one that a transfer in flight
 	 * still uses is freed only once nothing is in flight.
 	 */
-	if (gw_async_inflight > 0 && gw_headers && gw_nretired < lengthof(gw_retired))
-		gw_retired[gw_nretired++] = gw_headers;
+	if (gw_async_inflight > 0 && gw_headers)
+	{
+		/* kept until nothing is in flight; if there is no room, leaked */
+		if (gw_nretired < lengthof(gw_retired))
+			gw_retired[gw_nretired++] = gw_headers;
+	}
 	else if (gw_headers)
 		curl_slist_free_all(gw_headers);
-	if (gw_watch_headers)
+	if (gw_watch_headers && gw_watch_active)
+	{
+		if (gw_nretired < lengthof(gw_retired))
+			gw_retired[gw_nretired++] = gw_watch_headers;
+	}
+	else if (gw_watch_headers)
 		curl_slist_free_all(gw_watch_headers);
 	gw_headers = h;
 	gw_watch_headers = w;
@@ -1636,7 +1658,7 @@ gw_async_finish(GwAsync *a, EtcdAsyncResult *r)
 	a->post = NULL;
 	a->used = false;
 	a->done = false;
-	if (gw_async_inflight == 0)
+	if (gw_async_inflight == 0 && !gw_watch_active)
 		while (gw_nretired > 0)
 			curl_slist_free_all(gw_retired[--gw_nretired]);
 }
@@ -1739,6 +1761,12 @@ etcd_ka_stream_open(EtcdStatus *st)
  * etcd_ka_stream_usable says whether renewals can go on the stream.
  */
 bool
+etcd_ka_stream_active(void)
+{
+	return gw_ka_active;
+}
+
+bool
 etcd_ka_stream_usable(void)
 {
 	return gw_ka_active && !gw_ka_done && !gw_ka_broken;
@@ -1830,7 +1858,9 @@ gw_watch_event_cond(void)
 }
 
 /*
- * etcd_watch_open starts a watch on one key from the current revision (no
+ * etcd_watch_open starts a watch on one key (which exists with create
+ * revision key_rev: only a deletion above it counts) from the current
+ * revision (no
  * start revision, so etcd serves it from its synced watcher group and
  * events arrive as they happen) and waits until etcd confirms it. The
  * caller re-reads the key afterwards: a deletion before the watch existed
@@ -1838,7 +1868,7 @@ gw_watch_event_cond(void)
  * filled if the watch could not be created.
  */
 bool
-etcd_watch_open(const char *key, int keylen, EtcdStatus *st)
+etcd_watch_open(const char *key, int keylen, int64 key_rev, EtcdStatus *st)
 {
 	StringInfoData body;
 	char		url[1024];
@@ -1852,6 +1882,7 @@ etcd_watch_open(const char *key, int keylen, EtcdStatus *st)
 	etcd_watch_close();
 	memset(st, 0, sizeof(*st));
 	gw_watch_unauth = false;
+	gw_watch_min_rev = key_rev;
 
 	initStringInfo(&body);
 	appendStringInfoString(&body, "{\"create_request\":{\"key\":\"");
@@ -1928,6 +1959,11 @@ etcd_watch_close(void)
 	{
 		curl_multi_remove_handle(gw_multi, gw_watch);
 		gw_watch_active = false;
+		if (gw_watch_headers)
+			curl_easy_setopt(gw_watch, CURLOPT_HTTPHEADER, gw_watch_headers);
+		if (gw_async_inflight == 0)
+			while (gw_nretired > 0)
+				curl_slist_free_all(gw_retired[--gw_nretired]);
 	}
 }
 

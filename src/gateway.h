@@ -114,6 +114,7 @@ typedef struct EtcdKaResult
 
 extern bool etcd_ka_stream_open(EtcdStatus *st);
 extern bool etcd_ka_stream_usable(void);
+extern bool etcd_ka_stream_active(void);
 extern bool etcd_ka_stream_send(int64 lease_id);
 extern int	etcd_ka_stream_results(EtcdKaResult *out, int max);
 extern void etcd_ka_stream_close(void);
@@ -126,7 +127,8 @@ typedef enum EtcdWatchResult
 	WATCH_BROKEN				/* stream ended, canceled or failed: re-read */
 } EtcdWatchResult;
 
-extern bool etcd_watch_open(const char *key, int keylen, EtcdStatus *st);
+extern bool etcd_watch_open(const char *key, int keylen, int64 created,
+							EtcdStatus *st);
 extern EtcdWatchResult etcd_watch_wait(TimestampTz deadline);
 extern void etcd_watch_close(void);
 

@@ -83,6 +83,40 @@ parse_lease_grant(json_t *root, void *arg)
 }
 
 /*
+ * etcd_parse_lease_grant reads a grant's answer: *(int64 *) arg is the
+ * granted ID (0 if the answer has none).
+ */
+bool
+etcd_parse_lease_grant(json_t *root, void *arg)
+{
+	LeaseReply	r = {0};
+
+	if (!parse_lease_grant(root, &r))
+		return false;
+	*(int64 *) arg = r.id;
+	return true;
+}
+
+/*
+ * etcd_new_lease_id returns a random positive 63-bit lease ID (see
+ * etcd_lease_grant), and the body of its grant in *body (palloc'd).
+ */
+int64
+etcd_new_lease_id(int ttl, char **body)
+{
+	uint64		id = 0;
+
+	while (id == 0)
+	{
+		if (!pg_strong_random(&id, sizeof(id)))
+			elog(ERROR, "etcd_lock: could not generate a random lease ID");
+		id &= UINT64CONST(0x7fffffffffffffff);
+	}
+	*body = psprintf("{\"ID\":\"" INT64_FORMAT "\",\"TTL\":\"%d\"}", (int64) id, ttl);
+	return (int64) id;
+}
+
+/*
  * etcd_lease_grant asks etcd for a new lease of ttl seconds; returns its ID.
  *
  * The ID is chosen here (63 random bits), not by etcd, so the grant is safe
@@ -96,18 +130,10 @@ int64
 etcd_lease_grant(int ttl)
 {
 	LeaseReply	r = {0};
-	char		body[96];
-	uint64		id = 0;
+	char	   *body;
+	int64		id = etcd_new_lease_id(ttl, &body);
 	EtcdStatus	st;
 
-	while (id == 0)
-	{
-		if (!pg_strong_random(&id, sizeof(id)))
-			elog(ERROR, "etcd_lock: could not generate a random lease ID");
-		id &= UINT64CONST(0x7fffffffffffffff);
-	}
-	snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\",\"TTL\":\"%d\"}",
-			 (int64) id, ttl);
 	if (etcd_request("/v3/lease/grant", body, parse_lease_grant, &r, &st))
 	{
 		if (r.id != (int64) id)
@@ -179,6 +205,7 @@ etcd_lease_revoke(int64 lease_id, EtcdStatus *st)
 
 static bool lock_key_of(const EtcdLockKeys *k, const char *key, int keylen,
 						int64 lease);
+static bool parse_create_rev(json_t *root, void *arg);
 
 #define TRY_PAGE	64			/* oldest keys a failed try-lock reads */
 
@@ -991,6 +1018,27 @@ etcd_lock_first(const EtcdLockKeys *k, int64 rev)
 	return p.pred == NULL;
 }
 
+/*
+ * etcd_key_range_body is the body of a keys-only read of one key.
+ */
+char *
+etcd_key_range_body(const char *key, int keylen)
+{
+	StringInfoData b;
+
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"key\":\"");
+	etcd_append_b64(&b, key, keylen);
+	appendStringInfoString(&b, "\",\"keys_only\":true}");
+	return b.data;
+}
+
+bool
+etcd_parse_create_rev(json_t *root, void *arg)
+{
+	return parse_create_rev(root, arg);
+}
+
 static bool
 parse_create_rev(json_t *root, void *arg)
 {
@@ -1083,7 +1131,7 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			return true;
 		if (GetCurrentTimestamp() >= deadline)
 			return false;
-		if (etcd_watch_open(p.pred, p.predlen, &st))
+		if (etcd_watch_open(p.pred, p.predlen, p.pred_rev, &st))
 		{
 			if (pred_still_there(p.pred, p.predlen, p.pred_rev))
 			{

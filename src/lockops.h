@@ -28,6 +28,10 @@ extern bool etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st,
 								 int timeout_ms);
 extern bool etcd_lease_revoke(int64 lease_id, EtcdStatus *st);
 extern char *etcd_lease_body(int64 lease_id);
+extern int64 etcd_new_lease_id(int ttl, char **body);
+extern bool etcd_parse_lease_grant(struct json_t *root, void *arg);
+extern char *etcd_key_range_body(const char *key, int keylen);
+extern bool etcd_parse_create_rev(struct json_t *root, void *arg);
 extern bool etcd_parse_keepalive(struct json_t *root, void *arg);
 extern const char *etcd_release_request(const char *key, int keylen,
 										int64 token, char **body);

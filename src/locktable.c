@@ -97,6 +97,8 @@ static void lt_subxact_cb(SubXactEvent event, SubTransactionId mySubid,
  */
 static void lt_emit_log(ErrorData *edata);
 static void lt_flush_owed(void);
+static void lt_keep_owed(LocalLock *e, int64 rev);
+static void lt_arm_timer(void);
 static void lt_ExecutorStart(QueryDesc *queryDesc, int eflags);
 static void lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 							  bool readOnlyTree, ProcessUtilityContext context,
@@ -239,6 +241,19 @@ lt_deadline_timeout(void)
 		return;
 	}
 	etcd_signal_loss(slot);
+}
+
+/*
+ * lt_rearm_timer arms the deadline timer again if something disarmed it:
+ * PostgreSQL's error recovery disables all timeouts, so after any ERROR the
+ * timer is gone until the next statement or lock call puts it back.
+ */
+static void
+lt_rearm_timer(void)
+{
+	if (lt_lease != 0 && !lt_dead && lt_timeout_id != MAX_TIMEOUTS &&
+		!get_timeout_active(lt_timeout_id))
+		lt_arm_timer();
 }
 
 /*
@@ -390,6 +405,7 @@ static void
 lt_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
 	lt_surface_loss(false);
+	lt_rearm_timer();
 	if (prev_ExecutorStart)
 		prev_ExecutorStart(queryDesc, eflags);
 	else
@@ -406,6 +422,7 @@ lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 		((DiscardStmt *) pstmt->utilityStmt)->target == DISCARD_ALL;
 
 	lt_surface_loss(IsA(pstmt->utilityStmt, TransactionStmt));
+	lt_rearm_timer();
 	if (prev_ProcessUtility)
 		prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 							params, queryEnv, dest, qc);
@@ -470,22 +487,35 @@ lt_ensure_lease(void)
 
 	if (lt_lease != 0)
 		return;
-	sent = etcd_mono_now();
-	id = etcd_lease_grant(ttl);
-	slot = etcd_my_slot();
-	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-	slot->pid = MyProcPid;
-	slot->lease_id = id;
-	slot->ttl = ttl;
-	slot->renewed_at = sent;
-	slot->deadline = LEASE_DEADLINE(sent, ttl);
-	slot->next_keepalive = sent + MONO_MS(ttl * 1000L / 3);
-	slot->on_loss = etcd_lock_on_lease_loss;
-	slot->loss_expired = false;
-	slot->nheld = 0;
-	pg_atomic_write_u32(&slot->loss_signalled, 0);
-	slot->state = LEASE_LIVE;
-	LWLockRelease(etcd_shared->lock);
+
+	/*
+	 * Register the wait events now (17+), not first inside a COMMIT
+	 * callback, where registering could fail.
+	 */
+	for (int kind = 0; kind < ETCD_NUM_WAIT_KINDS; kind++)
+		(void) etcd_wait_event((EtcdWaitKind) kind);
+
+	/* a lease the worker granted ahead: no request on the first lock */
+	id = etcd_adopt_pooled_lease(ttl, etcd_lock_on_lease_loss);
+	if (id == 0)
+	{
+		sent = etcd_mono_now();
+		id = etcd_lease_grant(ttl);
+		slot = etcd_my_slot();
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		slot->pid = MyProcPid;
+		slot->lease_id = id;
+		slot->ttl = ttl;
+		slot->renewed_at = sent;
+		slot->deadline = LEASE_DEADLINE(sent, ttl);
+		slot->next_keepalive = sent + MONO_MS(ttl * 1000L / 3);
+		slot->on_loss = etcd_lock_on_lease_loss;
+		slot->loss_expired = false;
+		slot->nheld = 0;
+		pg_atomic_write_u32(&slot->loss_signalled, 0);
+		slot->state = LEASE_LIVE;
+		LWLockRelease(etcd_shared->lock);
+	}
 	lt_lease = id;
 	lt_dead = false;
 	lt_loss_reported = false;
@@ -748,7 +778,12 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
 				{
 					EtcdStatus	st;
 
-					/* give up our place before the error returns */
+					/*
+					 * Give up our place before the error returns, with a
+					 * request bound of its own (the caller's deadline has
+					 * passed); if etcd does not confirm, the worker does it.
+					 */
+					etcd_gateway_call_deadline(0);
 					if (etcd_lock_release(k.key, k.keylen, rev, &st))
 						key_sent = false;
 					lt_raise_timeout(name, by_lock_timeout);
@@ -758,10 +793,12 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
 			{
 				/*
 				 * A try found our own key but not as the holder (a leftover
-				 * of an earlier outcome): give it up, never leave it.
+				 * of an earlier outcome): give it up, never leave it. If the
+				 * queue is full the entry stays, owed, and never adoptable.
 				 */
-				(void) etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen,
-										  rev, false, false);
+				if (!etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen,
+										rev, false, true))
+					lt_keep_owed(e, rev);
 			}
 			if (!held)
 				key_sent = false;	/* no key of ours is left behind */
@@ -775,10 +812,14 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
 		 * revision it has, which is safe because this backend will not use
 		 * the key again before that release is done.
 		 */
-		if (key_sent &&
-			etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, 0, false, true))
-			lt_wait_removed(&k);
-		if (e->nacq == 0)
+		if (key_sent)
+		{
+			if (etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, rev, false, true))
+				lt_wait_removed(&k);
+			else if (e->nacq == 0)
+				lt_keep_owed(e, rev);	/* the queue is full: never forget it */
+		}
+		if (e->nacq == 0 && !e->owed)
 			lt_free_entry(e);
 		PG_RE_THROW();
 	}
@@ -868,6 +909,21 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 }
 
 /*
+ * lt_keep_owed keeps e, which has no acquisition, as the owed release of a
+ * key that may exist in etcd (token rev, or 0 if unknown) and whose delete
+ * may have been sent: it is never adopted or taken back, and lt_flush_owed
+ * queues it when the queue has room. For when the queue is full.
+ */
+static void
+lt_keep_owed(LocalLock *e, int64 rev)
+{
+	e->token = rev;
+	lt_set_owed(e, true);
+	e->owed_attempted = true;
+	lt_owed = true;
+}
+
+/*
  * lt_release_async hands the release of e's key to the worker and forgets
  * e. attempted: the release may already have reached etcd, so it must never
  * be taken back. Never throws, never blocks: used from transaction
@@ -879,6 +935,8 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 static bool
 lt_release_async(LocalLock *e, bool attempted)
 {
+	/* a release that may have been sent stays so: never taken back */
+	attempted = attempted || (e->owed && e->owed_attempted);
 	if (e->lease_id == lt_lease && !lt_lease_lost() &&
 		!etcd_queue_release(REL_DELETE, e->lease_id, e->key, e->keylen, e->token,
 							true, attempted))

@@ -65,7 +65,7 @@ etcd_shmem_size(void)
 {
 	Size		sz = MAXALIGN(sizeof(EtcdShared));
 
-	sz = add_size(sz, MAXALIGN(mul_size(MaxBackends, sizeof(EtcdLeaseSlot))));
+	sz = add_size(sz, MAXALIGN(mul_size(MaxBackends + ETCD_LEASE_POOL, sizeof(EtcdLeaseSlot))));
 	sz = add_size(sz, MAXALIGN(mul_size(etcd_nreleases(), sizeof(EtcdRelease))));
 	sz = add_size(sz, mul_size(etcd_ninfos(), sizeof(EtcdLockInfo)));
 	return sz;
@@ -106,13 +106,14 @@ etcd_shmem_startup(void)
 		pg_atomic_init_u32(&etcd_shared->counters.owed, 0);
 		pg_atomic_init_u32(&etcd_shared->counters.unshown, 0);
 		ConditionVariableInit(&etcd_shared->release_cv);
-		etcd_shared->nslots = MaxBackends;
+		etcd_shared->nslots = MaxBackends + ETCD_LEASE_POOL;
+		etcd_shared->nbackends = MaxBackends;
 		etcd_shared->nreleases = etcd_nreleases();
 		p += MAXALIGN(sizeof(EtcdShared));
 		etcd_shared->slots = (EtcdLeaseSlot *) p;
-		for (int i = 0; i < MaxBackends; i++)
+		for (int i = 0; i < MaxBackends + ETCD_LEASE_POOL; i++)
 			pg_atomic_init_u32(&etcd_shared->slots[i].loss_signalled, 0);
-		p += MAXALIGN(mul_size(MaxBackends, sizeof(EtcdLeaseSlot)));
+		p += MAXALIGN(mul_size(MaxBackends + ETCD_LEASE_POOL, sizeof(EtcdLeaseSlot)));
 		etcd_shared->releases = (EtcdRelease *) p;
 		p += MAXALIGN(mul_size(etcd_nreleases(), sizeof(EtcdRelease)));
 		etcd_shared->ninfos = etcd_ninfos();
@@ -231,12 +232,55 @@ etcd_shared_endpoint_put(const char *endpoints, int idx)
 }
 
 /*
+ * etcd_adopt_pooled_lease moves a lease the worker granted ahead into this
+ * backend's slot (caller: lt_ensure_lease), if one of TTL ttl with at least
+ * half its TTL left before its deadline is there. Returns its ID, or 0.
+ * The slot's deadline and renewal schedule come with it; the slot is LIVE
+ * when this returns.
+ */
+int64
+etcd_adopt_pooled_lease(int ttl, int on_loss)
+{
+	EtcdLeaseSlot *mine = etcd_my_slot();
+	EtcdMono	now = etcd_mono_now();
+	int64		id = 0;
+	int			i;
+
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	for (i = etcd_shared->nbackends; i < etcd_shared->nslots; i++)
+	{
+		EtcdLeaseSlot *p = &etcd_shared->slots[i];
+
+		if (p->state != LEASE_LIVE || p->ttl != ttl ||
+			p->deadline - now < MONO_MS(ttl * 500L))
+			continue;
+		id = p->lease_id;
+		mine->pid = MyProcPid;
+		mine->lease_id = id;
+		mine->ttl = ttl;
+		mine->renewed_at = p->renewed_at;
+		mine->deadline = p->deadline;
+		mine->next_keepalive = p->next_keepalive;
+		mine->on_loss = on_loss;
+		mine->loss_expired = false;
+		mine->nheld = 0;
+		pg_atomic_write_u32(&mine->loss_signalled, 0);
+		mine->state = LEASE_LIVE;
+		p->state = LEASE_NONE;
+		p->lease_id = 0;
+		break;
+	}
+	LWLockRelease(etcd_shared->lock);
+	return id;
+}
+
+/*
  * etcd_my_slot returns this backend's lease slot.
  */
 EtcdLeaseSlot *
 etcd_my_slot(void)
 {
-	Assert(ETCD_MY_SLOT_INDEX() >= 0 && ETCD_MY_SLOT_INDEX() < etcd_shared->nslots);
+	Assert(ETCD_MY_SLOT_INDEX() >= 0 && ETCD_MY_SLOT_INDEX() < etcd_shared->nbackends);
 	return &etcd_shared->slots[ETCD_MY_SLOT_INDEX()];
 }
 

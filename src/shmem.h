@@ -34,7 +34,13 @@ typedef enum EtcdLeaseState
 	LEASE_LOST					/* etcd says it is gone */
 } EtcdLeaseState;
 
-/* One per backend, indexed by ETCD_MY_SLOT_INDEX() (compat.h). */
+/*
+ * One per backend, indexed by ETCD_MY_SLOT_INDEX() (compat.h); after them
+ * ETCD_LEASE_POOL slots of leases the worker granted ahead (pid 0), which a
+ * backend adopts for its first lock instead of waiting for a grant.
+ */
+#define ETCD_LEASE_POOL		4
+
 typedef struct EtcdLeaseSlot
 {
 	int			state;			/* EtcdLeaseState */
@@ -159,7 +165,8 @@ typedef struct EtcdShared
 	uint64		next_seq;		/* EtcdRelease.seq of the next release queued */
 
 	ConditionVariable release_cv;	/* broadcast when a release finished */
-	int			nslots;
+	int			nslots;			/* backend slots, then the pool's */
+	int			nbackends;		/* slots [0, nbackends) belong to backends */
 	int			nreleases;
 	int			npending;		/* entries in state PENDING or BUSY */
 	int			nrelused;		/* entries at or past this were never used */
@@ -178,6 +185,7 @@ extern void etcd_shared_count(int event);
 extern int	etcd_shared_endpoint_get(const char *endpoints);
 extern void etcd_shared_endpoint_put(const char *endpoints, int idx);
 extern EtcdLeaseSlot *etcd_my_slot(void);
+extern int64 etcd_adopt_pooled_lease(int ttl, int on_loss);
 extern void etcd_wake_worker(void);
 extern void etcd_signal_loss(EtcdLeaseSlot *slot);
 extern bool etcd_queue_release(EtcdReleaseKind kind, int64 lease_id,

@@ -65,7 +65,10 @@ typedef enum WorkerReqKind
 {
 	WR_FREE = 0,
 	WR_KEEPALIVE,
-	WR_RELEASE
+	WR_RELEASE,
+	WR_GRANT,					/* a lease for the pool */
+	WR_RESOLVE					/* read a key to release whose revision is
+								 * unknown */
 } WorkerReqKind;
 
 /* One request in flight; its index is the tag given to the gateway. */
@@ -75,7 +78,8 @@ typedef struct WorkerReq
 	int			index;			/* lease slot or release entry */
 	int64		lease_id;
 	EtcdMono	sent;
-	int64		ttl;			/* keepalive answer */
+	int64		ttl;			/* keepalive answer; a grant: the TTL asked */
+	int64		granted;		/* a grant's answer: the ID granted */
 } WorkerReq;
 
 static WorkerReq w_reqs[MAX_INFLIGHT];
@@ -110,6 +114,12 @@ static EtcdMono w_next_error_log = 0;
 static char w_endpoint[256] = "";
 
 static volatile sig_atomic_t w_shutdown = false;
+static bool w_pool_granting[ETCD_LEASE_POOL];	/* a grant in flight */
+static int64 w_pool_pending[ETCD_LEASE_POOL];	/* a grant not known to be
+												 * applied or not: resent
+												 * with the same ID */
+static int	w_pool_pending_ttl[ETCD_LEASE_POOL];
+static EtcdMono w_pool_retry_at = 0;
 static uint64 w_leases_sig = 0;	/* what LEASES_FILE lists now */
 static int	w_leases_n = -1;
 static EtcdMono w_shutdown_at = 0;
@@ -157,6 +167,80 @@ worker_sigterm(SIGNAL_ARGS)
 	w_shutdown = true;
 	SetLatch(MyLatch);
 	errno = save_errno;
+}
+
+/*
+ * w_catch runs fn(arg) and turns an ERROR it throws (a password file that
+ * cannot be read when authenticating, out of memory) into a failure with
+ * st filled, so the worker goes on instead of exiting and restarting.
+ */
+static bool
+w_catch(bool (*fn) (void *arg, EtcdStatus *st), void *arg, EtcdStatus *st)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile bool ok = false;
+
+	PG_TRY();
+	{
+		ok = fn(arg, st);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		memset(st, 0, sizeof(*st));
+		st->kind = ETCD_BAD_REPLY;
+		snprintf(st->message, sizeof(st->message), "%s", edata->message);
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+typedef struct AsyncArgs
+{
+	const char *path;
+	const char *body;
+	EtcdParseFn parse;
+	void	   *parg;
+	int			timeout_ms;
+	int			tag;
+} AsyncArgs;
+
+static bool
+async_start_fn(void *arg, EtcdStatus *st)
+{
+	AsyncArgs  *a = arg;
+
+	return etcd_async_start(a->path, a->body, a->parse, a->parg, a->timeout_ms, a->tag, st);
+}
+
+/*
+ * w_async_start is etcd_async_start for the worker: never throws.
+ */
+static bool
+w_async_start(const char *path, const char *body, EtcdParseFn parse,
+			  void *parg, int timeout_ms, int tag, EtcdStatus *st)
+{
+	AsyncArgs	a = {path, body, parse, parg, timeout_ms, tag};
+
+	return w_catch(async_start_fn, &a, st);
+}
+
+static bool
+stream_open_fn(void *arg, EtcdStatus *st)
+{
+	return etcd_ka_stream_open(st);
+}
+
+static bool
+authenticate_fn(void *arg, EtcdStatus *st)
+{
+	return etcd_gateway_authenticate(st);
 }
 
 /*
@@ -319,6 +403,8 @@ check_deadlines(EtcdMono now, EtcdMono *next)
 		if (now >= slot->deadline)
 		{
 			mark_lost(slot, true);
+			if (i >= etcd_shared->nbackends)
+				continue;		/* a pool lease: replaced, nobody to tell */
 			if (nlost < lengthof(lost_ids))
 			{
 				lost_ids[nlost] = slot->lease_id;
@@ -388,7 +474,7 @@ start_keepalives(EtcdMono now, EtcdMono *next)
 		/* on the stream, if there is one or one can be opened */
 		if (!etcd_ka_stream_usable() && w_ka_count == 0 && now >= w_ka_stream_retry_at)
 		{
-			if (!etcd_ka_stream_open(&st))
+			if (!w_catch(stream_open_fn, NULL, &st))
 			{
 				note_result(&st, false);
 				w_ka_stream_retry_at = now + MONO_MS(KA_STREAM_RETRY_MS);
@@ -410,17 +496,14 @@ start_keepalives(EtcdMono now, EtcdMono *next)
 		/* one-shot, while the stream cannot be had */
 		r = free_req();
 		if (r < 0)
-		{
-			*next = now;		/* due, but no room: as soon as one ends */
-			return;
-		}
+			return;				/* due, but no room: a completion wakes us */
 		w_reqs[r].kind = WR_KEEPALIVE;
 		w_reqs[r].index = i;
 		w_reqs[r].lease_id = lease;
 		w_reqs[r].sent = now;
 		w_reqs[r].ttl = 0;
 		/* a renewal only extends a lease: safe to resend */
-		if (!etcd_async_start("/v3/lease/keepalive", etcd_lease_body(lease),
+		if (!w_async_start("/v3/lease/keepalive", etcd_lease_body(lease),
 							  etcd_parse_keepalive, &w_reqs[r].ttl, (int) left_ms,
 							  r, &st))
 		{
@@ -474,9 +557,14 @@ apply_renewal(int index, int64 lease, EtcdMono sent, bool ok, int64 ttl,
 		}
 		else
 		{
-			/* with another member to try, retry at once */
+			/*
+			 * A member that hung used up part of the time before the
+			 * deadline: with another member to try, retry at once. A quick
+			 * failure (refused connection) waits, or every member down
+			 * would turn into a request storm.
+			 */
 			long		retry = st && st->kind == ETCD_UNREACHABLE &&
-				etcd_endpoint_count() > 1 ? 0 : RETRY_MS;
+				etcd_endpoint_count() > 1 && now - sent > MONO_MS(100) ? 0 : RETRY_MS;
 
 			slot->next_keepalive = Min(slot->deadline, now + MONO_MS(retry));
 		}
@@ -553,6 +641,8 @@ ka_stream_collect(EtcdMono *next)
 			apply_renewal(k.slot, k.lease_id, k.sent, true, res[i].ttl, NULL);
 		}
 	}
+	if (w_ka_count == 0 && etcd_ka_stream_active() && !etcd_ka_stream_usable())
+		etcd_ka_stream_close();		/* ended while idle: reopen when needed */
 	if (w_ka_count > 0)
 	{
 		EtcdMono	now = etcd_mono_now();
@@ -564,6 +654,135 @@ ka_stream_collect(EtcdMono *next)
 		else if (w_ka_fifo[w_ka_head].answer_by < *next)
 			*next = w_ka_fifo[w_ka_head].answer_by;
 	}
+}
+
+/*
+ * refill_pool keeps ETCD_LEASE_POOL leases granted ahead, so a backend's
+ * first lock needs no grant (etcd_adopt_pooled_lease). Pool leases are
+ * renewed like any other (their slots come after the backends'); one that
+ * was lost or has another TTL than the setting's is revoked and replaced.
+ * Each grant uses an ID chosen here: safe to resend, no orphan lease.
+ */
+static void
+refill_pool(EtcdMono now, EtcdMono *next)
+{
+	int			i,
+				ttl = etcd_lock_lease_ttl;
+
+	if (w_shutdown)
+		return;
+	if (now < w_pool_retry_at)
+	{
+		if (w_pool_retry_at < *next)
+			*next = w_pool_retry_at;
+		return;
+	}
+	for (i = etcd_shared->nbackends; i < etcd_shared->nslots; i++)
+	{
+		EtcdLeaseSlot *p = &etcd_shared->slots[i];
+		int64		stale = 0;
+		bool		empty;
+		int			r;
+		char	   *body;
+		EtcdStatus	st;
+
+		if (w_pool_granting[i - etcd_shared->nbackends] || w_ka_inflight[i])
+			continue;
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		if (p->state == LEASE_LOST || (p->state == LEASE_LIVE && p->ttl != ttl))
+		{
+			stale = p->lease_id;
+			p->state = LEASE_NONE;
+			p->lease_id = 0;
+		}
+		empty = p->state == LEASE_NONE;
+		LWLockRelease(etcd_shared->lock);
+		if (stale != 0)
+			(void) etcd_queue_release(REL_REVOKE, stale, NULL, 0, 0, false, true);
+		if (!empty)
+			continue;
+		r = free_req();
+		if (r < 0)
+			return;
+		w_reqs[r].kind = WR_GRANT;
+		w_reqs[r].index = i;
+		{
+			int			pi = i - etcd_shared->nbackends;
+
+			/* an unconfirmed grant is resent as it was: no orphan lease */
+			if (w_pool_pending[pi] != 0)
+			{
+				w_reqs[r].lease_id = w_pool_pending[pi];
+				ttl = w_pool_pending_ttl[pi];
+				body = psprintf("{\"ID\":\"" INT64_FORMAT "\",\"TTL\":\"%d\"}",
+								w_pool_pending[pi], ttl);
+			}
+			else
+			{
+				w_reqs[r].lease_id = etcd_new_lease_id(ttl, &body);
+				w_pool_pending[pi] = w_reqs[r].lease_id;
+				w_pool_pending_ttl[pi] = ttl;
+			}
+		}
+		w_reqs[r].sent = now;
+		w_reqs[r].ttl = ttl;
+		w_reqs[r].granted = 0;
+		if (!w_async_start("/v3/lease/grant", body, etcd_parse_lease_grant,
+							  &w_reqs[r].granted, etcd_lock_request_timeout, r, &st))
+		{
+			w_reqs[r].kind = WR_FREE;
+			note_result(&st, false);
+			w_pool_retry_at = now + MONO_MS(KA_STREAM_RETRY_MS);
+			return;
+		}
+		w_pool_granting[i - etcd_shared->nbackends] = true;
+	}
+}
+
+/*
+ * finish_grant puts a lease granted ahead into its pool slot (or revokes it
+ * if it is no longer wanted).
+ */
+static void
+finish_grant(WorkerReq *req, EtcdAsyncResult *res)
+{
+	EtcdLeaseSlot *p = &etcd_shared->slots[req->index];
+	bool		ours = (res->ok && req->granted == req->lease_id) ||
+		(!res->ok && res->st.kind == ETCD_ERROR_REPLY &&
+		 res->st.grpc_code == GRPC_FAILED_PRECONDITION);	/* our resent grant */
+	bool		placed = false;
+
+	w_pool_granting[req->index - etcd_shared->nbackends] = false;
+	note_result(&res->st, res->ok || res->st.kind == ETCD_ERROR_REPLY);
+	if (ours || res->st.kind == ETCD_ERROR_REPLY)
+		w_pool_pending[req->index - etcd_shared->nbackends] = 0;	/* settled */
+	if (!ours)
+	{
+		w_pool_retry_at = etcd_mono_now() + MONO_MS(KA_STREAM_RETRY_MS);
+		return;
+	}
+	if (!w_shutdown && req->ttl == etcd_lock_lease_ttl)
+	{
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		if (p->state == LEASE_NONE)
+		{
+			p->pid = 0;
+			p->lease_id = req->lease_id;
+			p->ttl = (int) req->ttl;
+			p->renewed_at = req->sent;
+			p->deadline = LEASE_DEADLINE(req->sent, p->ttl);
+			p->next_keepalive = req->sent + MONO_MS(p->ttl * 1000L / 3);
+			p->on_loss = ON_LOSS_CANCEL;
+			p->loss_expired = false;
+			p->nheld = 0;
+			pg_atomic_write_u32(&p->loss_signalled, 0);
+			p->state = LEASE_LIVE;
+			placed = true;
+		}
+		LWLockRelease(etcd_shared->lock);
+	}
+	if (!placed)
+		(void) etcd_queue_release(REL_REVOKE, req->lease_id, NULL, 0, 0, false, true);
 }
 
 /*
@@ -609,19 +828,35 @@ start_releases(EtcdMono now, EtcdMono *next)
 		if (idx < 0)
 			return;
 
+		w_reqs[r].kind = WR_RELEASE;
 		if (rel.kind == REL_REVOKE)
 		{
 			/* safe to resend: a revoked lease answers "not found" */
 			path = "/v3/lease/revoke";
 			body = etcd_lease_body(rel.lease_id);
 		}
+		else if (rel.token == 0)
+		{
+			/*
+			 * A queue place whose revision is unknown (its acquire was cut
+			 * short): read it first, then delete it by revision. A plain
+			 * delete applied late could remove a newer key of the same
+			 * name; a compare on the revision cannot.
+			 */
+			path = "/v3/kv/range";
+			body = etcd_key_range_body(rel.key, rel.keylen);
+			w_reqs[r].kind = WR_RESOLVE;
+			w_reqs[r].granted = 0;
+		}
 		else
 			path = etcd_release_request(rel.key, rel.keylen, rel.token, &body);
-		w_reqs[r].kind = WR_RELEASE;
 		w_reqs[r].index = idx;
 		w_reqs[r].lease_id = rel.lease_id;
 		w_reqs[r].sent = now;
-		if (!etcd_async_start(path, body, NULL, NULL, etcd_lock_request_timeout, r, &st))
+		if (!w_async_start(path, body,
+						   w_reqs[r].kind == WR_RESOLVE ? etcd_parse_create_rev : NULL,
+						   w_reqs[r].kind == WR_RESOLVE ? &w_reqs[r].granted : NULL,
+						   etcd_lock_request_timeout, r, &st))
 		{
 			w_reqs[r].kind = WR_FREE;
 			note_result(&st, false);
@@ -708,6 +943,7 @@ record_leases(void)
 	StringInfoData b;
 	FILE	   *f;
 
+	ids = repalloc(ids, sizeof(int64) * (etcd_shared->nslots + ETCD_LEASE_POOL));
 	LWLockAcquire(etcd_shared->lock, LW_SHARED);
 	for (i = 0; i < etcd_shared->nslots; i++)
 		if (etcd_shared->slots[i].state != LEASE_NONE)
@@ -716,12 +952,22 @@ record_leases(void)
 			sig ^= (uint64) etcd_shared->slots[i].lease_id * UINT64CONST(0x9E3779B97F4A7C15);
 		}
 	LWLockRelease(etcd_shared->lock);
+	/* grants in flight or unconfirmed: they may exist in etcd */
+	for (i = 0; i < ETCD_LEASE_POOL; i++)
+		if (w_pool_pending[i] != 0)
+		{
+			ids[n++] = w_pool_pending[i];
+			sig ^= (uint64) w_pool_pending[i] * UINT64CONST(0x9E3779B97F4A7C15);
+		}
 	if (n == w_leases_n && sig == w_leases_sig)
 		return;
 	initStringInfo(&b);
 	appendStringInfo(&b, "%s\n", leases_file_header());
 	for (i = 0; i < n; i++)
 		appendStringInfo(&b, INT64_FORMAT "\n", ids[i]);
+	/* whatever happens below, do not retry (and log) at every turn */
+	w_leases_n = n;
+	w_leases_sig = sig;
 	f = AllocateFile(LEASES_FILE ".tmp", PG_BINARY_W);
 	if (f == NULL || fwrite(b.data, 1, b.len, f) != (size_t) b.len)
 	{
@@ -808,6 +1054,35 @@ endpoints_usable(void)
 }
 
 /*
+ * finish_resolve: the key to release is gone (done), or its revision is
+ * now known (the compare-and-delete goes next).
+ */
+static void
+finish_resolve(WorkerReq *req, EtcdAsyncResult *res)
+{
+	EtcdRelease *e = &etcd_shared->releases[req->index];
+
+	w_nreleases_inflight--;
+	note_result(&res->st, res->ok);
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	if (res->ok && req->granted == 0)
+	{
+		e->tried = true;
+		e->state = REL_FREE;
+		etcd_shared->npending--;
+	}
+	else
+	{
+		if (res->ok)
+			e->token = req->granted;
+		e->state = REL_PENDING;
+		e->retry_at = res->ok ? 0 : etcd_mono_now() + MONO_MS(RETRY_MS);
+	}
+	LWLockRelease(etcd_shared->lock);
+	ConditionVariableBroadcast(&etcd_shared->release_cv);
+}
+
+/*
  * worker_may_exit: at shutdown, once no backend keeps a lease and nothing
  * is queued or in flight, or after a bound (twice the request timeout, at
  * least 5 s) if etcd cannot be reached.
@@ -819,7 +1094,29 @@ worker_may_exit(EtcdMono now)
 	bool		busy = etcd_async_inflight() > 0;
 
 	if (w_shutdown_at == 0)
+	{
 		w_shutdown_at = now;
+		/* the pool's leases: nobody will adopt them now */
+		for (i = 0; i < ETCD_LEASE_POOL; i++)
+			if (w_pool_pending[i] != 0 && !w_pool_granting[i])
+				(void) etcd_queue_release(REL_REVOKE, w_pool_pending[i], NULL, 0, 0, false, true);
+		for (i = etcd_shared->nbackends; i < etcd_shared->nslots; i++)
+		{
+			EtcdLeaseSlot *p = &etcd_shared->slots[i];
+			int64		id = 0;
+
+			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+			if (p->state != LEASE_NONE)
+			{
+				id = p->lease_id;
+				p->state = LEASE_NONE;
+				p->lease_id = 0;
+			}
+			LWLockRelease(etcd_shared->lock);
+			if (id != 0)
+				(void) etcd_queue_release(REL_REVOKE, id, NULL, 0, 0, false, true);
+		}
+	}
 	if (now >= w_shutdown_at + MONO_MS(Max(5000, 2L * etcd_lock_request_timeout)))
 		return true;
 	LWLockAcquire(etcd_shared->lock, LW_SHARED);
@@ -869,7 +1166,7 @@ etcd_lock_worker_main(Datum arg)
 	{
 		EtcdStatus	st;
 
-		if (!etcd_gateway_authenticate(&st))
+		if (!w_catch(authenticate_fn, NULL, &st))
 			note_result(&st, false);
 	}
 
@@ -888,6 +1185,7 @@ etcd_lock_worker_main(Datum arg)
 		{
 			start_releases(now, &next);
 			start_keepalives(now, &next);
+			refill_pool(now, &next);
 		}
 		if (w_shutdown && worker_may_exit(now))
 			break;
@@ -903,6 +1201,10 @@ etcd_lock_worker_main(Datum arg)
 				finish_keepalive(req, &res[i]);
 			else if (req->kind == WR_RELEASE)
 				finish_release(req, &res[i]);
+			else if (req->kind == WR_GRANT)
+				finish_grant(req, &res[i]);
+			else if (req->kind == WR_RESOLVE)
+				finish_resolve(req, &res[i]);
 			req->kind = WR_FREE;
 		}
 

@@ -61,7 +61,7 @@ sub bad_case
 	ok($state eq $expect && $state !~ /^08/, "$name: SQLSTATE $state (want $expect, never class 08)");
 	like($err, $want{detail}, "$name: the detail says what was wrong") if $want{detail};
 	ok($el < 10 && $el >= ($want{min} // 0), sprintf('%s: the error came after %.2f s', $name, $el));
-	ok(wait_until(sub { grep { ($_->{key} // '') =~ $key } $gw->requests(since => $t0, path => '/v3/kv/deleterange') }, 5),
+	ok(wait_until(sub { grep { ($_->{key} // '') =~ $key } grep({ $_->{path} =~ m{^/v3/kv/(deleterange|range|txn)$} } $gw->requests(since => $t0)) }, 5),
 		"$name: the worker removed the abandoned queue key");
 	session_ok($name);
 	return ($out, $err);
@@ -211,7 +211,7 @@ sub watch_case
 	my $el = time - $tc;
 	like($err, qr/canceling statement due to user request/, "$name: pg_cancel_backend ends the wait");
 	ok($el < 3, sprintf('%s: cancel returned after %.2f s', $name, $el));
-	ok(wait_until(sub { grep { ($_->{key} // '') =~ $key } $gw->requests(since => $tc, path => '/v3/kv/deleterange') }, 5),
+	ok(wait_until(sub { grep { ($_->{key} // '') =~ $key } grep({ $_->{path} =~ m{^/v3/kv/(deleterange|range|txn)$} } $gw->requests(since => $tc)) }, 5),
 		"$name: the cancelled waiter's queue key was removed");
 	session_ok($name);
 	return;

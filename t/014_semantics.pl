@@ -10,6 +10,7 @@ use lib $FindBin::RealBin;
 use EtcdLockTest;
 use IO::Socket::INET;
 use MIME::Base64;
+use Math::BigInt;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -18,6 +19,24 @@ use Time::HiRes qw(time usleep);
 my $etcd = start_etcd();
 my $a = etcd_node('sem_a', $etcd);
 my $b = etcd_node('sem_b', $etcd);
+
+# --- the first lock of a new session needs no lease grant: it adopts one
+# the worker granted ahead
+{
+	my $ids = sub {
+		my $json = `curl -s -m 5 $etcd->{endpoint}/v3/lease/leases -d '{}'`;
+		return map { $_ => 1 } $json =~ /"ID":"(\d+)"/g;
+	};
+	sleep_full(1);    # the worker fills its pool at start
+	my %before = $ids->();
+	my $s = session($a);
+	$s->query_safe("SELECT etcd_lock('/first')");
+	my $hex = $s->query_safe("SELECT lease_id FROM etcd_locks WHERE pid = pg_backend_pid()");
+	my $dec = Math::BigInt->from_hex($hex)->bstr;
+	ok($before{$dec}, "a new session's first lock used a lease granted before it connected ($hex)");
+	$s->query_safe("SELECT etcd_unlock_all()");
+	$s->quit;
+}
 
 # --- commit-and-retake in a procedure: the previous iteration's release
 # is done when COMMIT returns, so the try-lock never fails

@@ -358,8 +358,10 @@ sub _connection
 		my $kind = _kind($req->{path}, $r);
 		my $mode = $self->mode;
 		my $key;
-		$key = eval { decode_base64($r->{key}) } if $req->{path} eq '/v3/kv/deleterange';
+		$key = eval { decode_base64($r->{key}) }
+		  if $req->{path} eq '/v3/kv/deleterange' || $req->{path} eq '/v3/kv/range';
 		$key = eval { decode_base64($r->{create_request}{key}) } if $kind eq 'watch';
+		$key = eval { decode_base64($r->{compare}[0]{key}) } if $kind eq 'release';
 		if (open(my $lf, '>>', $self->{log}))
 		{
 			syswrite($lf, encode_json({ t => time, pid => $$, path => $req->{path},
@@ -389,6 +391,11 @@ sub _answer
 	return _send($c, 200, encode_json({ header => _hdr(1) })) if $p eq '/v3/lease/revoke';
 	return _send($c, 200, encode_json({ header => _hdr($MY_REV + 1), deleted => '1' }))
 	  if $p eq '/v3/kv/deleterange';
+	# the worker reads an abandoned queue key before deleting it by revision
+	# (a one-key range, no range_end): gone
+	return _send($c, 200, encode_json({ header => _hdr($MY_REV + 1), count => '0' }))
+	  if $p eq '/v3/kv/range' && ref $r eq 'HASH' && !defined $r->{range_end}
+	  && ($r->{key} // '') ne b64($OTHER_KEY) && $mode !~ /^watch_/;
 
 	if ($mode eq 'ok' || $mode =~ /^watch_/)
 	{
