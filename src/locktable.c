@@ -808,10 +808,13 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
 	{
 		/*
 		 * Interrupted, timed out or failed: our key may exist in etcd (as a
-		 * place in the queue). The worker deletes it; token 0 = whatever
-		 * revision it has, which is safe because this backend will not use
-		 * the key again before that release is done.
+		 * place in the queue). The worker deletes it (by its revision; if
+		 * that is unknown it reads it first); this backend does not use the
+		 * key again before that release is done. Not when etcd refused the
+		 * request (permission denied): nothing was written then.
 		 */
+		if (key_sent && geterrcode() == ERRCODE_INSUFFICIENT_PRIVILEGE && rev == 0)
+			key_sent = false;
 		if (key_sent)
 		{
 			if (etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, rev, false, true))

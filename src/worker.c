@@ -891,13 +891,18 @@ finish_release(WorkerReq *req, EtcdAsyncResult *res)
 		ok = true;				/* already gone */
 	note_result(&res->st, ok);
 	if (!ok)
-		give_up = now > e->queued_at + MONO_MS(etcd_lock_lease_ttl * 1000L) &&
-			(revoke || !lease_in_use(e->lease_id));
+		give_up = (now > e->queued_at + MONO_MS(etcd_lock_lease_ttl * 1000L) &&
+				   (revoke || !lease_in_use(e->lease_id))) ||
+			/* refused for good: the lease's end (revoke, expiry) removes it */
+			(res->st.kind == ETCD_ERROR_REPLY && res->st.grpc_code == GRPC_PERMISSION_DENIED);
 	if (give_up)
 		ereport(LOG,
-				(errmsg("etcd_lock worker: gave up %s of lease %llx: its lease has expired by now",
+				(errmsg("etcd_lock worker: gave up %s of lease %llx: %s",
 						revoke ? "the revoke" : "a release",
-						(unsigned long long) e->lease_id)));
+						(unsigned long long) e->lease_id,
+						res->st.grpc_code == GRPC_PERMISSION_DENIED ?
+						"etcd refuses it (permission denied); the lease's end removes the key" :
+						"its lease has expired by now")));
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 	e->tried = true;
 	if (ok || give_up)
@@ -1065,7 +1070,8 @@ finish_resolve(WorkerReq *req, EtcdAsyncResult *res)
 	w_nreleases_inflight--;
 	note_result(&res->st, res->ok);
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-	if (res->ok && req->granted == 0)
+	if ((res->ok && req->granted == 0) ||
+		(res->st.kind == ETCD_ERROR_REPLY && res->st.grpc_code == GRPC_PERMISSION_DENIED))
 	{
 		e->tried = true;
 		e->state = REL_FREE;
