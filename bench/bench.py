@@ -42,13 +42,15 @@ if QUICK:
                contend_c=[4, 16], contend_secs=2, contend_go_secs=2,
                distinct_c=[8, 32], distinct_secs=2, distinct_go_n={8: 200, 32: 60},
                idle_holders=50, idle_sessions=50, idle_secs=15,
-               abort_iters=10, abort_locks=10, leak_cycles=10000, leak_warmup=500)
+               abort_iters=10, abort_locks=10, leak_cycles=10000, leak_warmup=500,
+               first_sessions=50)
 else:
     CFG = dict(rounds=int(ENV.get("ROUNDS", 3)), pair_n=1500, xact_n=1500, shapes_n=1500,
                contend_c=[4, 16], contend_secs=5, contend_go_secs=4,
                distinct_c=[8, 32], distinct_secs=5, distinct_go_n={8: 1200, 32: 350},
                idle_holders=500, idle_sessions=50, idle_secs=60,
-               abort_iters=20, abort_locks=10, leak_cycles=100000, leak_warmup=1000)
+               abort_iters=20, abort_locks=10, leak_cycles=100000, leak_warmup=1000,
+               first_sessions=200)
 
 CHILDREN = set()
 
@@ -739,6 +741,24 @@ def wl_leak(R):
                      samples=samples)
 
 
+def wl_first(R):
+    n = CFG.get("first_sessions", 200)
+    log("first: %d new sessions, each timing its first etcd_lock and a second (warm) one" % n)
+    f = os.path.join(RAW, "first.txt")
+    run([CLIENT, "first", "-n", str(n), "-lock", LP + "/bf", "-out", f], n * 0.5 + 60)
+    firsts, warms = [], []
+    with open(f) as fh:
+        for line in fh:
+            a, b = line.split()
+            firsts.append(float(a))
+            warms.append(float(b))
+    firsts.sort()
+    warms.sort()
+    R["first"] = dict(sessions=n, first_p50_us=pct(firsts, 50), first_p99_us=pct(firsts, 99),
+                      warm_p50_us=pct(warms, 50), warm_p99_us=pct(warms, 99),
+                      first_vs_warm=(pct(firsts, 50) / pct(warms, 50)) if warms and pct(warms, 50) else None)
+
+
 # ------------------------------------------------------------ report
 
 def fmt(v, digits=0):
@@ -799,6 +819,9 @@ def targets(R):
     l = R.get("leak")
     if l:
         add("leak: backend RSS growth over %d cycles" % l["cycles"], l["rss_growth_kib"], "<", 1024, "KiB")
+    fl = R.get("first")
+    if fl:
+        add("first: first etcd_lock of a new session p50 / a warm one's p50", fl["first_vs_warm"], "<=", 1.15, "x")
     return T
 
 
@@ -887,6 +910,11 @@ def table(R):
                 L.append("abort %-9s ROLLBACK(10 xact locks) p50_us=%s p99_us=%s max_us=%s (no-lock ROLLBACK p50_us=%s) keys_left=%s"
                          % (k, fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["max_us"]), fmt(e["baseline_no_locks_p50_us"]),
                             e["keys_left_after_10s"]))
+    fl = R.get("first")
+    if fl:
+        L.append("first %d new sessions           first_lock_p50_us=%s p99_us=%s warm_lock_p50_us=%s p99_us=%s first/warm=%s"
+                 % (fl["sessions"], fmt(fl["first_p50_us"]), fmt(fl["first_p99_us"]), fmt(fl["warm_p50_us"]),
+                    fmt(fl["warm_p99_us"]), fx(fl["first_vs_warm"])))
     l = R.get("leak")
     if l:
         L.append("leak %d cycles one session      rss_growth_kib=%s anon_growth_kib=%s pss_growth_kib=%s (rss %s -> %s KiB, %s cycles/s)"
@@ -1031,7 +1059,7 @@ def main():
     only = [w for w in ENV.get("BENCH_ONLY", "").split(",") if w]
     try:
         for name, fn in (("pair", wl_pair), ("contend", wl_contend), ("distinct", wl_distinct),
-                         ("idle", wl_idle), ("abort", wl_abort), ("leak", wl_leak)):
+                         ("idle", wl_idle), ("abort", wl_abort), ("leak", wl_leak), ("first", wl_first)):
             if only and name not in only:
                 continue
             t = time.monotonic()

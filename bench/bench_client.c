@@ -21,6 +21,10 @@
  *       time ROLLBACK; [SIGCONT etcd]. FILE gets the ROLLBACK latencies in
  *       microseconds. Also times a ROLLBACK of a transaction without etcd
  *       locks ("base" lines) for comparison.
+ *   first -n N -lock NAME -out FILE
+ *       N times: connect, time the session's first etcd_lock(NAME) (it
+ *       needs a lease), unlock, time a second etcd_lock(NAME) (warm), unlock,
+ *       disconnect. FILE gets "first_us warm_us" per session.
  *   leak -n N -warmup W -lock NAME -out FILE
  *       One session: W warm-up cycles, then N x (etcd_lock; etcd_unlock),
  *       reading its backend's /proc status at 0%, 25%, 50%, 75%, 100%.
@@ -477,11 +481,57 @@ cmd_leak(int argc, char **argv)
 	return 0;
 }
 
+/* ------------------------------------------------------------------ first */
+
+static int
+cmd_first(int argc, char **argv)
+{
+	long		n = arg_long(argc, argv, "-n", "200");
+	const char *lock = arg_str(argc, argv, "-lock", "/bench/first");
+	const char *out = arg_str(argc, argv, "-out", NULL);
+	FILE	   *f = fopen(out, "w");
+	char		lock_sql[512],
+				unlock_sql[512];
+	long		i;
+
+	if (!f)
+		die("cannot write %s", out);
+	if (n < 1 || n > 100000)
+		die("first: bad -n");
+	snprintf(lock_sql, sizeof(lock_sql), "SELECT etcd_lock('%s')", lock);
+	snprintf(unlock_sql, sizeof(unlock_sql), "SELECT etcd_unlock('%s')", lock);
+	for (i = 0; i < n; i++)
+	{
+		PGconn	   *c = connect_db();
+		int64_t		t0,
+					t1,
+					t2,
+					t3;
+
+		/* the extension is loaded (preloaded) before the timed call */
+		exec_ok(c, "SELECT 1");
+		t0 = now_ns(CLOCK_MONOTONIC);
+		exec_ok(c, lock_sql);
+		t1 = now_ns(CLOCK_MONOTONIC);
+		exec_ok(c, unlock_sql);
+		t2 = now_ns(CLOCK_MONOTONIC);
+		exec_ok(c, lock_sql);
+		t3 = now_ns(CLOCK_MONOTONIC);
+		exec_ok(c, unlock_sql);
+		PQfinish(c);
+		fprintf(f, "%.1f %.1f\n", (t1 - t0) / 1e3, (t3 - t2) / 1e3);
+		usleep(20000);			/* let the worker refill its lease pool */
+	}
+	fclose(f);
+	printf("first sessions=%ld\n", n);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
 	if (argc < 2)
-		die("usage: bench_client contend|hold|abort|leak [options]");
+		die("usage: bench_client contend|hold|abort|leak|first [options]");
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (strcmp(argv[1], "contend") == 0)
 		return cmd_contend(argc, argv);
@@ -491,6 +541,8 @@ main(int argc, char **argv)
 		return cmd_abort(argc, argv);
 	if (strcmp(argv[1], "leak") == 0)
 		return cmd_leak(argc, argv);
+	if (strcmp(argv[1], "first") == 0)
+		return cmd_first(argc, argv);
 	die("unknown mode %s", argv[1]);
 	return 1;
 }

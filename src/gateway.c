@@ -362,25 +362,41 @@ gw_ka_line(const char *line, size_t len)
 	json_decref(root);
 }
 
+/*
+ * gw_stream_lines appends n bytes of a streamed answer (one JSON object per
+ * line: watch events, keepalive answers) to buf and hands every complete
+ * line to line(). False if the unparsed rest grows past the limit. Runs
+ * inside a curl callback: no ereport.
+ */
+static bool
+gw_stream_lines(GwBuf *buf, const char *ptr, size_t n,
+				void (*line) (const char *line, size_t len))
+{
+	char	   *nl;
+
+	if (!gw_buf_append(buf, ptr, n, GW_MAX_WATCH_LINE))
+		return false;
+	while ((nl = memchr(buf->data, '\n', buf->len)) != NULL)
+	{
+		size_t		linelen = nl - buf->data;
+
+		line(buf->data, linelen);
+		memmove(buf->data, nl + 1, buf->len - linelen - 1);
+		buf->len -= linelen + 1;
+		buf->data[buf->len] = '\0';
+	}
+	return true;
+}
+
 static size_t
 gw_ka_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	size_t		n = size * nmemb;
-	char	   *nl;
 
-	if (!gw_buf_append(&gw_ka_in, ptr, n, GW_MAX_WATCH_LINE))
+	if (!gw_stream_lines(&gw_ka_in, ptr, n, gw_ka_line))
 	{
 		gw_ka_broken = true;
 		return 0;
-	}
-	while ((nl = memchr(gw_ka_in.data, '\n', gw_ka_in.len)) != NULL)
-	{
-		size_t		linelen = nl - gw_ka_in.data;
-
-		gw_ka_line(gw_ka_in.data, linelen);
-		memmove(gw_ka_in.data, nl + 1, gw_ka_in.len - linelen - 1);
-		gw_ka_in.len -= linelen + 1;
-		gw_ka_in.data[gw_ka_in.len] = '\0';
 	}
 	return n;
 }
@@ -413,21 +429,11 @@ static size_t
 gw_watch_write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
 	size_t		n = size * nmemb;
-	char	   *nl;
 
-	if (!gw_buf_append(&gw_wline, ptr, n, GW_MAX_WATCH_LINE))
+	if (!gw_stream_lines(&gw_wline, ptr, n, gw_watch_line))
 	{
 		gw_watch_broken = true;
 		return 0;
-	}
-	while ((nl = memchr(gw_wline.data, '\n', gw_wline.len)) != NULL)
-	{
-		size_t		linelen = nl - gw_wline.data;
-
-		gw_watch_line(gw_wline.data, linelen);
-		memmove(gw_wline.data, nl + 1, gw_wline.len - linelen - 1);
-		gw_wline.len -= linelen + 1;
-		gw_wline.data[gw_wline.len] = '\0';
 	}
 	return n;
 }
@@ -1709,7 +1715,7 @@ etcd_ka_stream_open(EtcdStatus *st)
 	gw_apply_tls();
 	neps = gw_endpoints();
 	memset(st, 0, sizeof(*st));
-	etcd_ka_stream_close();
+	etcd_ka_stream_close(false);
 	if (!gw_auth_ready(st, etcd_lock_request_timeout))
 		return false;
 	if (gw_ka == NULL)
@@ -1813,17 +1819,18 @@ etcd_ka_stream_results(EtcdKaResult *out, int max)
 
 /*
  * etcd_ka_stream_close ends the stream (closing its connection); renewals
- * sent on it and not answered are the caller's to retry. If etcd said the
- * token is invalid, the next request authenticates again.
+ * sent on it and not answered are the caller's to retry. If it failed (it
+ * broke, or stalled: failed), the next requests go to the next endpoint;
+ * if etcd said the token is invalid, the next request authenticates again.
  */
 void
-etcd_ka_stream_close(void)
+etcd_ka_stream_close(bool failed)
 {
 	int			neps;
 
 	if (!gw_ka_active)
 		return;
-	if (gw_ka_done || gw_ka_broken)
+	if (failed || gw_ka_done || gw_ka_broken)
 	{
 		GW_COUNT(GW_EV_FAILURE);
 		neps = gw_endpoints();

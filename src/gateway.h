@@ -117,7 +117,7 @@ extern bool etcd_ka_stream_usable(void);
 extern bool etcd_ka_stream_active(void);
 extern bool etcd_ka_stream_send(int64 lease_id);
 extern int	etcd_ka_stream_results(EtcdKaResult *out, int max);
-extern void etcd_ka_stream_close(void);
+extern void etcd_ka_stream_close(bool failed);
 
 /* Watching one key for its deletion (a streaming /v3/watch request). */
 typedef enum EtcdWatchResult

@@ -209,6 +209,72 @@ static bool parse_create_rev(json_t *root, void *arg);
 
 #define TRY_PAGE	64			/* oldest keys a failed try-lock reads */
 
+/*
+ * kv_fields reads what the lock algorithm needs of one listed key: the key
+ * (palloc'd, decoded), its create_revision and its lease. False if the
+ * entry is malformed.
+ */
+static bool
+kv_fields(json_t *kv, char **key, int *keylen, int64 *rev, int64 *lease)
+{
+	json_t	   *jkey = json_object_get(kv, "key");
+
+	if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", rev) ||
+		!etcd_json_int64(kv, "lease", lease))
+		return false;
+	*key = etcd_b64_decode(json_string_value(jkey), keylen);
+	return *key != NULL;
+}
+
+/* The first lock key of a name found in a page of listed keys. */
+typedef struct LockKeyScan
+{
+	char	   *key;			/* palloc'd; NULL if none in the page */
+	int			keylen;
+	int64		rev;
+	int			nread;			/* entries in the page */
+	int64		last_rev;		/* create_revision of the page's last entry */
+} LockKeyScan;
+
+/*
+ * scan_lock_keys looks through a page of keys (kvs of a range answer, in
+ * the order asked for) for the first lock key of k's name. False if the
+ * page is malformed.
+ */
+static bool
+scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
+{
+	size_t		i;
+	json_t	   *kv;
+
+	memset(out, 0, sizeof(*out));
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	json_array_foreach(kvs, i, kv)
+	{
+		char	   *key;
+		int			keylen;
+		int64		rev,
+					lease;
+
+		if (!kv_fields(kv, &key, &keylen, &rev, &lease))
+			return false;
+		out->nread++;
+		out->last_rev = rev;
+		if (out->key == NULL && lock_key_of(k, key, keylen, lease))
+		{
+			out->key = key;
+			out->keylen = keylen;
+			out->rev = rev;
+		}
+		else
+			pfree(key);
+	}
+	return true;
+}
+
 typedef struct AcquireReply
 {
 	const EtcdLockKeys *k;
@@ -227,38 +293,13 @@ typedef struct AcquireReply
 static bool
 try_scan(AcquireReply *r, json_t *kvs)
 {
-	size_t		i;
-	json_t	   *kv;
+	LockKeyScan ks;
 
-	r->undecided = true;
-	if (kvs == NULL)
-		return true;
-	if (!json_is_array(kvs))
+	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
-	json_array_foreach(kvs, i, kv)
-	{
-		json_t	   *jkey = json_object_get(kv, "key");
-		int64		rev,
-					lease;
-		char	   *key;
-		int			keylen;
-		bool		lock;
-
-		if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", &rev) ||
-			!etcd_json_int64(kv, "lease", &lease))
-			return false;
-		key = etcd_b64_decode(json_string_value(jkey), &keylen);
-		if (key == NULL)
-			return false;
-		lock = lock_key_of(r->k, key, keylen, lease);
-		pfree(key);
-		if (!lock)
-			continue;
-		r->undecided = false;
-		r->held = r->rev > 0 && rev == r->rev &&
-			strcmp(json_string_value(jkey), r->key_b64) == 0;
-		break;
-	}
+	r->undecided = ks.key == NULL;
+	r->held = ks.key != NULL && r->rev > 0 && ks.rev == r->rev &&
+		ks.keylen == r->k->keylen && memcmp(ks.key, r->k->key, ks.keylen) == 0;
 	return true;
 }
 
@@ -520,7 +561,6 @@ parse_dl_keys(json_t *root, void *arg)
 	}
 	json_array_foreach(kvs, i, kv)
 	{
-		json_t	   *jkey = json_object_get(kv, "key");
 		int64		rev,
 					lease;
 		char	   *key,
@@ -528,11 +568,7 @@ parse_dl_keys(json_t *root, void *arg)
 		int			keylen;
 		EtcdLockKeys lk;
 
-		if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", &rev) ||
-			!etcd_json_int64(kv, "lease", &lease))
-			return false;
-		key = etcd_b64_decode(json_string_value(jkey), &keylen);
-		if (key == NULL)
+		if (!kv_fields(kv, &key, &keylen, &rev, &lease))
 			return false;
 		slash = (int) strlen(key) == keylen ? strrchr(key, '/') : NULL;
 		if (slash == NULL || slash < key + r->k->prefixlen + 1 ||
@@ -838,37 +874,17 @@ typedef struct PredReply
 static bool
 pred_scan(PredReply *r, json_t *kvs)
 {
-	size_t		i;
-	json_t	   *kv;
+	LockKeyScan ks;
 
-	if (kvs == NULL)
-		return true;
-	if (!json_is_array(kvs))
+	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
-	json_array_foreach(kvs, i, kv)
+	r->nread = ks.nread;
+	r->last_rev = ks.last_rev;
+	if (r->pred == NULL && ks.key != NULL)
 	{
-		json_t	   *jkey = json_object_get(kv, "key");
-		int64		rev,
-					lease;
-		char	   *key;
-		int			keylen;
-
-		if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", &rev) ||
-			!etcd_json_int64(kv, "lease", &lease))
-			return false;
-		key = etcd_b64_decode(json_string_value(jkey), &keylen);
-		if (key == NULL)
-			return false;
-		r->nread++;
-		r->last_rev = rev;
-		if (r->pred == NULL && lock_key_of(r->k, key, keylen, lease))
-		{
-			r->pred = key;
-			r->predlen = keylen;
-			r->pred_rev = rev;
-		}
-		else
-			pfree(key);
+		r->pred = ks.key;
+		r->predlen = ks.keylen;
+		r->pred_rev = ks.rev;
 	}
 	return true;
 }
@@ -879,36 +895,13 @@ pred_scan(PredReply *r, json_t *kvs)
 static bool
 oldest_scan(PredReply *r, json_t *kvs)
 {
-	size_t		i;
-	json_t	   *kv;
+	LockKeyScan ks;
 
-	if (kvs == NULL)
-		return true;
-	if (!json_is_array(kvs))
+	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
-	json_array_foreach(kvs, i, kv)
-	{
-		json_t	   *jkey = json_object_get(kv, "key");
-		int64		rev,
-					lease;
-		char	   *key;
-		int			keylen;
-
-		if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", &rev) ||
-			!etcd_json_int64(kv, "lease", &lease))
-			return false;
-		key = etcd_b64_decode(json_string_value(jkey), &keylen);
-		if (key == NULL)
-			return false;
-		if (lock_key_of(r->k, key, keylen, lease))
-		{
-			r->oldest = key;
-			r->oldestlen = keylen;
-			r->oldest_rev = rev;
-			return true;
-		}
-		pfree(key);
-	}
+	r->oldest = ks.key;
+	r->oldestlen = ks.keylen;
+	r->oldest_rev = ks.rev;
 	return true;
 }
 

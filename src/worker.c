@@ -595,7 +595,7 @@ ka_stream_fail(const char *why)
 {
 	EtcdStatus	st;
 
-	etcd_ka_stream_close();
+	etcd_ka_stream_close(true);
 	memset(&st, 0, sizeof(st));
 	st.kind = ETCD_UNREACHABLE;
 	snprintf(st.message, sizeof(st.message), "%s: keepalive stream %s",
@@ -642,7 +642,7 @@ ka_stream_collect(EtcdMono *next)
 		}
 	}
 	if (w_ka_count == 0 && etcd_ka_stream_active() && !etcd_ka_stream_usable())
-		etcd_ka_stream_close();		/* ended while idle: reopen when needed */
+		etcd_ka_stream_close(false);	/* ended while idle: reopen when needed */
 	if (w_ka_count > 0)
 	{
 		EtcdMono	now = etcd_mono_now();

@@ -208,6 +208,26 @@ sub _read_request
 	{
 		$h{ lc $1 } = $2 if /^([^:]+):\s*(.*)$/;
 	}
+	if (lc($h{'transfer-encoding'} // '') eq 'chunked')
+	{
+		# a streamed upload (the worker's keepalive stream): say "go on",
+		# read its first message only; the answer ends the connection
+		_write($c, "HTTP/1.1 100 Continue\r\n\r\n") if lc($h{expect} // '') eq '100-continue';
+		until ($$buf =~ /^([0-9a-fA-F]+)\r\n/)
+		{
+			return undef if time > $deadline;
+			return undef if !_read_some($c, $buf, 1) && _eof($c);
+		}
+		my $size = hex($1);
+		$$buf =~ s/^[0-9a-fA-F]+\r\n//;
+		while (length($$buf) < $size)
+		{
+			return undef if time > $deadline;
+			return undef if !_read_some($c, $buf, 1) && _eof($c);
+		}
+		return { method => $method, path => $path, headers => \%h,
+			body => substr($$buf, 0, $size), stream => 1 };
+	}
 	my $len = $h{'content-length'} // 0;
 	while (length($$buf) < $len)
 	{
@@ -386,8 +406,11 @@ sub _answer
 	# like etcd, a grant with a client-chosen ID grants that ID
 	return _send($c, 200, encode_json({ header => _hdr(1), ID => ($r->{ID} // $LEASE_ID), TTL => '10' }))
 	  if $p eq '/v3/lease/grant';
-	return _send($c, 200, encode_json({ result => { header => _hdr(1), ID => ($r->{ID} // $LEASE_ID), TTL => '10' } }) . "\n", 1)
-	  if $p eq '/v3/lease/keepalive';
+	if ($p eq '/v3/lease/keepalive')
+	{
+		_send($c, 200, encode_json({ result => { header => _hdr(1), ID => ($r->{ID} // $LEASE_ID), TTL => '10' } }) . "\n", 1);
+		return !$req->{stream};    # a stream's rest is not read: close
+	}
 	return _send($c, 200, encode_json({ header => _hdr(1) })) if $p eq '/v3/lease/revoke';
 	return _send($c, 200, encode_json({ header => _hdr($MY_REV + 1), deleted => '1' }))
 	  if $p eq '/v3/kv/deleterange';
