@@ -70,6 +70,7 @@ _PG_init(void)
 	etcd_lock_preloaded = true;
 	etcd_shmem_install_hooks();
 	etcd_gateway_set_hooks(&gateway_hooks);
+	etcd_gateway_preload();
 	etcd_lock_register_worker();
 	etcd_locktable_init();
 }

@@ -85,6 +85,7 @@ typedef struct EtcdGatewayHooks
 } EtcdGatewayHooks;
 
 extern void etcd_gateway_set_hooks(const EtcdGatewayHooks *hooks);
+extern void etcd_gateway_preload(void);
 extern bool etcd_gateway_authenticate(EtcdStatus *st);
 
 /* Requests in flight while the caller goes on (the worker). */
