@@ -98,7 +98,10 @@ sub ka_metrics
 	is($b->safe_psql('postgres', "SELECT count(*) FROM generate_series(0, 19) i WHERE etcd_try_lock('/ka' || i)"), '0',
 		'keepalive stream: 20 locks held past 2 x TTL');
 	ok($m1 - $m0 >= 20 * 3, sprintf('keepalive stream: %d renewals in %d s', $m1 - $m0, 2 * $ttl));
-	ok($st1 - $st0 <= 1, sprintf('keepalive stream: on %d new keepalive stream(s), not one request each', $st1 - $st0));
+	# one-shot renewals would be one stream each (>= 120 here); a stream
+	# may be reopened now and then (a late answer ends it)
+	ok($st1 - $st0 <= 5, sprintf('keepalive stream: %d renewals on %d new keepalive stream(s), not one request each',
+		$m1 - $m0, $st1 - $st0));
 	$_->query_safe("SELECT etcd_unlock_all()") for @s;
 	$_->quit for @s;
 }
@@ -326,6 +329,14 @@ sub ka_metrics
 	ok(wait_until(sub { nkeys('/out') == 0 }, 20), 'outage: the queued releases went out');
 	my $el = time - $t0;
 	ok($el < 1.5, sprintf('outage: %.2f s after etcd answered again', $el));
+	# quiet logs: a 4 s outage with 3 releases and 3 leases retried every
+	# 0.5 s is dozens of failed requests, but a state change is logged once
+	my @lines = grep { /etcd_lock worker: / } split /\n/, slurp_file($d->logfile);
+	ok(@lines <= 8, sprintf('outage: %d worker log lines (unreachable, reachable again: no line per retry)', scalar @lines));
+	like(join("\n", @lines), qr/etcd is unreachable.*\n(?:.*\n)*.*etcd is reachable again after/,
+		'outage: the log says unreachable, then reachable again');
+	is($d->safe_psql('postgres', 'SELECT etcd_reachable FROM etcd_lock_status'), 't',
+		'outage: etcd_lock_status says reachable again');
 	$_->quit for @x;
 	$d->stop;
 }
