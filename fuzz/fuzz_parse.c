@@ -832,16 +832,18 @@ fz_request(FzTarget t, uint8_t param)
 			break;
 		case T_REQ_KEEPALIVE:
 			{
-				int			ttl = -1;
+				int64		ttl = -1;
 				int			bound = 100 + 100 * (param & 7);	/* as the worker does */
 
-				if (etcd_lease_keepalive(FZ_LEASE, &ttl, &st, bound) && ttl < 0)
-					fz_fail("etcd_lease_keepalive: negative TTL");
+				/* a one-shot renewal, as the worker sends without a stream */
+				if (etcd_request_ex("/v3/lease/keepalive", etcd_lease_body(FZ_LEASE),
+									etcd_parse_keepalive, &ttl, &st, bound) && ttl < 0)
+					fz_fail("etcd_parse_keepalive: negative TTL");
 				fz_check_bound(start, bound, "keepalive");
 				break;
 			}
 		case T_REQ_REVOKE:
-			(void) etcd_lease_revoke(FZ_LEASE, &st);
+			(void) etcd_request("/v3/lease/revoke", etcd_lease_body(FZ_LEASE), NULL, NULL, &st);
 			fz_check_bound(start, etcd_lock_request_timeout, "revoke");
 			break;
 		case T_REQ_ACQUIRE:

@@ -171,36 +171,6 @@ etcd_lease_body(int64 lease_id)
 	return psprintf("{\"ID\":\"" INT64_FORMAT "\"}", lease_id);
 }
 
-/*
- * etcd_lease_keepalive renews a lease once, within timeout_ms. On success
- * *ttl is the new TTL, or 0 if etcd says the lease no longer exists.
- */
-bool
-etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st, int timeout_ms)
-{
-	int64		newttl = 0;
-
-	/* safe to resend: a renewal only extends */
-	if (!etcd_request_ex("/v3/lease/keepalive", etcd_lease_body(lease_id),
-						 etcd_parse_keepalive, &newttl, st, timeout_ms))
-		return false;
-	*ttl = newttl > 0 ? (int) Min(newttl, INT_MAX) : 0;
-	return true;
-}
-
-/*
- * etcd_lease_revoke revokes a lease, deleting every key attached to it. A
- * lease that is already gone counts as revoked.
- */
-bool
-etcd_lease_revoke(int64 lease_id, EtcdStatus *st)
-{
-	/* safe to resend: a revoked lease answers "not found", counted as done */
-	if (etcd_request("/v3/lease/revoke", etcd_lease_body(lease_id), NULL, NULL, st))
-		return true;
-	return st->kind == ETCD_ERROR_REPLY && st->grpc_code == GRPC_NOT_FOUND;
-}
-
 /* ---- acquire ---- */
 
 static bool lock_key_of(const EtcdLockKeys *k, const char *key, int keylen,
@@ -517,6 +487,29 @@ lock_key_of(const EtcdLockKeys *k, const char *key, int keylen, int64 lease)
 	return true;
 }
 
+/*
+ * listed_lock_name says whether key (keylen bytes, attached to lease),
+ * listed from a range over prefix, is the lock key of some name: returns
+ * the length of that name (the part between the prefix and the last
+ * slash), or -1 for any other key (lockops' rule, lock_key_of).
+ */
+static int
+listed_lock_name(const char *prefix, int prefixlen, const char *key,
+				 int keylen, int64 lease)
+{
+	const char *slash = (int) strlen(key) == keylen ? strrchr(key, '/') : NULL;
+	EtcdLockKeys lk;
+
+	if (slash == NULL || keylen < prefixlen || slash < key + prefixlen + 1 ||
+		memcmp(key, prefix, prefixlen) != 0)
+		return -1;
+	lk.pfx = (char *) key;
+	lk.pfxlen = slash + 1 - key;
+	if (!lock_key_of(&lk, key, keylen, lease))
+		return -1;
+	return (int) (slash - key) - prefixlen;
+}
+
 /* ---- deadlock detection across instances ---- */
 
 typedef struct DlKey
@@ -563,23 +556,14 @@ parse_dl_keys(json_t *root, void *arg)
 	{
 		int64		rev,
 					lease;
-		char	   *key,
-				   *slash;
-		int			keylen;
-		EtcdLockKeys lk;
+		char	   *key;
+		int			keylen,
+					namelen;
 
 		if (!kv_fields(kv, &key, &keylen, &rev, &lease))
 			return false;
-		slash = (int) strlen(key) == keylen ? strrchr(key, '/') : NULL;
-		if (slash == NULL || slash < key + r->k->prefixlen + 1 ||
-			memcmp(key, r->k->prefix, r->k->prefixlen) != 0)
-		{
-			pfree(key);
-			continue;
-		}
-		lk.pfx = key;
-		lk.pfxlen = slash + 1 - key;
-		if (!lock_key_of(&lk, key, keylen, lease))
+		namelen = listed_lock_name(r->k->prefix, r->k->prefixlen, key, keylen, lease);
+		if (namelen < 0)
 		{
 			pfree(key);
 			continue;
@@ -590,7 +574,7 @@ parse_dl_keys(json_t *root, void *arg)
 			r->keys = r->keys ? repalloc(r->keys, r->cap * sizeof(DlKey)) :
 				palloc(r->cap * sizeof(DlKey));
 		}
-		r->keys[r->n].name = pnstrdup(key + r->k->prefixlen, slash - key - r->k->prefixlen);
+		r->keys[r->n].name = pnstrdup(key + r->k->prefixlen, namelen);
 		r->keys[r->n].key = key;
 		r->keys[r->n].keylen = keylen;
 		r->keys[r->n].rev = rev;
@@ -1324,9 +1308,10 @@ typedef struct ListReply
 } ListReply;
 
 /*
- * parse_list keeps the keys that look like lock keys: attached to a lease
- * and ending in "/<that lease in hex>" (the scheme etcd's Go mutex uses).
- * Anything else in the range (other applications' keys) is skipped.
+ * parse_list keeps the lock keys (listed_lock_name: attached to a lease and
+ * named by it, the scheme etcd's Go mutex uses, optionally with a mode
+ * marker). Anything else in the range (other applications' keys) is
+ * skipped.
  */
 static bool
 parse_list(json_t *root, void *arg)
@@ -1347,9 +1332,9 @@ parse_list(json_t *root, void *arg)
 		int64		rev,
 					lease;
 		char	   *key,
-				   *slash,
 				   *val = NULL;
-		int			keylen;
+		int			keylen,
+					namelen;
 
 		if (!json_is_string(jkey) ||
 			!etcd_json_int64(kv, "create_revision", &rev) ||
@@ -1360,29 +1345,15 @@ parse_list(json_t *root, void *arg)
 		key = etcd_b64_decode(json_string_value(jkey), &keylen);
 		if (key == NULL)
 			return false;
-		slash = strrchr(key, '/');
-		if ((int) strlen(key) != keylen || keylen < r->prefixlen ||
-			memcmp(key, r->prefix, r->prefixlen) != 0 ||
-			slash == NULL || slash < key + r->prefixlen + 1)
+		namelen = listed_lock_name(r->prefix, r->prefixlen, key, keylen, lease);
+		if (namelen < 0)
 		{
 			pfree(key);
 			continue;
 		}
-		{
-			/* a lock key of the name before the slash (lockops' rule) */
-			EtcdLockKeys lk;
-
-			lk.pfx = key;
-			lk.pfxlen = slash + 1 - key;
-			if (!lock_key_of(&lk, key, keylen, lease))
-			{
-				pfree(key);
-				continue;
-			}
-		}
 		if (json_is_string(jval))
 			val = etcd_b64_decode(json_string_value(jval), NULL);
-		*slash = '\0';
+		key[r->prefixlen + namelen] = '\0';
 		if (r->n >= r->cap)
 		{
 			r->cap = r->cap ? r->cap * 2 : 16;

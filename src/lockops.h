@@ -24,9 +24,6 @@ extern void etcd_lock_keys(EtcdLockKeys *k, const char *prefix,
 						   const char *name, int64 lease_id);
 
 extern int64 etcd_lease_grant(int ttl);
-extern bool etcd_lease_keepalive(int64 lease_id, int *ttl, EtcdStatus *st,
-								 int timeout_ms);
-extern bool etcd_lease_revoke(int64 lease_id, EtcdStatus *st);
 extern char *etcd_lease_body(int64 lease_id);
 extern int64 etcd_new_lease_id(int ttl, char **body);
 extern bool etcd_parse_lease_grant(struct json_t *root, void *arg);
