@@ -16,7 +16,7 @@
  *       locked). Writes "H pid" / "I pid" lines to FILE, prints "ready",
  *       then waits until stdin reaches EOF (or S seconds), disconnects,
  *       prints "done".
- *   abort -iters K -locks L -lock PREFIX [-etcd-pid PID] -out FILE
+ *   abort -iters K -locks L -lock PREFIX [-etcd-pid PID | -refuse-endpoint URL] -out FILE
  *       K times: BEGIN; L x etcd_xact_lock(PREFIX/k/j); [SIGSTOP etcd];
  *       time ROLLBACK; [SIGCONT etcd]. FILE gets the ROLLBACK latencies in
  *       microseconds. Also times a ROLLBACK of a transaction without etcd
@@ -325,8 +325,10 @@ cmd_abort(int argc, char **argv)
 	int			locks = (int) arg_long(argc, argv, "-locks", "10");
 	const char *pfx = arg_str(argc, argv, "-lock", "/bench/abort");
 	long		etcd_pid = arg_long(argc, argv, "-etcd-pid", "0");
+	const char *refuse = arg_str(argc, argv, "-refuse-endpoint", "");
 	const char *out = arg_str(argc, argv, "-out", NULL);
 	PGconn	   *c = connect_db();
+	PGconn	   *admin;
 	FILE	   *f = fopen(out, "w");
 	char		sql[512];
 	int			k,
@@ -334,6 +336,9 @@ cmd_abort(int argc, char **argv)
 
 	if (!f)
 		die("cannot write %s", out);
+	if (refuse[0] == '\0')
+		refuse = NULL;
+	admin = refuse ? connect_db() : NULL;
 	if (iters < 1 || iters > 10000 || locks < 1 || locks > 1000)
 		die("abort: bad -iters/-locks");
 	/* warm-up: lease grant, catalog caches */
@@ -370,9 +375,27 @@ cmd_abort(int argc, char **argv)
 				usleep(1000);
 			usleep(20000);
 		}
+		if (refuse)
+		{
+			/*
+			 * etcd refusing connections: the instance is pointed at a port
+			 * nothing listens on (the worker, which sends the releases,
+			 * rereads its configuration within its next loop)
+			 */
+			snprintf(sql, sizeof(sql), "ALTER SYSTEM SET etcd_lock.endpoints = '%s'", refuse);
+			exec_ok(admin, sql);
+			exec_ok(admin, "SELECT pg_reload_conf()");
+			usleep(300000);
+		}
 		t = now_ns(CLOCK_MONOTONIC);
 		exec_ok(c, "ROLLBACK");
 		lat_us = (now_ns(CLOCK_MONOTONIC) - t) / 1e3;
+		if (refuse)
+		{
+			exec_ok(admin, "ALTER SYSTEM RESET etcd_lock.endpoints");
+			exec_ok(admin, "SELECT pg_reload_conf()");
+			usleep(300000);
+		}
 		if (etcd_pid > 0)
 		{
 			/* etcd stays stopped a little longer than the ROLLBACK took */
@@ -386,7 +409,10 @@ cmd_abort(int argc, char **argv)
 	}
 	fclose(f);
 	PQfinish(c);
-	printf("abort iters=%d locks=%d etcd_stopped=%s\n", iters, locks, etcd_pid > 0 ? "yes" : "no");
+	if (admin)
+		PQfinish(admin);
+	printf("abort iters=%d locks=%d etcd_stopped=%s etcd_refusing=%s\n", iters, locks,
+		   etcd_pid > 0 ? "yes" : "no", refuse ? "yes" : "no");
 	return 0;
 }
 

@@ -14,12 +14,29 @@
  * Usage: gateway_shapes http://127.0.0.1:PORT N LOCKNAME
  * Prints: shapes n=N pair_p50_us=.. pair_p99_us=.. acquire_p50_us=..
  *         release_p50_us=.. ops_per_s=..
+ *
+ * Two more floors, for the contend and distinct workloads:
+ *
+ *   gateway_shapes handoff ENDPOINT N KEY
+ *     the least a handoff can cost through the gateway: a watcher on KEY is
+ *     created beforehand (one streamed POST /v3/watch, kept open); each round
+ *     puts KEY, waits for that event, then times a delete of KEY until its
+ *     DELETE event arrives at the watcher.
+ *     Prints: handoff n=N p50_us=.. p99_us=..
+ *
+ *   gateway_shapes distinct ENDPOINT SECONDS C PREFIX
+ *     C processes, each with its own kept-alive connection and its own key
+ *     PREFIX/i, loop the plain floor pair (put-if-absent txn + delete, as
+ *     ../shared/reference/http-floor does) for SECONDS.
+ *     Prints: distinct c=C ops_per_s=.. p50_us=..
  */
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/wait.h>
 
 static char resp[65536];
 static size_t rlen;
@@ -134,8 +151,8 @@ json_ll(const char *field)
 	return atoll(p + strlen(pat));
 }
 
-int
-main(int argc, char **argv)
+static int
+shapes_main(int argc, char **argv)
 {
 	int			n,
 				i;
@@ -235,4 +252,230 @@ main(int argc, char **argv)
 	curl_easy_cleanup(c);
 	curl_slist_free_all(h);
 	return 0;
+}
+
+/* ---- handoff floor ---- */
+
+static char wbuf[1 << 20];
+static size_t wlen;
+
+static size_t
+wsink(char *p, size_t s, size_t n, void *u)
+{
+	size_t		k = s * n;
+
+	(void) u;
+	if (wlen + k < sizeof(wbuf) - 1)
+	{
+		memcpy(wbuf + wlen, p, k);
+		wlen += k;
+		wbuf[wlen] = '\0';
+	}
+	return k;
+}
+
+/* drive the multi handle until wbuf contains needle (10 s at most) */
+static void
+drive_until(CURLM *m, const char *needle)
+{
+	double		give_up = now_us() + 10e6;
+	int			running;
+
+	for (;;)
+	{
+		curl_multi_perform(m, &running);
+		if (strstr(wbuf, needle))
+			return;
+		if (now_us() > give_up)
+		{
+			fprintf(stderr, "gateway_shapes: no \"%s\" from the watch: %s\n", needle, wbuf);
+			exit(1);
+		}
+		curl_multi_poll(m, NULL, 0, 100, NULL);
+	}
+}
+
+static int
+handoff_main(int argc, char **argv)
+{
+	int			n = atoi(argv[3]),
+				i,
+				running;
+	char		k64[1024],
+				body[2048],
+				url[512],
+				want[64];
+	double	   *lat;
+	CURLM	   *m = curl_multi_init();
+	CURL	   *w = curl_easy_init(),
+			   *d = curl_easy_init();
+	struct curl_slist *h = NULL;
+
+	ep = argv[2];
+	if (n < 1 || n > 1000000)
+		return 2;
+	lat = malloc(sizeof(double) * n);
+	b64(argv[4], strlen(argv[4]), k64);
+	h = curl_slist_append(h, "Content-Type: application/json");
+	h = curl_slist_append(h, "Expect:");
+
+	c = curl_easy_init();		/* puts, blocking */
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+	curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+
+	/* the watcher: one stream, created before any round */
+	snprintf(url, sizeof(url), "%s/v3/watch", ep);
+	snprintf(body, sizeof(body), "{\"create_request\":{\"key\":\"%s\"}}", k64);
+	curl_easy_setopt(w, CURLOPT_URL, url);
+	curl_easy_setopt(w, CURLOPT_COPYPOSTFIELDS, body);
+	curl_easy_setopt(w, CURLOPT_WRITEFUNCTION, wsink);
+	curl_easy_setopt(w, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(w, CURLOPT_HTTPHEADER, h);
+	curl_multi_add_handle(m, w);
+	drive_until(m, "\"created\":true");
+
+	/* the deleter, on its own kept-alive connection */
+	snprintf(url, sizeof(url), "%s/v3/kv/deleterange", ep);
+	snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k64);
+	curl_easy_setopt(d, CURLOPT_URL, url);
+	curl_easy_setopt(d, CURLOPT_COPYPOSTFIELDS, body);
+	curl_easy_setopt(d, CURLOPT_WRITEFUNCTION, sink);
+	curl_easy_setopt(d, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(d, CURLOPT_HTTPHEADER, h);
+
+	for (i = 0; i < n; i++)
+	{
+		double		t0;
+		long long	rev;
+		CURLMsg    *msg;
+		int			left;
+
+		snprintf(body, sizeof(body), "{\"key\":\"%s\",\"value\":\"\"}", k64);
+		post("/v3/kv/put", body);
+		rev = json_ll("revision");
+		snprintf(want, sizeof(want), "\"mod_revision\":\"%lld\"", rev);
+		drive_until(m, want);
+		wlen = 0;
+		wbuf[0] = '\0';
+
+		t0 = now_us();
+		curl_multi_add_handle(m, d);
+		drive_until(m, "DELETE");
+		lat[i] = now_us() - t0;
+		wlen = 0;
+		wbuf[0] = '\0';
+		/* let the delete's own answer finish before the next round */
+		for (running = 1; running;)
+		{
+			curl_multi_perform(m, &running);
+			while ((msg = curl_multi_info_read(m, &left)) != NULL)
+				if (msg->easy_handle == d)
+					running = 0;
+			if (running)
+				curl_multi_poll(m, NULL, 0, 100, NULL);
+		}
+		curl_multi_remove_handle(m, d);
+	}
+	qsort(lat, n, sizeof(double), cmp);
+	printf("handoff n=%d p50_us=%.0f p99_us=%.0f\n", n, lat[n / 2], lat[n * 99 / 100]);
+	return 0;
+}
+
+/* ---- distinct floor ---- */
+
+static int
+distinct_main(int argc, char **argv)
+{
+	double		secs = atof(argv[3]);
+	int			cn = atoi(argv[4]),
+				i,
+				fds[2];
+	long		total = 0;
+	double		p50sum = 0;
+
+	ep = argv[2];
+	if (cn < 1 || cn > 1024 || secs <= 0 || pipe(fds) != 0)
+		return 2;
+	for (i = 0; i < cn; i++)
+	{
+		pid_t		pid = fork();
+
+		if (pid < 0)
+			return 1;
+		if (pid == 0)
+		{
+			char		key[600],
+						k64[1024],
+						body[4096],
+						line[128];
+			struct curl_slist *h = NULL;
+			double		end,
+					   *lat;
+			long		cnt = 0,
+						cap = 1 << 20;
+
+			close(fds[0]);
+			lat = malloc(sizeof(double) * cap);
+			snprintf(key, sizeof(key), "%s/%d", argv[5], i);
+			b64(key, strlen(key), k64);
+			c = curl_easy_init();
+			curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
+			curl_easy_setopt(c, CURLOPT_TCP_NODELAY, 1L);
+			h = curl_slist_append(h, "Content-Type: application/json");
+			h = curl_slist_append(h, "Expect:");
+			curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+			end = now_us() + secs * 1e6;
+			while (now_us() < end && cnt < cap)
+			{
+				double		t0 = now_us();
+
+				snprintf(body, sizeof(body),
+						 "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}],"
+						 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"value\":\"\"}}]}", k64, k64);
+				post("/v3/kv/txn", body);
+				snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k64);
+				post("/v3/kv/deleterange", body);
+				lat[cnt++] = now_us() - t0;
+			}
+			qsort(lat, cnt, sizeof(double), cmp);
+			snprintf(line, sizeof(line), "%ld %.0f\n", cnt, cnt ? lat[cnt / 2] : 0.0);
+			if (write(fds[1], line, strlen(line)) < 0)
+				_exit(1);
+			_exit(0);
+		}
+	}
+	close(fds[1]);
+	{
+		FILE	   *f = fdopen(fds[0], "r");
+		long		k;
+		double		p;
+		int			got = 0;
+
+		while (f && fscanf(f, "%ld %lf", &k, &p) == 2)
+		{
+			total += k;
+			p50sum += p;
+			got++;
+		}
+		while (wait(NULL) > 0)
+			;
+		if (got != cn)
+		{
+			fprintf(stderr, "gateway_shapes: %d of %d distinct clients reported\n", got, cn);
+			return 1;
+		}
+	}
+	printf("distinct c=%d ops_per_s=%.0f p50_us=%.0f\n", cn, total / secs, p50sum / cn);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	if (argc >= 5 && strcmp(argv[1], "handoff") == 0)
+		return handoff_main(argc, argv);
+	if (argc >= 6 && strcmp(argv[1], "distinct") == 0)
+		return distinct_main(argc, argv);
+	return shapes_main(argc, argv);
 }
