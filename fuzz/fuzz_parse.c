@@ -577,7 +577,7 @@ fz_sqlstate(int code)
 static void
 fz_keys(EtcdLockKeys *k, int64 lease)
 {
-	etcd_lock_keys(k, "", "/jobs", lease);
+	etcd_lock_keys(k, "", "/jobs", lease, ETCD_KEY_EXCLUSIVE, 0);
 }
 
 /* ---------------------------------------------------------------------
@@ -623,7 +623,10 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 				AcquireReply r = {0};
 				EtcdLockKeys k;
 
-				etcd_lock_keys(&k, "", "/jobs", INT64CONST(0x390da219c2a52a05));
+				/* a try reads the queue the same way for every kind */
+				etcd_lock_keys(&k, "", "/jobs", INT64CONST(0x390da219c2a52a05),
+							   t == T_TRY_ACQUIRE ? (EtcdKeyKind) (param % 3) : ETCD_KEY_EXCLUSIVE,
+							   1 + (param >> 2) % 4);
 				r.k = &k;
 				r.key_b64 = FZ_KEY_B64;
 				r.try_only = t == T_TRY_ACQUIRE;
@@ -641,13 +644,22 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 				PredReply	r = {0};
 				EtcdLockKeys k;
 
-				etcd_lock_keys(&k, "", "/jobs", INT64CONST(0x390da219c2a52a05));
+				/* exclusive, shared, or a semaphore of 1-4 permits */
+				etcd_lock_keys(&k, "", "/jobs", INT64CONST(0x390da219c2a52a05),
+							   (EtcdKeyKind) (param % 3), 1 + (param >> 2) % 4);
 				r.k = &k;
 				r.with_mine = true;
-				if (fz_parse(body, len, parse_pred, &r) && r.pred)
+				if (k.kind == ETCD_KEY_SEMAPHORE)
 				{
-					if (r.predlen < 0 || r.pred[r.predlen] != '\0')
+					r.ahead = palloc(sizeof(char *) * (k.permits + 1));
+					r.aheadlen = palloc(sizeof(int) * (k.permits + 1));
+				}
+				if (fz_parse(body, len, parse_pred, &r))
+				{
+					if (r.pred && (r.predlen < 0 || r.pred[r.predlen] != '\0'))
 						fz_fail("parse_pred: predecessor key not terminated");
+					if (r.nahead < 0 || r.nahead > k.permits + 1)
+						fz_fail("parse_pred: more permit keys kept than asked for");
 				}
 				break;
 			}

@@ -26,13 +26,135 @@ COMMENT ON VIEW etcd_lock_status IS
 
 -- etcd_locks gains columns (at the end, so views built on it keep
 -- working): state (held, waiting, or lost: the lease lapsed or etcd said
--- it is gone), the owner's database, and the full etcd key.
+-- it is gone), the owner's database, the full etcd key, the lock mode
+-- (exclusive, shared, semaphore) and a semaphore's permits. The column
+-- "mode" keeps its 1.0 meaning (held or waiting).
 CREATE FUNCTION etcd_locks_internal_v2(
     OUT pid integer, OUT name text, OUT scope text, OUT mode text,
     OUT count integer, OUT token bigint, OUT lease_id text,
-    OUT since timestamptz, OUT state text, OUT database text, OUT key text)
+    OUT since timestamptz, OUT state text, OUT database text, OUT key text,
+    OUT lock_mode text, OUT permits integer)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'etcd_locks_v2_sql'
 LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE OR REPLACE VIEW etcd_locks AS SELECT * FROM etcd_locks_internal_v2();
+
+-- etcd_lock_holders: one row per holder (a shared lock or a semaphore has
+-- several), with its mode and a semaphore's permits.
+DROP FUNCTION etcd_lock_holders(text);
+CREATE FUNCTION etcd_lock_holders(name_prefix text DEFAULT '',
+    OUT name text, OUT token bigint, OUT lease_id text, OUT holder jsonb,
+    OUT waiters integer, OUT ttl_seconds bigint, OUT mode text,
+    OUT permits integer)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'etcd_lock_holders_v2_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_lock_holders(text) IS
+'holders (one row each) and waiter counts of etcd locks and semaphores, read from etcd';
+
+-- Shared locks, like pg_advisory_lock_shared: any number of shared
+-- holders, or one exclusive holder; FIFO (a shared request behind a
+-- waiting exclusive one waits). A session's own keys never block each
+-- other.
+CREATE FUNCTION etcd_lock_shared(name text, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_lock_shared_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_lock_shared(text, interval) IS
+'take the etcd lock NAME in shared mode for this session, waiting up to TIMEOUT; returns the fencing token';
+
+CREATE FUNCTION etcd_try_lock_shared(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_lock_shared_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_lock_shared(text) IS
+'take the etcd lock NAME in shared mode for this session if no exclusive holder or waiter is ahead';
+
+CREATE FUNCTION etcd_xact_lock_shared(name text, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_xact_lock_shared_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_xact_lock_shared(text, interval) IS
+'take the etcd lock NAME in shared mode until the end of the transaction';
+
+CREATE FUNCTION etcd_try_xact_lock_shared(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_xact_lock_shared_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_xact_lock_shared(text) IS
+'take the etcd lock NAME in shared mode until the end of the transaction, without waiting';
+
+CREATE FUNCTION etcd_unlock_shared(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_unlock_shared_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_unlock_shared(text) IS
+'release one session-level shared hold of the etcd lock NAME';
+
+-- Semaphores: one of PERMITS permits of NAME; the first PERMITS keys in
+-- etcd's create order hold. Every client of a name must give the same
+-- PERMITS; a name is a lock or a semaphore, never both.
+CREATE FUNCTION etcd_semaphore(name text, permits integer, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_semaphore_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_semaphore(text, integer, interval) IS
+'take one of PERMITS permits of the etcd semaphore NAME for this session, waiting up to TIMEOUT; returns the fencing token';
+
+CREATE FUNCTION etcd_try_semaphore(name text, permits integer)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_semaphore_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_semaphore(text, integer) IS
+'take a permit of the etcd semaphore NAME for this session if one is free';
+
+CREATE FUNCTION etcd_xact_semaphore(name text, permits integer, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_xact_semaphore_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_xact_semaphore(text, integer, interval) IS
+'take a permit of the etcd semaphore NAME until the end of the transaction';
+
+CREATE FUNCTION etcd_try_xact_semaphore(name text, permits integer)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_xact_semaphore_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_xact_semaphore(text, integer) IS
+'take a permit of the etcd semaphore NAME until the end of the transaction, if one is free';
+
+CREATE FUNCTION etcd_unlock_semaphore(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_unlock_semaphore_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_unlock_semaphore(text) IS
+'release one session-level hold of a permit of the etcd semaphore NAME';
+
+REVOKE EXECUTE ON FUNCTION
+    etcd_lock_shared(text, interval), etcd_try_lock_shared(text),
+    etcd_xact_lock_shared(text, interval), etcd_try_xact_lock_shared(text),
+    etcd_unlock_shared(text),
+    etcd_semaphore(text, integer, interval), etcd_try_semaphore(text, integer),
+    etcd_xact_semaphore(text, integer, interval), etcd_try_xact_semaphore(text, integer),
+    etcd_unlock_semaphore(text)
+FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    etcd_lock_shared(text, interval), etcd_try_lock_shared(text),
+    etcd_xact_lock_shared(text, interval), etcd_try_xact_lock_shared(text),
+    etcd_unlock_shared(text),
+    etcd_semaphore(text, integer, interval), etcd_try_semaphore(text, integer),
+    etcd_xact_semaphore(text, integer, interval), etcd_try_xact_semaphore(text, integer),
+    etcd_unlock_semaphore(text)
+TO etcd_lock_user;

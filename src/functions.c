@@ -36,6 +36,17 @@ PG_FUNCTION_INFO_V1(etcd_locks_sql);
 PG_FUNCTION_INFO_V1(etcd_locks_v2_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_holders_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_status_sql);
+PG_FUNCTION_INFO_V1(etcd_lock_shared_sql);
+PG_FUNCTION_INFO_V1(etcd_try_lock_shared_sql);
+PG_FUNCTION_INFO_V1(etcd_xact_lock_shared_sql);
+PG_FUNCTION_INFO_V1(etcd_try_xact_lock_shared_sql);
+PG_FUNCTION_INFO_V1(etcd_unlock_shared_sql);
+PG_FUNCTION_INFO_V1(etcd_semaphore_sql);
+PG_FUNCTION_INFO_V1(etcd_try_semaphore_sql);
+PG_FUNCTION_INFO_V1(etcd_xact_semaphore_sql);
+PG_FUNCTION_INFO_V1(etcd_try_xact_semaphore_sql);
+PG_FUNCTION_INFO_V1(etcd_unlock_semaphore_sql);
+PG_FUNCTION_INFO_V1(etcd_lock_holders_v2_sql);
 
 static void
 check_preloaded(void)
@@ -77,18 +88,18 @@ lock_name(FunctionCallInfo fcinfo)
 }
 
 /*
- * timeout_ms returns argument 1 in milliseconds: -1 for NULL (no limit),
+ * timeout_ms returns argument argno in milliseconds: -1 for NULL (no limit),
  * an error for a negative interval (22023). Months count as 30 days.
  */
 static int64
-timeout_ms(FunctionCallInfo fcinfo)
+timeout_ms(FunctionCallInfo fcinfo, int argno)
 {
 	Interval   *iv;
 	double		us;
 
-	if (PG_NARGS() < 2 || PG_ARGISNULL(1))
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
 		return -1;
-	iv = PG_GETARG_INTERVAL_P(1);
+	iv = PG_GETARG_INTERVAL_P(argno);
 	us = (double) iv->time + (double) iv->day * USECS_PER_DAY +
 		(double) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
 	if (us < 0)
@@ -115,50 +126,78 @@ check_scope(bool xact)
 				 errhint("Use etcd_xact_lock() or etcd_try_xact_lock(): behind a transaction pooler, a session-level lock would outlive the transaction and pass to the next client.")));
 }
 
+/*
+ * permits_arg returns argument 1, a semaphore's number of permits: not NULL
+ * (22004), 1 to ETCD_MAX_PERMITS (22023).
+ */
+static int
+permits_arg(FunctionCallInfo fcinfo)
+{
+	int32		n;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("etcd semaphore permits must not be null")));
+	n = PG_GETARG_INT32(1);
+	if (n < 1 || n > ETCD_MAX_PERMITS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd semaphore permits must be between 1 and %d, not %d",
+						ETCD_MAX_PERMITS, n)));
+	return n;
+}
+
+/*
+ * lock_common: the blocking lock functions (timeout is argument 1, or 2
+ * for a semaphore, after its permits); try_lock_common: the try-variants.
+ */
 static Datum
-lock_common(FunctionCallInfo fcinfo, bool xact)
+lock_common(FunctionCallInfo fcinfo, EtcdKeyKind kind, bool xact)
 {
 	char	   *name = lock_name(fcinfo);
-	int64		timeout = timeout_ms(fcinfo);
+	int			permits = kind == ETCD_KEY_SEMAPHORE ? permits_arg(fcinfo) : 0;
+	int64		timeout = timeout_ms(fcinfo, kind == ETCD_KEY_SEMAPHORE ? 2 : 1);
 	int64		token;
 
 	check_scope(xact);
-	(void) etcd_acquire(name, xact, true, timeout, &token);
+	(void) etcd_acquire(name, kind, permits, xact, true, timeout, &token);
 	PG_RETURN_INT64(token);
 }
 
 static Datum
-try_lock_common(FunctionCallInfo fcinfo, bool xact)
+try_lock_common(FunctionCallInfo fcinfo, EtcdKeyKind kind, bool xact)
 {
 	char	   *name = lock_name(fcinfo);
+	int			permits = kind == ETCD_KEY_SEMAPHORE ? permits_arg(fcinfo) : 0;
 	int64		token;
 
 	check_scope(xact);
-	PG_RETURN_BOOL(etcd_acquire(name, xact, false, -1, &token));
+	PG_RETURN_BOOL(etcd_acquire(name, kind, permits, xact, false, -1, &token));
 }
 
 Datum
 etcd_lock_sql(PG_FUNCTION_ARGS)
 {
-	return lock_common(fcinfo, false);
+	return lock_common(fcinfo, ETCD_KEY_EXCLUSIVE, false);
 }
 
 Datum
 etcd_xact_lock_sql(PG_FUNCTION_ARGS)
 {
-	return lock_common(fcinfo, true);
+	return lock_common(fcinfo, ETCD_KEY_EXCLUSIVE, true);
 }
 
 Datum
 etcd_try_lock_sql(PG_FUNCTION_ARGS)
 {
-	return try_lock_common(fcinfo, false);
+	return try_lock_common(fcinfo, ETCD_KEY_EXCLUSIVE, false);
 }
 
 Datum
 etcd_try_xact_lock_sql(PG_FUNCTION_ARGS)
 {
-	return try_lock_common(fcinfo, true);
+	return try_lock_common(fcinfo, ETCD_KEY_EXCLUSIVE, true);
 }
 
 Datum
@@ -166,7 +205,71 @@ etcd_unlock_sql(PG_FUNCTION_ARGS)
 {
 	char	   *name = lock_name(fcinfo);
 
-	PG_RETURN_BOOL(etcd_release(name));
+	PG_RETURN_BOOL(etcd_release(name, ETCD_KEY_EXCLUSIVE));
+}
+
+Datum
+etcd_lock_shared_sql(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, ETCD_KEY_SHARED, false);
+}
+
+Datum
+etcd_xact_lock_shared_sql(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, ETCD_KEY_SHARED, true);
+}
+
+Datum
+etcd_try_lock_shared_sql(PG_FUNCTION_ARGS)
+{
+	return try_lock_common(fcinfo, ETCD_KEY_SHARED, false);
+}
+
+Datum
+etcd_try_xact_lock_shared_sql(PG_FUNCTION_ARGS)
+{
+	return try_lock_common(fcinfo, ETCD_KEY_SHARED, true);
+}
+
+Datum
+etcd_unlock_shared_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+
+	PG_RETURN_BOOL(etcd_release(name, ETCD_KEY_SHARED));
+}
+
+Datum
+etcd_semaphore_sql(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, ETCD_KEY_SEMAPHORE, false);
+}
+
+Datum
+etcd_xact_semaphore_sql(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, ETCD_KEY_SEMAPHORE, true);
+}
+
+Datum
+etcd_try_semaphore_sql(PG_FUNCTION_ARGS)
+{
+	return try_lock_common(fcinfo, ETCD_KEY_SEMAPHORE, false);
+}
+
+Datum
+etcd_try_xact_semaphore_sql(PG_FUNCTION_ARGS)
+{
+	return try_lock_common(fcinfo, ETCD_KEY_SEMAPHORE, true);
+}
+
+Datum
+etcd_unlock_semaphore_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+
+	PG_RETURN_BOOL(etcd_release(name, ETCD_KEY_SEMAPHORE));
 }
 
 Datum
@@ -183,7 +286,10 @@ etcd_lock_token_sql(PG_FUNCTION_ARGS)
 	char	   *name = lock_name(fcinfo);
 	int64		token;
 
-	if (!etcd_token(name, &token))
+	/* the exclusive lock's token; else the shared lock's, the permit's */
+	if (!etcd_token(name, ETCD_KEY_EXCLUSIVE, &token) &&
+		!etcd_token(name, ETCD_KEY_SHARED, &token) &&
+		!etcd_token(name, ETCD_KEY_SEMAPHORE, &token))
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(token);
 }
@@ -235,8 +341,8 @@ locks_common(FunctionCallInfo fcinfo, bool v2)
 
 	for (i = 0; i < n; i++)
 	{
-		Datum		values[11];
-		bool		nulls[11] = {0};
+		Datum		values[13];
+		bool		nulls[13] = {0};
 		EtcdLockInfo *li = &copy[i];
 		bool		held = li->mode == LOCKINFO_HELD;
 		char		hex[24];
@@ -259,7 +365,11 @@ locks_common(FunctionCallInfo fcinfo, bool v2)
 			values[8] = CStringGetTextDatum(lost[i] ? "lost" : held ? "held" : "waiting");
 			values[9] = CStringGetTextDatum(db ? db : "");
 			nulls[9] = db == NULL;
-			values[10] = CStringGetTextDatum(psprintf("%s%s/%s", li->prefix, li->name, hex));
+			values[10] = CStringGetTextDatum(psprintf("%s%s/%s%s", li->prefix, li->name, hex,
+													  etcd_key_marker(li->kind, li->permits)));
+			values[11] = CStringGetTextDatum(etcd_kind_name(li->kind));
+			values[12] = Int32GetDatum(li->permits);
+			nulls[12] = li->kind != ETCD_KEY_SEMAPHORE;
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
@@ -372,8 +482,26 @@ holder_jsonb(const char *value, Datum *out)
  * holder's details (who, where) are shown only to members of
  * pg_read_all_stats (and superusers); others see names and tokens.
  */
+static Datum holders_common(FunctionCallInfo fcinfo, bool v2);
+
 Datum
 etcd_lock_holders_sql(PG_FUNCTION_ARGS)
+{
+	return holders_common(fcinfo, false);
+}
+
+/*
+ * etcd_lock_holders_v2_sql (1.1): one row per holder (a shared lock or a
+ * semaphore has several), with its mode and a semaphore's permits.
+ */
+Datum
+etcd_lock_holders_v2_sql(PG_FUNCTION_ARGS)
+{
+	return holders_common(fcinfo, true);
+}
+
+static Datum
+holders_common(FunctionCallInfo fcinfo, bool v2)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *name_prefix;
@@ -399,8 +527,8 @@ etcd_lock_holders_sql(PG_FUNCTION_ARGS)
 	h = etcd_lock_holders(etcd_lock_prefix, name_prefix, &n);
 	for (i = 0; i < n; i++)
 	{
-		Datum		values[6];
-		bool		nulls[6] = {0};
+		Datum		values[8];
+		bool		nulls[8] = {0};
 		char		hex[24];
 
 		/*
@@ -421,6 +549,12 @@ etcd_lock_holders_sql(PG_FUNCTION_ARGS)
 		values[4] = Int32GetDatum(h[i].waiters);
 		values[5] = Int64GetDatum(h[i].ttl);
 		nulls[5] = h[i].ttl < 0;
+		if (v2)
+		{
+			values[6] = CStringGetTextDatum(etcd_kind_name(h[i].kind));
+			values[7] = Int32GetDatum(h[i].permits);
+			nulls[7] = h[i].kind != ETCD_KEY_SEMAPHORE;
+		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	if (nbad > 0)

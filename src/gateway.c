@@ -86,6 +86,23 @@ static bool gw_watch_created;
 static bool gw_watch_deleted;
 static bool gw_watch_broken;
 static int64 gw_watch_min_rev = 0;	/* a DELETE counts only above this */
+static bool gw_watch_any_change = false;	/* a PUT counts too */
+
+/*
+ * The events of the current watch that count (above min_rev), so a rearm
+ * to a higher revision keeps the later ones, and a semaphore waiter can
+ * tell whose key went. A full ring counts as "something happened".
+ */
+#define GW_WATCH_RING 32
+typedef struct GwWatchEvent
+{
+	int64		modrev;
+	bool		deleted;
+	char	   *key_b64;		/* malloc'd */
+} GwWatchEvent;
+static GwWatchEvent gw_wev[GW_WATCH_RING];
+static int	gw_nwev = 0;
+static bool gw_wev_overflow = false;
 
 /* TLS settings applied to the handles, and the etcd auth token */
 static char *gw_tls_applied = NULL;	/* "ca|cert|key" last applied */
@@ -305,9 +322,10 @@ gw_watch_line(const char *line, size_t len)
 		{
 			json_t	   *type = json_object_get(ev, "type");
 			int64		modrev = 0;
+			bool		is_delete = (json_is_string(type) && strcmp(json_string_value(type), "DELETE") == 0) ||
+				(json_is_integer(type) && json_integer_value(type) == 1);
 
-			if (!((json_is_string(type) && strcmp(json_string_value(type), "DELETE") == 0) ||
-				  (json_is_integer(type) && json_integer_value(type) == 1)))
+			if (!is_delete && !gw_watch_any_change)
 				continue;
 
 			/*
@@ -319,7 +337,21 @@ gw_watch_line(const char *line, size_t len)
 			if (!etcd_json_int64(json_object_get(ev, "kv"), "mod_revision", &modrev))
 				gw_watch_broken = true;
 			else if (modrev > gw_watch_min_rev)
+			{
+				json_t	   *jkey = json_object_get(json_object_get(ev, "kv"), "key");
+
 				gw_watch_deleted = true;
+				if (gw_nwev < GW_WATCH_RING)
+				{
+					gw_wev[gw_nwev].modrev = modrev;
+					gw_wev[gw_nwev].deleted = is_delete;
+					gw_wev[gw_nwev].key_b64 = json_is_string(jkey) ?
+						strdup(json_string_value(jkey)) : NULL;
+					gw_nwev++;
+				}
+				else
+					gw_wev_overflow = true;
+			}
 		}
 	}
 	json_decref(root);
@@ -1889,6 +1921,67 @@ gw_watch_event_cond(void)
 bool
 etcd_watch_open(const char *key, int keylen, int64 key_rev, EtcdStatus *st)
 {
+	return etcd_watch_open_ex(key, keylen, false, key_rev, false, st);
+}
+
+static void
+gw_watch_forget_events(int64 upto)
+{
+	int			i,
+				n = 0;
+
+	for (i = 0; i < gw_nwev; i++)
+	{
+		if (gw_wev[i].modrev > upto)
+			gw_wev[n++] = gw_wev[i];
+		else
+			free(gw_wev[i].key_b64);
+	}
+	gw_nwev = n;
+}
+
+/*
+ * etcd_watch_rearm makes only events above min_rev count from now on (the
+ * caller read the queue again at that revision after the watch existed);
+ * the later events already received still count.
+ */
+void
+etcd_watch_rearm(int64 min_rev)
+{
+	gw_watch_min_rev = min_rev;
+	gw_watch_forget_events(min_rev);
+	gw_watch_deleted = gw_nwev > 0 || gw_wev_overflow;
+}
+
+/*
+ * etcd_watch_saw_delete says whether a counted event was the deletion of
+ * key.
+ */
+bool
+etcd_watch_saw_delete(const char *key, int keylen)
+{
+	StringInfoData b;
+	int			i;
+	bool		found = false;
+
+	initStringInfo(&b);
+	etcd_append_b64(&b, key, keylen);
+	for (i = 0; i < gw_nwev && !found; i++)
+		found = gw_wev[i].deleted && gw_wev[i].key_b64 &&
+			strcmp(gw_wev[i].key_b64, b.data) == 0;
+	pfree(b.data);
+	return found;
+}
+
+/*
+ * etcd_watch_open_ex: etcd_watch_open on one key, or on the whole range of
+ * keys starting with key (whole_prefix); only events above min_rev count,
+ * deletions only unless any_change.
+ */
+bool
+etcd_watch_open_ex(const char *key, int keylen, bool whole_prefix,
+				   int64 key_rev, bool any_change, EtcdStatus *st)
+{
 	StringInfoData body;
 	char		url[1024];
 	int			neps;
@@ -1902,10 +1995,30 @@ etcd_watch_open(const char *key, int keylen, int64 key_rev, EtcdStatus *st)
 	memset(st, 0, sizeof(*st));
 	gw_watch_unauth = false;
 	gw_watch_min_rev = key_rev;
+	gw_watch_any_change = any_change;
+	gw_watch_forget_events(PG_INT64_MAX);
+	gw_wev_overflow = false;
 
 	initStringInfo(&body);
 	appendStringInfoString(&body, "{\"create_request\":{\"key\":\"");
 	etcd_append_b64(&body, key, keylen);
+	if (whole_prefix)
+	{
+		char	   *end = palloc(keylen);
+		int			n = keylen;
+
+		/* the end of the range of keys starting with key (ends with '/') */
+		memcpy(end, key, keylen);
+		while (n > 0 && (unsigned char) end[n - 1] == 0xff)
+			n--;
+		if (n > 0)
+		{
+			end[n - 1]++;
+			appendStringInfoString(&body, "\",\"range_end\":\"");
+			etcd_append_b64(&body, end, n);
+		}
+		pfree(end);
+	}
 	appendStringInfoString(&body, "\"}}");
 
 	snprintf(url, sizeof(url), "%s/v3/watch", gw_eps[gw_cur % neps]);

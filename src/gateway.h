@@ -130,6 +130,10 @@ typedef enum EtcdWatchResult
 
 extern bool etcd_watch_open(const char *key, int keylen, int64 created,
 							EtcdStatus *st);
+extern bool etcd_watch_open_ex(const char *key, int keylen, bool whole_prefix,
+							   int64 min_rev, bool any_change, EtcdStatus *st);
+extern void etcd_watch_rearm(int64 min_rev);
+extern bool etcd_watch_saw_delete(const char *key, int keylen);
 extern EtcdWatchResult etcd_watch_wait(TimestampTz deadline);
 extern void etcd_watch_close(void);
 

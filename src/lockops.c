@@ -25,18 +25,54 @@
 #include "lockops.h"
 
 /*
- * etcd_lock_keys fills k with the range prefix and our key for name.
+ * etcd_key_marker is the suffix of a key of the given kind after the lease
+ * hex ("" for exclusive keys, which are etcd's Go mutex keys).
+ */
+const char *
+etcd_key_marker(EtcdKeyKind kind, int permits)
+{
+	switch (kind)
+	{
+		case ETCD_KEY_SHARED:
+			return ".shared";
+		case ETCD_KEY_SEMAPHORE:
+			return psprintf(".sem%d", permits);
+		default:
+			return "";
+	}
+}
+
+const char *
+etcd_kind_name(EtcdKeyKind kind)
+{
+	switch (kind)
+	{
+		case ETCD_KEY_SHARED:
+			return "shared";
+		case ETCD_KEY_SEMAPHORE:
+			return "semaphore";
+		default:
+			return "exclusive";
+	}
+}
+
+/*
+ * etcd_lock_keys fills k with the range prefix and our key for name, of
+ * the given kind (permits: a semaphore's N).
  */
 void
 etcd_lock_keys(EtcdLockKeys *k, const char *prefix, const char *name,
-			   int64 lease_id)
+			   int64 lease_id, EtcdKeyKind kind, int permits)
 {
 	k->prefix = pstrdup(prefix ? prefix : "");
 	k->prefixlen = strlen(k->prefix);
 	k->lease_id = lease_id;
 	k->pfx = psprintf("%s%s/", prefix ? prefix : "", name);
 	k->pfxlen = strlen(k->pfx);
-	k->key = psprintf("%s%llx", k->pfx, (unsigned long long) lease_id);
+	k->kind = kind;
+	k->permits = kind == ETCD_KEY_SEMAPHORE ? permits : 0;
+	k->key = psprintf("%s%llx%s", k->pfx, (unsigned long long) lease_id,
+					  etcd_key_marker(kind, permits));
 	k->keylen = strlen(k->key);
 }
 
@@ -173,27 +209,64 @@ etcd_lease_body(int64 lease_id)
 
 /* ---- acquire ---- */
 
-static bool lock_key_of(const EtcdLockKeys *k, const char *key, int keylen,
-						int64 lease);
+static EtcdKeyKind key_kind(const char *pfx, int pfxlen, const char *key,
+							int keylen, int64 lease, int *permits);
 static bool parse_create_rev(json_t *root, void *arg);
 
 #define TRY_PAGE	64			/* oldest keys a failed try-lock reads */
 
 /*
  * kv_fields reads what the lock algorithm needs of one listed key: the key
- * (palloc'd, decoded), its create_revision and its lease. False if the
- * entry is malformed.
+ * (palloc'd, decoded), its create_revision, mod_revision and lease. False
+ * if the entry is malformed.
  */
 static bool
-kv_fields(json_t *kv, char **key, int *keylen, int64 *rev, int64 *lease)
+kv_fields(json_t *kv, char **key, int *keylen, int64 *rev, int64 *modrev,
+		  int64 *lease)
 {
 	json_t	   *jkey = json_object_get(kv, "key");
 
 	if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", rev) ||
 		!etcd_json_int64(kv, "lease", lease))
 		return false;
+	if (!etcd_json_int64(kv, "mod_revision", modrev))
+		*modrev = *rev;
 	*key = etcd_b64_decode(json_string_value(jkey), keylen);
 	return *key != NULL;
+}
+
+/*
+ * A name is a lock (exclusive and shared keys, Go mutex and election keys)
+ * or a semaphore of N permits: mixing them on one name is an error, found
+ * by whoever lists a key of the other family.
+ */
+static const char *
+kind_conflict(const EtcdLockKeys *k, EtcdKeyKind kind, int permits)
+{
+	if ((k->kind == ETCD_KEY_SEMAPHORE) != (kind == ETCD_KEY_SEMAPHORE))
+		return k->kind == ETCD_KEY_SEMAPHORE ? "lock" : "semaphore";
+	if (kind == ETCD_KEY_SEMAPHORE && permits != k->permits)
+		return psprintf("semaphore with %d permits", permits);
+	return NULL;
+}
+
+/*
+ * key_blocks says whether a lock key of the name (kind, lease) keeps k's
+ * key from holding when it is older: another lease's key, exclusive on
+ * either side (shared keys never block shared keys); for a semaphore,
+ * every other permit key (the first N hold). A session's own keys never
+ * block each other.
+ */
+static bool
+key_blocks(const EtcdLockKeys *k, EtcdKeyKind kind, int64 lease)
+{
+	if (lease == k->lease_id)
+		return false;
+	if (k->kind == ETCD_KEY_SEMAPHORE)
+		return kind == ETCD_KEY_SEMAPHORE;
+	if (kind == ETCD_KEY_SEMAPHORE)
+		return false;
+	return k->kind == ETCD_KEY_EXCLUSIVE || kind == ETCD_KEY_EXCLUSIVE;
 }
 
 /* The first lock key of a name found in a page of listed keys. */
@@ -202,22 +275,37 @@ typedef struct LockKeyScan
 	char	   *key;			/* palloc'd; NULL if none in the page */
 	int			keylen;
 	int64		rev;
+	int64		modrev;
 	int			nread;			/* entries in the page */
 	int64		last_rev;		/* create_revision of the page's last entry */
+	int			nblocking;		/* keys in the page that block ours */
+	char	  **blocking;		/* their keys, if asked for (keep_max > 0) */
+	int		   *blockinglen;
+	int			keep_max;
+	const char *conflict;		/* a key of another kind family was seen */
 } LockKeyScan;
 
 /*
  * scan_lock_keys looks through a page of keys (kvs of a range answer, in
- * the order asked for) for the first lock key of k's name. False if the
- * page is malformed.
+ * the order asked for) for the first key that blocks ours (key_blocks) or
+ * is ours, counts the blocking ones, and notes a key of another kind
+ * family (kind_conflict). Keys of nested names and other data are skipped.
+ * False if the page is malformed.
  */
 static bool
 scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
 {
 	size_t		i;
 	json_t	   *kv;
+	int			keep_max = out->keep_max;
 
 	memset(out, 0, sizeof(*out));
+	out->keep_max = keep_max;
+	if (keep_max > 0)
+	{
+		out->blocking = palloc(sizeof(char *) * keep_max);
+		out->blockinglen = palloc(sizeof(int) * keep_max);
+	}
 	if (kvs == NULL)
 		return true;
 	if (!json_is_array(kvs))
@@ -225,24 +313,74 @@ scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
 	json_array_foreach(kvs, i, kv)
 	{
 		char	   *key;
-		int			keylen;
+		int			keylen,
+					permits = 0;
 		int64		rev,
+					modrev,
 					lease;
+		EtcdKeyKind kind;
+		bool		mine,
+					blocks;
 
-		if (!kv_fields(kv, &key, &keylen, &rev, &lease))
+		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
 			return false;
 		out->nread++;
 		out->last_rev = rev;
-		if (out->key == NULL && lock_key_of(k, key, keylen, lease))
+		kind = key_kind(k->pfx, k->pfxlen, key, keylen, lease, &permits);
+		if (kind == ETCD_KEY_NONE)
+		{
+			pfree(key);
+			continue;
+		}
+		if (out->conflict == NULL)
+			out->conflict = kind_conflict(k, kind, permits);
+		mine = keylen == k->keylen && memcmp(key, k->key, keylen) == 0;
+		blocks = !mine && key_blocks(k, kind, lease);
+		if (blocks)
+		{
+			if (out->nblocking < out->keep_max)
+			{
+				out->blocking[out->nblocking] = pnstrdup(key, keylen);
+				out->blockinglen[out->nblocking] = keylen;
+			}
+			out->nblocking++;
+		}
+		if (out->key == NULL && (mine || blocks))
 		{
 			out->key = key;
 			out->keylen = keylen;
 			out->rev = rev;
+			out->modrev = modrev;
 		}
 		else
 			pfree(key);
 	}
 	return true;
+}
+
+/*
+ * raise_conflict ends the call if a key of another kind family was listed
+ * under the name (see kind_conflict).
+ */
+static void
+raise_conflict(const EtcdLockKeys *k, const char *conflict)
+{
+	char	   *name;
+
+	if (conflict == NULL)
+		return;
+	name = pnstrdup(k->pfx + k->prefixlen, k->pfxlen - k->prefixlen - 1);
+	if (k->kind == ETCD_KEY_SEMAPHORE && strncmp(conflict, "semaphore", 9) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd semaphore \"%s\" is in use as a %s; this call asks for %d",
+						name, conflict, k->permits),
+				 errhint("Every client of a semaphore must give the same number of permits.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+			 errmsg("etcd %s name \"%s\" is in use as a %s",
+					k->kind == ETCD_KEY_SEMAPHORE ? "semaphore" : "lock", name, conflict),
+			 errhint("A name is either a lock (exclusive or shared, or an election) or a semaphore.")));
 }
 
 typedef struct AcquireReply
@@ -253,20 +391,33 @@ typedef struct AcquireReply
 	int64		rev;			/* our key's create_revision, 0 if none */
 	bool		held;
 	bool		undecided;		/* try: only other data seen, no lock key */
+	const char *conflict;
 } AcquireReply;
 
 /*
  * try_scan looks through the oldest keys under the name (oldest first) for
- * the oldest lock key: ours (held), another's (taken), or none in the page
- * (undecided: only nested names' keys or other data, or too many of them).
+ * the first key that blocks ours or is ours: ours (held), another's
+ * (taken), or none in the page (undecided: only keys that do not block
+ * ours, nested names' keys or other data, or too many of them).
  */
 static bool
 try_scan(AcquireReply *r, json_t *kvs)
 {
-	LockKeyScan ks;
+	LockKeyScan ks = {0};
 
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
+	r->conflict = ks.conflict;
+	if (r->k->kind == ETCD_KEY_SEMAPHORE)
+	{
+		/*
+		 * N permit keys (and none of ours): taken. Otherwise the exact
+		 * count of keys older than ours decides (etcd_lock_first).
+		 */
+		r->held = false;
+		r->undecided = !(r->rev == 0 && ks.nblocking >= r->k->permits);
+		return true;
+	}
 	r->undecided = ks.key == NULL;
 	r->held = ks.key != NULL && r->rev > 0 && ks.rev == r->rev &&
 		ks.keylen == r->k->keylen && memcmp(ks.key, r->k->key, ks.keylen) == 0;
@@ -434,6 +585,11 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 	pfree(b.data);
 	pfree(key64.data);
 	*rev = r.rev;
+	if (r.conflict)
+	{
+		/* a key of ours from this request stays a place to remove */
+		raise_conflict(k, r.conflict);
+	}
 	if (try_only && r.undecided)
 	{
 		/*
@@ -453,59 +609,81 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 /* ---- which keys are lock keys ---- */
 
 /*
- * lock_key_of says whether key (keylen bytes, attached to lease) is a lock
- * key of the name whose range is k->pfx: a direct child whose last segment
- * is the hex of its own lease, optionally followed by ".<marker>" (the
- * syntax later lock modes use). Keys of nested names ("<name>/x/...") and
- * any other data under the range are not: they neither hold nor queue.
- * A marker this version does not know counts as an exclusive holder, never
- * as nothing: a newer node's key must not be ignored during an upgrade.
+ * key_kind says what key (keylen bytes, attached to lease) is to the name
+ * whose range is pfx: a lock key is a direct child whose last segment is
+ * the hex of its own lease, optionally followed by ".<marker>"
+ * ([a-z0-9_]+): none is exclusive, "shared" shared, "sem<N>" one of N
+ * semaphore permits (*permits = N). Keys of nested names ("<name>/x/...")
+ * and any other data under the range are not lock keys (ETCD_KEY_NONE):
+ * they neither hold nor queue. A marker this version does not know counts
+ * as exclusive, never as nothing: a newer node's key must not be ignored
+ * during an upgrade.
  */
-static bool
-lock_key_of(const EtcdLockKeys *k, const char *key, int keylen, int64 lease)
+static EtcdKeyKind
+key_kind(const char *pfx, int pfxlen, const char *key, int keylen, int64 lease,
+		 int *permits)
 {
-	const char *rest = key + k->pfxlen;
-	int			restlen = keylen - k->pfxlen;
+	const char *rest = key + pfxlen;
+	int			restlen = keylen - pfxlen;
 	char		hex[24];
 	int			hexlen,
 				i;
+	const char *marker;
+	int			mlen;
 
-	if (lease == 0 || restlen <= 0 || keylen < k->pfxlen ||
-		memcmp(key, k->pfx, k->pfxlen) != 0 || memchr(rest, '/', restlen) != NULL)
-		return false;
+	if (lease == 0 || restlen <= 0 || keylen < pfxlen ||
+		memcmp(key, pfx, pfxlen) != 0 || memchr(rest, '/', restlen) != NULL)
+		return ETCD_KEY_NONE;
 	hexlen = snprintf(hex, sizeof(hex), "%llx", (unsigned long long) lease);
 	if (restlen < hexlen || memcmp(rest, hex, hexlen) != 0)
-		return false;
+		return ETCD_KEY_NONE;
 	if (restlen == hexlen)
-		return true;
+		return ETCD_KEY_EXCLUSIVE;
 	if (rest[hexlen] != '.' || restlen == hexlen + 1)
-		return false;
+		return ETCD_KEY_NONE;
 	for (i = hexlen + 1; i < restlen; i++)
 		if (!((rest[i] >= 'a' && rest[i] <= 'z') || (rest[i] >= '0' && rest[i] <= '9') ||
 			  rest[i] == '_'))
-			return false;
-	return true;
+			return ETCD_KEY_NONE;
+	marker = rest + hexlen + 1;
+	mlen = restlen - hexlen - 1;
+	if (mlen == 6 && memcmp(marker, "shared", 6) == 0)
+		return ETCD_KEY_SHARED;
+	if (mlen > 3 && mlen <= 7 && memcmp(marker, "sem", 3) == 0 && marker[3] != '0')
+	{
+		int			n = 0;
+
+		for (i = 3; i < mlen && marker[i] >= '0' && marker[i] <= '9'; i++)
+			n = n * 10 + (marker[i] - '0');
+		if (i == mlen && n >= 1 && n <= ETCD_MAX_PERMITS)
+		{
+			if (permits)
+				*permits = n;
+			return ETCD_KEY_SEMAPHORE;
+		}
+	}
+	return ETCD_KEY_EXCLUSIVE;	/* unknown marker: fail-safe */
 }
 
 /*
  * listed_lock_name says whether key (keylen bytes, attached to lease),
  * listed from a range over prefix, is the lock key of some name: returns
  * the length of that name (the part between the prefix and the last
- * slash), or -1 for any other key (lockops' rule, lock_key_of).
+ * slash) and the key's kind (*kind, *permits), or -1 for any other key
+ * (lockops' rule, key_kind).
  */
 static int
 listed_lock_name(const char *prefix, int prefixlen, const char *key,
-				 int keylen, int64 lease)
+				 int keylen, int64 lease, EtcdKeyKind *kind, int *permits)
 {
 	const char *slash = (int) strlen(key) == keylen ? strrchr(key, '/') : NULL;
-	EtcdLockKeys lk;
 
 	if (slash == NULL || keylen < prefixlen || slash < key + prefixlen + 1 ||
 		memcmp(key, prefix, prefixlen) != 0)
 		return -1;
-	lk.pfx = (char *) key;
-	lk.pfxlen = slash + 1 - key;
-	if (!lock_key_of(&lk, key, keylen, lease))
+	*permits = 0;
+	*kind = key_kind(key, slash + 1 - key, key, keylen, lease, permits);
+	if (*kind == ETCD_KEY_NONE)
 		return -1;
 	return (int) (slash - key) - prefixlen;
 }
@@ -519,6 +697,8 @@ typedef struct DlKey
 	int			keylen;
 	int64		rev;			/* create_revision */
 	int64		lease;
+	EtcdKeyKind kind;
+	int			lidx;			/* index of its lease in the graph */
 } DlKey;
 
 typedef struct DlRead
@@ -555,15 +735,20 @@ parse_dl_keys(json_t *root, void *arg)
 	json_array_foreach(kvs, i, kv)
 	{
 		int64		rev,
+					modrev,
 					lease;
 		char	   *key;
 		int			keylen,
-					namelen;
+					namelen,
+					permits;
+		EtcdKeyKind kind;
 
-		if (!kv_fields(kv, &key, &keylen, &rev, &lease))
+		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
 			return false;
-		namelen = listed_lock_name(r->k->prefix, r->k->prefixlen, key, keylen, lease);
-		if (namelen < 0)
+		namelen = listed_lock_name(r->k->prefix, r->k->prefixlen, key, keylen, lease,
+								   &kind, &permits);
+		/* a semaphore wait is an OR-wait: left out of the graph */
+		if (namelen < 0 || kind == ETCD_KEY_SEMAPHORE)
 		{
 			pfree(key);
 			continue;
@@ -579,6 +764,7 @@ parse_dl_keys(json_t *root, void *arg)
 		r->keys[r->n].keylen = keylen;
 		r->keys[r->n].rev = rev;
 		r->keys[r->n].lease = lease;
+		r->keys[r->n].kind = kind;
 		r->n++;
 	}
 	return true;
@@ -658,16 +844,19 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 	DlRead		r = {0};
 	StringInfoData b;
 	int64	   *leases;
-	int		   *holder_of;		/* per key: index of its name's holder key */
+	int		   *name_start;		/* per key: index of its name's first key */
 	int			nleases = 0,
 				i,
 				j;
-	int		   *parent_edge;	/* per lease: the key by which it was reached */
+	int		   *parent_edge;	/* per lease: the wait key by which it was
+								 * reached */
+	int		   *parent_tgt;		/* ... and the key it waits for */
 	int		   *stack;
 	int			sp = 0;
 	bool	   *seen;
 	int			our,
-				found_edge = -1;
+				found_edge = -1,
+				found_tgt = -1;
 
 	if (etcd_lock_deadlock_max_keys <= 0)
 		return;
@@ -718,17 +907,18 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 		return;
 	qsort(r.keys, r.n, sizeof(DlKey), dl_key_cmp);
 
-	/* leases as graph nodes; each key points at its name's holder */
+	/* leases as graph nodes; each key knows where its name's keys start */
 	leases = palloc(sizeof(int64) * r.n);
-	holder_of = palloc(sizeof(int) * r.n);
+	name_start = palloc(sizeof(int) * r.n);
 	for (i = 0; i < r.n; i++)
 	{
-		holder_of[i] = (i > 0 && strcmp(r.keys[i].name, r.keys[i - 1].name) == 0) ?
-			holder_of[i - 1] : i;
+		name_start[i] = (i > 0 && strcmp(r.keys[i].name, r.keys[i - 1].name) == 0) ?
+			name_start[i - 1] : i;
 		for (j = 0; j < nleases && leases[j] != r.keys[i].lease; j++)
 			;
 		if (j == nleases)
 			leases[nleases++] = r.keys[i].lease;
+		r.keys[i].lidx = j;
 	}
 	for (our = 0; our < nleases && leases[our] != k->lease_id; our++)
 		;
@@ -736,10 +926,14 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 		return;
 
 	/*
-	 * Depth-first search from our lease along "waits for" edges: a key of
-	 * lease L that does not hold its name is an edge L -> holder's lease.
+	 * Depth-first search from our lease along "waits for" edges: key i of
+	 * lease L waits for every older key j of its name that blocks it
+	 * (another lease's key, exclusive on either side): an edge L ->
+	 * lease(j) for each. A key waits until all of them are gone, so any
+	 * cycle is a deadlock.
 	 */
 	parent_edge = palloc(sizeof(int) * nleases);
+	parent_tgt = palloc(sizeof(int) * nleases);
 	seen = palloc0(sizeof(bool) * nleases);
 	stack = palloc(sizeof(int) * (nleases + 1));
 	stack[sp++] = our;
@@ -750,19 +944,29 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 
 		for (i = 0; i < r.n && found_edge < 0; i++)
 		{
-			int			h;
+			DlKey	   *w = &r.keys[i];
 
-			if (r.keys[i].lease != leases[l] || holder_of[i] == i)
+			if (w->lidx != l)
 				continue;
-			for (h = 0; leases[h] != r.keys[holder_of[i]].lease; h++)
-				;
-			if (h == our)
-				found_edge = i; /* back at our lease: a cycle */
-			else if (!seen[h])
+			for (j = name_start[i]; j < i && found_edge < 0; j++)
 			{
-				seen[h] = true;
-				parent_edge[h] = i;
-				stack[sp++] = h;
+				DlKey	   *h = &r.keys[j];
+
+				if (h->lease == w->lease ||
+					!(w->kind == ETCD_KEY_EXCLUSIVE || h->kind == ETCD_KEY_EXCLUSIVE))
+					continue;
+				if (h->lidx == our)
+				{
+					found_edge = i; /* back at our lease: a cycle */
+					found_tgt = j;
+				}
+				else if (!seen[h->lidx])
+				{
+					seen[h->lidx] = true;
+					parent_edge[h->lidx] = i;
+					parent_tgt[h->lidx] = j;
+					stack[sp++] = h->lidx;
+				}
 			}
 		}
 	}
@@ -772,22 +976,21 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 	/* the cycle's wait keys, from the closing edge back to our lease */
 	{
 		int		   *cyc = palloc(sizeof(int) * (nleases + 1));
+		int		   *tgt = palloc(sizeof(int) * (nleases + 1));
 		int			nc = 0,
 					victim = -1,
 					l;
 		DlValues	v;
 		StringInfoData detail;
 
-		cyc[nc++] = found_edge;
-		for (l = 0; leases[l] != r.keys[found_edge].lease; l++)
-			;
+		cyc[nc] = found_edge;
+		tgt[nc++] = found_tgt;
+		l = r.keys[found_edge].lidx;
 		while (l != our && nc <= nleases)
 		{
-			int			e = parent_edge[l];
-
-			cyc[nc++] = e;
-			for (l = 0; leases[l] != r.keys[e].lease; l++)
-				;
+			cyc[nc] = parent_edge[l];
+			tgt[nc++] = parent_tgt[l];
+			l = r.keys[parent_edge[l]].lidx;
 		}
 
 		/* which of them are SQL sessions' keys: one read of their values */
@@ -815,10 +1018,12 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 		for (i = nc - 1; i >= 0; i--)
 		{
 			DlKey	   *w = &r.keys[cyc[i]];
+			DlKey	   *h = &r.keys[tgt[i]];
 
-			appendStringInfo(&detail, "%sLease %llx waits for etcd lock \"%s\", held by lease %llx.",
+			appendStringInfo(&detail, "%sLease %llx waits for etcd lock \"%s\" (%s), held or awaited by lease %llx (%s).",
 							 detail.len ? "\n" : "", (unsigned long long) w->lease, w->name,
-							 (unsigned long long) r.keys[holder_of[cyc[i]]].lease);
+							 etcd_kind_name(w->kind), (unsigned long long) h->lease,
+							 etcd_kind_name(h->kind));
 		}
 		ereport(ERROR,
 				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
@@ -838,54 +1043,87 @@ typedef struct PredReply
 {
 	const EtcdLockKeys *k;
 	bool		with_mine;		/* responses[0] is our key (a txn) */
+	bool		counting;		/* a page of the oldest keys (semaphore) */
+	int64		header_rev;		/* the revision the txn read at */
 	int64		my_rev;			/* create_revision of our key now, 0 if gone */
 	char	   *pred;			/* predecessor key (palloc'd), NULL if none */
 	int			predlen;
 	int64		pred_rev;		/* its create_revision */
+	int64		pred_modrev;	/* and mod_revision */
 	int			nread;			/* keys in the page read */
 	int64		last_rev;		/* create_revision of the page's last key */
-	char	   *oldest;			/* the oldest lock key below ours, if seen */
+	char	   *oldest;			/* the oldest blocking key below ours, if seen */
 	int			oldestlen;
 	int64		oldest_rev;
-	bool		pred_oldest;	/* the predecessor is the name's oldest lock
-								 * key: its deletion makes us the holder */
+	bool		pred_oldest;	/* the predecessor is the only blocking key:
+								 * its deletion makes us the holder */
+	const char *conflict;		/* a key of another kind family */
+	/* semaphores: permit keys older than ours, counted up to permits + 1 */
+	int			nahead;
+	int			oread;			/* keys in the last oldest-first page */
+	int64		olast_rev;
+	char	  **ahead;			/* the first of them (permits at most) */
+	int		   *aheadlen;
 } PredReply;
 
 /*
- * pred_scan looks through a page of keys (newest first) for the first lock
- * key of the name: our predecessor.
+ * pred_scan looks through a page of keys (newest first) for the first key
+ * that blocks ours: our predecessor.
  */
 static bool
 pred_scan(PredReply *r, json_t *kvs)
 {
-	LockKeyScan ks;
+	LockKeyScan ks = {0};
 
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
 	r->nread = ks.nread;
 	r->last_rev = ks.last_rev;
+	if (r->conflict == NULL)
+		r->conflict = ks.conflict;
 	if (r->pred == NULL && ks.key != NULL)
 	{
 		r->pred = ks.key;
 		r->predlen = ks.keylen;
 		r->pred_rev = ks.rev;
+		r->pred_modrev = ks.modrev;
 	}
 	return true;
 }
 
 /*
- * oldest_scan finds the oldest lock key in a page of keys (oldest first).
+ * oldest_scan finds the oldest blocking key in a page of keys (oldest
+ * first), or for a semaphore counts the permit keys older than ours.
  */
 static bool
 oldest_scan(PredReply *r, json_t *kvs)
 {
-	LockKeyScan ks;
+	LockKeyScan ks = {0};
+	int			i;
 
+	ks.keep_max = r->k->kind == ETCD_KEY_SEMAPHORE ? r->k->permits + 1 : 0;
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
-	r->oldest = ks.key;
-	r->oldestlen = ks.keylen;
-	r->oldest_rev = ks.rev;
+	if (r->conflict == NULL)
+		r->conflict = ks.conflict;
+	r->oread = ks.nread;
+	r->olast_rev = ks.last_rev;
+	if (r->k->kind == ETCD_KEY_SEMAPHORE)
+	{
+		for (i = 0; i < Min(ks.nblocking, ks.keep_max) &&
+			 r->nahead < r->k->permits + 1; i++, r->nahead++)
+		{
+			r->ahead[r->nahead] = ks.blocking[i];
+			r->aheadlen[r->nahead] = ks.blockinglen[i];
+		}
+		return true;
+	}
+	if (r->oldest == NULL)
+	{
+		r->oldest = ks.key;
+		r->oldestlen = ks.keylen;
+		r->oldest_rev = ks.rev;
+	}
 	return true;
 }
 
@@ -899,8 +1137,12 @@ parse_pred(json_t *root, void *arg)
 			   *ro;
 	bool		ok = true;
 
+	if (r->counting)
+		return oldest_scan(r, json_object_get(root, "kvs"));
 	if (!r->with_mine)
 		return pred_scan(r, json_object_get(root, "kvs"));
+	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->header_rev))
+		return false;
 	responses = json_object_get(root, "responses");
 	if (!json_is_array(responses) || json_array_size(responses) != 3)
 		return false;
@@ -917,25 +1159,32 @@ parse_pred(json_t *root, void *arg)
 
 /*
  * append_pred_range appends a range request (JSON object body) of the keys
- * under the name created before revision below, newest first, one page.
+ * under the name created before revision below (and after above, if not
+ * 0), newest or oldest first, one page.
  */
 static void
-append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below, bool oldest_first)
+append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below, int64 above,
+				  bool oldest_first)
 {
 	appendStringInfoString(b, "{\"key\":\"");
 	etcd_append_b64(b, k->pfx, k->pfxlen);
 	appendStringInfoString(b, "\",\"range_end\":\"");
 	append_range_end(b, k->pfx, k->pfxlen);
 	appendStringInfo(b, "\",\"sort_order\":\"%s\",\"sort_target\":\"CREATE\","
-					 "\"limit\":\"%d\",\"keys_only\":true,\"max_create_revision\":\"" INT64_FORMAT "\"}",
+					 "\"limit\":\"%d\",\"keys_only\":true,\"max_create_revision\":\"" INT64_FORMAT "\"",
 					 oldest_first ? "ASCEND" : "DESCEND", PRED_PAGE, below - 1);
+	if (above > 0)
+		appendStringInfo(b, ",\"min_create_revision\":\"" INT64_FORMAT "\"", above + 1);
+	appendStringInfoChar(b, '}');
 }
 
 /*
- * read_pred reads, in one txn, our key and our predecessor in the queue:
- * the lock key of the name created last before ours (keys of nested names
- * and other data under the range are skipped; where they are many, more
- * pages follow).
+ * read_pred reads, in one txn, our key, our predecessor in the queue (the
+ * blocking key of the name created last before ours: see key_blocks; keys
+ * of nested names and other data under the range are skipped; where they
+ * are many, more pages follow) and the oldest blocking key. For a
+ * semaphore it counts the permit keys older than ours instead (up to
+ * permits + 1, more pages where other data is in the way).
  */
 static void
 read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
@@ -945,16 +1194,20 @@ read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 	memset(r, 0, sizeof(*r));
 	r->k = k;
 	r->with_mine = true;
+	if (k->kind == ETCD_KEY_SEMAPHORE)
+	{
+		r->ahead = palloc(sizeof(char *) * (k->permits + 1));
+		r->aheadlen = palloc(sizeof(int) * (k->permits + 1));
+	}
 	initStringInfo(&b);
 	appendStringInfoString(&b, "{\"success\":[{\"request_range\":{\"key\":\"");
 	etcd_append_b64(&b, k->key, k->keylen);
 	appendStringInfoString(&b, "\",\"keys_only\":true}},{\"request_range\":");
-	append_pred_range(&b, k, rev, false);
+	append_pred_range(&b, k, rev, 0, false);
 	appendStringInfoString(&b, "},{\"request_range\":");
-	append_pred_range(&b, k, rev, true);
+	append_pred_range(&b, k, rev, 0, true);
 	appendStringInfoString(&b, "}]}");
 	etcd_request_or_error("/v3/kv/txn", b.data, parse_pred, r, "read the lock queue");
-	pfree(b.data);
 	r->with_mine = false;
 	while (r->pred == NULL && r->nread == PRED_PAGE && r->last_rev > 1)
 	{
@@ -962,14 +1215,28 @@ read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 
 		r->nread = 0;
 		resetStringInfo(&b);
-		append_pred_range(&b, k, below, false);
+		append_pred_range(&b, k, below, 0, false);
 		etcd_request_or_error("/v3/kv/range", b.data, parse_pred, r, "read the lock queue");
 	}
+	if (k->kind == ETCD_KEY_SEMAPHORE)
+	{
+		r->counting = true;
+		while (r->nahead <= k->permits && r->oread == PRED_PAGE && r->olast_rev < rev - 1)
+		{
+			resetStringInfo(&b);
+			append_pred_range(&b, k, rev, r->olast_rev, true);
+			etcd_request_or_error("/v3/kv/range", b.data, parse_pred, r, "read the semaphore queue");
+		}
+		r->counting = false;
+	}
+	pfree(b.data);
+	raise_conflict(k, r->conflict);
 
 	/*
-	 * The predecessor is the oldest lock key of the name (the holder): no
-	 * other lock key is older than ours, and none can be created older.
-	 * Its deletion alone then makes us the holder (see wait_loop).
+	 * The predecessor is the oldest blocking key of the name (the only
+	 * one): no other blocking key is older than ours, and none can be
+	 * created older. Its deletion alone then makes us the holder (see
+	 * wait_loop).
 	 */
 	r->pred_oldest = r->pred != NULL && r->oldest != NULL &&
 		r->oldest_rev == r->pred_rev && r->oldestlen == r->predlen &&
@@ -977,9 +1244,21 @@ read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 }
 
 /*
- * etcd_lock_first says whether our key (create_revision rev) is the oldest
- * lock key of the name: no lock key was created before it. Keys of nested
- * names and other data do not count.
+ * holds_now says, from a queue read, whether our key holds: no blocking key
+ * is older (locks), or fewer than permits permit keys are (semaphores).
+ */
+static bool
+holds_now(const EtcdLockKeys *k, const PredReply *p)
+{
+	if (k->kind == ETCD_KEY_SEMAPHORE)
+		return p->nahead < k->permits;
+	return p->pred == NULL;
+}
+
+/*
+ * etcd_lock_first says whether our key (create_revision rev) holds: no
+ * blocking lock key was created before it (for a semaphore: fewer than N
+ * permit keys). Keys of nested names and other data do not count.
  */
 bool
 etcd_lock_first(const EtcdLockKeys *k, int64 rev)
@@ -992,7 +1271,7 @@ etcd_lock_first(const EtcdLockKeys *k, int64 rev)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("etcd_lock: this session's place in the lock queue disappeared"),
 				 errdetail("The key of this session's lease is gone from etcd; the lease probably expired.")));
-	return p.pred == NULL;
+	return holds_now(k, &p);
 }
 
 /*
@@ -1051,6 +1330,145 @@ pred_still_there(const char *key, int keylen, int64 rev)
 	return cur == rev;
 }
 
+typedef struct KeyRevs
+{
+	int64		rev;
+	int64		modrev;
+} KeyRevs;
+
+static bool
+parse_key_revs(json_t *root, void *arg)
+{
+	KeyRevs    *r = arg;
+	json_t	   *kvs = json_object_get(root, "kvs");
+	json_t	   *kv;
+
+	r->rev = r->modrev = 0;
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	kv = json_array_get(kvs, 0);
+	if (kv == NULL)
+		return true;
+	return etcd_json_int64(kv, "create_revision", &r->rev) &&
+		etcd_json_int64(kv, "mod_revision", &r->modrev);
+}
+
+/*
+ * pred_unchanged says whether key still exists with create_revision rev
+ * and mod_revision modrev: a semaphore waiter's predecessor has neither
+ * gone nor been admitted (an admitted waiter touches its key).
+ */
+static bool
+pred_unchanged(const char *key, int keylen, int64 rev, int64 modrev)
+{
+	char	   *body = etcd_key_range_body(key, keylen);
+	KeyRevs		cur;
+
+	etcd_request_or_error("/v3/kv/range", body, parse_key_revs, &cur, "read the semaphore queue");
+	pfree(body);
+	return cur.rev == rev && cur.modrev == modrev;
+}
+
+/*
+ * etcd_lock_touch changes our key's mod_revision (not its value, lease or
+ * create_revision) if it still has create_revision rev: a semaphore
+ * waiter admitted after waiting tells the waiter behind it, which watches
+ * its key for any change. Only a hint: if it is lost, that waiter looks
+ * again within its 1 s safety net.
+ */
+void
+etcd_lock_touch(const EtcdLockKeys *k, int64 rev)
+{
+	StringInfoData b;
+	StringInfoData key64;
+	EtcdStatus	st;
+
+	initStringInfo(&key64);
+	etcd_append_b64(&key64, k->key, k->keylen);
+	initStringInfo(&b);
+	appendStringInfo(&b, "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+					 "\"create_revision\":\"" INT64_FORMAT "\"}],"
+					 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"ignore_value\":true,\"ignore_lease\":true}}]}",
+					 key64.data, rev, key64.data);
+	(void) etcd_request("/v3/kv/txn", b.data, NULL, NULL, &st);
+	pfree(b.data);
+	pfree(key64.data);
+}
+
+static void
+check_mine(const PredReply *p, int64 rev)
+{
+	if (p->my_rev != rev)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etcd_lock: this session's place in the lock queue disappeared"),
+				 errdetail("The key of this session's lease is gone from etcd; the lease probably expired.")));
+}
+
+/*
+ * sem_wait_once is one round of a semaphore wait, after read p showed at
+ * least N permit keys older than ours. Returns true if we now hold a
+ * permit; else *wr says how the round ended (the caller reads again).
+ *
+ * Waking one waiter per release, without losing any: the first waiter
+ * (exactly N older keys, all holders) watches the name's whole range for
+ * deletions: the deletion of any of those N keys admits it, without
+ * another read (no key can be created older than ours). A waiter further
+ * back watches its predecessor for any change: a deletion (it gave up) or
+ * a touch (it was admitted, see etcd_lock_touch), and then reads again,
+ * now perhaps the first waiter. So a release wakes the first waiter, whose
+ * admission wakes the next: O(1) each, and admission lags a release by one
+ * event.
+ */
+static bool
+sem_wait_once(const EtcdLockKeys *k, int64 rev, PredReply *p,
+			  TimestampTz deadline, bool (*lease_ok) (void), EtcdWatchResult *wr)
+{
+	EtcdStatus	st;
+	TimestampTz until = Min(deadline,
+							TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000));
+	bool		held = false;
+
+	*wr = WATCH_BROKEN;
+	if (p->nahead == k->permits)
+	{
+		PredReply	q;
+
+		if (!etcd_watch_open_ex(k->pfx, k->pfxlen, true, p->header_rev, false, &st))
+			return false;
+		/* confirm: a deletion before the watch existed is seen here */
+		read_pred(k, rev, &q);
+		check_mine(&q, rev);
+		if (holds_now(k, &q))
+			held = true;
+		else if (q.nahead == k->permits)
+		{
+			etcd_watch_rearm(q.header_rev);
+			*wr = etcd_watch_wait(until);
+			if (*wr == WATCH_DELETED && (lease_ok == NULL || lease_ok()))
+			{
+				int			i;
+
+				for (i = 0; i < q.nahead && !held; i++)
+					held = etcd_watch_saw_delete(q.ahead[i], q.aheadlen[i]);
+			}
+		}
+		else
+			*wr = WATCH_DELETED;	/* the queue moved: read again */
+	}
+	else if (etcd_watch_open_ex(p->pred, p->predlen, false, p->pred_modrev, true, &st))
+	{
+		if (pred_unchanged(p->pred, p->predlen, p->pred_rev, p->pred_modrev))
+			*wr = etcd_watch_wait(until);
+		else
+			*wr = WATCH_DELETED;
+	}
+	etcd_watch_close();
+	return held;
+}
+
 /*
  * etcd_lock_wait waits until our key (create_revision rev) is the oldest
  * under the name. Each round reads our predecessor, watches it (a watch
@@ -1069,10 +1487,12 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 	int64		gone_rev = 0;
 	TimestampTz next_dl_check = 0;
 	int			dl_interval = Max(DeadlockTimeout, 10);
+	bool		waited = false;
 
 	if (deadline == 0)
 		deadline = DT_NOEND;
-	if (DeadlockTimeout > 0)
+	/* a semaphore wait is an OR-wait: not part of the wait-for graph */
+	if (DeadlockTimeout > 0 && k->kind != ETCD_KEY_SEMAPHORE)
 		next_dl_check = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), DeadlockTimeout);
 	for (;;)
 	{
@@ -1099,16 +1519,25 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("etcd_lock: the lease of this session expired while it waited for a lock")));
 		read_pred(k, rev, &p);
-		if (p.my_rev != rev)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("etcd_lock: this session's place in the lock queue disappeared"),
-					 errdetail("The key of this session's lease is gone from etcd; the lease probably expired.")));
-		if (p.pred == NULL)
+		check_mine(&p, rev);
+		if (holds_now(k, &p))
+		{
+			if (waited && k->kind == ETCD_KEY_SEMAPHORE)
+				etcd_lock_touch(k, rev);
 			return true;
+		}
 		if (GetCurrentTimestamp() >= deadline)
 			return false;
-		if (etcd_watch_open(p.pred, p.predlen, p.pred_rev, &st))
+		waited = true;
+		if (k->kind == ETCD_KEY_SEMAPHORE)
+		{
+			if (sem_wait_once(k, rev, &p, deadline, lease_ok, &wr))
+			{
+				etcd_lock_touch(k, rev);
+				return true;
+			}
+		}
+		else if (etcd_watch_open(p.pred, p.predlen, p.pred_rev, &st))
 		{
 			if (pred_still_there(p.pred, p.predlen, p.pred_rev))
 			{
@@ -1138,7 +1567,8 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 		else
 			wr = WATCH_BROKEN;
 		etcd_watch_close();
-		pfree(p.pred);
+		if (p.pred)
+			pfree(p.pred);
 
 		/*
 		 * Handoff without a read: our last read showed the predecessor as
@@ -1150,7 +1580,8 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 		 * passed (lease_ok) -- not a watch on our own key: etcd does not
 		 * order events across watchers.
 		 */
-		if (wr == WATCH_DELETED && p.pred_oldest && (lease_ok == NULL || lease_ok()))
+		if (wr == WATCH_DELETED && k->kind != ETCD_KEY_SEMAPHORE && p.pred_oldest &&
+			(lease_ok == NULL || lease_ok()))
 			return true;
 
 		/*
@@ -1334,7 +1765,9 @@ parse_list(json_t *root, void *arg)
 		char	   *key,
 				   *val = NULL;
 		int			keylen,
-					namelen;
+					namelen,
+					permits;
+		EtcdKeyKind kind;
 
 		if (!json_is_string(jkey) ||
 			!etcd_json_int64(kv, "create_revision", &rev) ||
@@ -1345,7 +1778,8 @@ parse_list(json_t *root, void *arg)
 		key = etcd_b64_decode(json_string_value(jkey), &keylen);
 		if (key == NULL)
 			return false;
-		namelen = listed_lock_name(r->prefix, r->prefixlen, key, keylen, lease);
+		namelen = listed_lock_name(r->prefix, r->prefixlen, key, keylen, lease,
+								   &kind, &permits);
 		if (namelen < 0)
 		{
 			pfree(key);
@@ -1366,6 +1800,9 @@ parse_list(json_t *root, void *arg)
 		r->items[r->n].value = val ? val : pstrdup("");
 		r->items[r->n].waiters = 0;
 		r->items[r->n].ttl = -1;
+		r->items[r->n].kind = kind;
+		r->items[r->n].permits = permits;
+		r->items[r->n].holds = false;
 		r->n++;
 		pfree(key);
 	}
@@ -1432,15 +1869,46 @@ etcd_lock_holders(const char *prefix, const char *name_prefix, int *nholders)
 
 	if (r.n > 1)
 		qsort(r.items, r.n, sizeof(EtcdHolder), holder_cmp);
-	/* keep the oldest key per name; count the rest as its waiters */
-	for (i = 0; i < r.n; i++)
+	/*
+	 * Keep the keys that hold (the oldest, every shared key with no older
+	 * exclusive key of another lease, the first N permit keys); count the
+	 * rest of their name as its waiters.
+	 */
+	for (i = 0; i < r.n;)
 	{
-		if (out > 0 && strcmp(r.items[out - 1].name, r.items[i].name) == 0)
+		int			end = i,
+					j,
+					nsem = 0,
+					nwait = 0;
+
+		while (end < r.n && strcmp(r.items[end].name, r.items[i].name) == 0)
+			end++;
+		for (j = i; j < end; j++)
 		{
-			r.items[out - 1].waiters++;
-			continue;
+			EtcdHolder *h = &r.items[j];
+			int			m;
+
+			if (h->kind == ETCD_KEY_SEMAPHORE)
+				h->holds = nsem++ < h->permits;
+			else
+			{
+				h->holds = true;
+				for (m = i; m < j && h->holds; m++)
+					if (r.items[m].kind != ETCD_KEY_SEMAPHORE &&
+						r.items[m].lease_id != h->lease_id &&
+						(h->kind == ETCD_KEY_EXCLUSIVE || r.items[m].kind == ETCD_KEY_EXCLUSIVE))
+						h->holds = false;
+			}
+			if (!h->holds)
+				nwait++;
 		}
-		r.items[out++] = r.items[i];
+		for (j = i; j < end; j++)
+			if (r.items[j].holds)
+			{
+				r.items[out] = r.items[j];
+				r.items[out++].waiters = nwait;
+			}
+		i = end;
 	}
 	for (i = 0; i < out; i++)
 	{

@@ -8,7 +8,23 @@
 
 #include "gateway.h"
 
-/* A lock name turned into etcd keys: key = pfx + lease id in hex. */
+/*
+ * What a lock key is, from its last segment: "<lease hex>" (exclusive: our
+ * exclusive locks, Go's mutex and election keys), "<lease hex>.shared",
+ * "<lease hex>.sem<N>" (one of N permits). A marker this version does not
+ * know is exclusive (fail-safe).
+ */
+typedef enum EtcdKeyKind
+{
+	ETCD_KEY_NONE = -1,			/* not a lock key */
+	ETCD_KEY_EXCLUSIVE = 0,
+	ETCD_KEY_SHARED,
+	ETCD_KEY_SEMAPHORE
+} EtcdKeyKind;
+
+#define ETCD_MAX_PERMITS	1000
+
+/* A lock name turned into etcd keys: key = pfx + lease id in hex + marker. */
 typedef struct EtcdLockKeys
 {
 	const char *prefix;			/* etcd_lock.prefix */
@@ -16,12 +32,17 @@ typedef struct EtcdLockKeys
 	int64		lease_id;		/* ours */
 	char	   *pfx;			/* prefix + name + "/" */
 	int			pfxlen;
-	char	   *key;			/* pfx + "%llx" of the lease */
+	char	   *key;			/* pfx + "%llx" of the lease + marker */
 	int			keylen;
+	EtcdKeyKind kind;			/* of our key */
+	int			permits;		/* ETCD_KEY_SEMAPHORE: N */
 } EtcdLockKeys;
 
 extern void etcd_lock_keys(EtcdLockKeys *k, const char *prefix,
-						   const char *name, int64 lease_id);
+						   const char *name, int64 lease_id,
+						   EtcdKeyKind kind, int permits);
+extern const char *etcd_key_marker(EtcdKeyKind kind, int permits);
+extern const char *etcd_kind_name(EtcdKeyKind kind);
 
 extern int64 etcd_lease_grant(int ttl);
 extern char *etcd_lease_body(int64 lease_id);
@@ -35,6 +56,7 @@ extern const char *etcd_release_request(const char *key, int keylen,
 
 extern bool etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id,
 							  const char *value, bool try_only, int64 *rev);
+extern void etcd_lock_touch(const EtcdLockKeys *k, int64 rev);
 extern bool etcd_lock_first(const EtcdLockKeys *k, int64 rev);
 extern void etcd_deadlock_check(const EtcdLockKeys *k, int64 rev);
 extern bool etcd_lock_wait(const EtcdLockKeys *k, int64 rev,
@@ -45,15 +67,18 @@ extern bool etcd_lock_release(const char *key, int keylen, int64 token,
 extern bool etcd_locks_still_held(char **keys, int *keylens, int64 *tokens,
 								  int n);
 
-/* One lock name as etcd shows it, for etcd_lock_holders(). */
+/* One holder of a lock name as etcd shows it, for etcd_lock_holders(). */
 typedef struct EtcdHolder
 {
 	char	   *name;			/* lock name (prefix stripped) */
 	int64		token;			/* holder's create_revision */
 	int64		lease_id;		/* holder's lease */
 	char	   *value;			/* holder's value ("" for Go clients) */
-	int			waiters;		/* keys queued behind the holder */
+	int			waiters;		/* keys of the name that do not hold */
 	int64		ttl;			/* holder lease's remaining TTL, -1 if gone */
+	EtcdKeyKind kind;			/* the holder key's kind */
+	int			permits;		/* semaphore: N */
+	bool		holds;			/* (internal) */
 } EtcdHolder;
 
 extern EtcdHolder *etcd_lock_holders(const char *prefix, const char *name_prefix,

@@ -54,7 +54,10 @@ typedef struct LocalAcq
 
 typedef struct LocalLock
 {
-	char		pfx[ETCD_MAX_KEY];	/* hash key: prefix + name + "/" */
+	char		pfx[ETCD_MAX_KEY];	/* hash key: prefix + name + "/", then
+									 * ".shared" or ".sem" for those kinds */
+	EtcdKeyKind kind;
+	int			permits;		/* semaphore: N */
 	char	   *name;
 	char	   *key;
 	int			keylen;
@@ -116,6 +119,18 @@ etcd_locktable_init(void)
 	ExecutorStart_hook = lt_ExecutorStart;
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = lt_ProcessUtility;
+}
+
+/*
+ * lt_hash_key is the local table's key for name in a mode: a session holds
+ * an exclusive, a shared and a semaphore key of one name independently
+ * (a semaphore's N is checked against the entry, not part of the key).
+ */
+static void
+lt_hash_key(char *buf, size_t size, const char *name, EtcdKeyKind kind)
+{
+	snprintf(buf, size, "%s%s/%s", etcd_lock_prefix ? etcd_lock_prefix : "", name,
+			 kind == ETCD_KEY_SHARED ? ".shared" : kind == ETCD_KEY_SEMAPHORE ? ".sem" : "");
 }
 
 static void
@@ -686,8 +701,8 @@ lt_raise_timeout(const char *name, bool by_lock_timeout)
  * lt_acquire does the work of etcd_acquire within deadline (0: none).
  */
 static bool
-lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
-		   bool by_lock_timeout, int64 *token)
+lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait,
+		   TimestampTz deadline, bool by_lock_timeout, int64 *token)
 {
 	char		pfx[ETCD_MAX_KEY];
 	LocalLock  *e;
@@ -704,8 +719,13 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
 	if (lt_lease != 0)
 		etcd_my_slot()->on_loss = etcd_lock_on_lease_loss;
 
-	snprintf(pfx, sizeof(pfx), "%s%s/", etcd_lock_prefix ? etcd_lock_prefix : "", name);
+	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+	if (e && e->nacq > 0 && kind == ETCD_KEY_SEMAPHORE && e->permits != permits)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("this session holds etcd semaphore \"%s\" with %d permits; this call asks for %d",
+						name, e->permits, permits)));
 	if (e && e->nacq == 0 && e->owed && e->owed_attempted)
 	{
 		/*
@@ -726,11 +746,22 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
 	}
 
 	lt_ensure_lease();
-	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease);
+	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, kind, permits);
 
 	e = hash_search(lt_locks, pfx, HASH_ENTER, &found);
+	if (found && e->nacq == 0 && e->owed && kind == ETCD_KEY_SEMAPHORE && e->permits != permits)
+	{
+		/* an owed release of another N: the key names differ */
+		e = NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etcd_lock: could not acquire a semaphore: an earlier release of it has not reached etcd"),
+				 errhint("Check that etcd is reachable from this server.")));
+	}
 	if (!found)
 	{
+		e->kind = kind;
+		e->permits = kind == ETCD_KEY_SEMAPHORE ? permits : 0;
 		e->name = MemoryContextStrdup(TopMemoryContext, name);
 		e->key = MemoryContextStrdup(TopMemoryContext, k.key);
 		e->keylen = k.keylen;
@@ -742,7 +773,7 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
 		e->counted = false;
 		e->owed = false;
 		e->owed_attempted = false;
-		e->info = etcd_lockinfo_add(etcd_lock_prefix, name, lt_lease);
+		e->info = etcd_lockinfo_add(etcd_lock_prefix, name, kind, e->permits, lt_lease);
 		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
 	}
 
@@ -860,8 +891,8 @@ lt_acquire(const char *name, bool xact, bool wait, TimestampTz deadline,
  * wait=false and it is taken by another.
  */
 bool
-etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
-			 int64 *token)
+etcd_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact,
+			 bool wait, int64 timeout_ms, int64 *token)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	volatile TimestampTz deadline = 0;
@@ -885,7 +916,7 @@ etcd_acquire(const char *name, bool xact, bool wait, int64 timeout_ms,
 	etcd_gateway_call_deadline(deadline);
 	PG_TRY();
 	{
-		result = lt_acquire(name, xact, wait, deadline, by_lock_timeout, token);
+		result = lt_acquire(name, kind, permits, xact, wait, deadline, by_lock_timeout, token);
 	}
 	PG_CATCH();
 	{
@@ -1022,14 +1053,14 @@ lt_release_now(LocalLock *e, const char *name)
  * this session holds no session-level lock of that name.
  */
 bool
-etcd_release(const char *name)
+etcd_release(const char *name, EtcdKeyKind kind)
 {
 	char		pfx[ETCD_MAX_KEY];
 	LocalLock  *e = NULL;
 	int			i;
 
 	lt_check_lost();
-	snprintf(pfx, sizeof(pfx), "%s%s/", etcd_lock_prefix ? etcd_lock_prefix : "", name);
+	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	if (lt_locks)
 		e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
 	for (i = e ? e->nacq - 1 : -1; i >= 0; i--)
@@ -1039,7 +1070,10 @@ etcd_release(const char *name)
 	{
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
-				 errmsg("you don't own an etcd lock named \"%s\"", name)));
+				 errmsg("you don't own %s named \"%s\"",
+						kind == ETCD_KEY_SHARED ? "a shared etcd lock" :
+						kind == ETCD_KEY_SEMAPHORE ? "an etcd semaphore permit" : "an etcd lock",
+						name)));
 		return false;
 	}
 	if (e->acqs[i].subid != InvalidSubTransactionId && lt_xact_acqs > 0)
@@ -1209,14 +1243,14 @@ etcd_release_all(void)
  * etcd_token returns the fencing token of a lock this session holds.
  */
 bool
-etcd_token(const char *name, int64 *token)
+etcd_token(const char *name, EtcdKeyKind kind, int64 *token)
 {
 	char		pfx[ETCD_MAX_KEY];
 	LocalLock  *e;
 
 	if (lt_locks == NULL || lt_lease_lost())
 		return false;
-	snprintf(pfx, sizeof(pfx), "%s%s/", etcd_lock_prefix ? etcd_lock_prefix : "", name);
+	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
 	if (e == NULL || e->nacq == 0)
 		return false;

@@ -463,7 +463,8 @@ etcd_release_pending(int64 lease_id, const char *key, int keylen)
  * not shown.
  */
 EtcdLockInfo *
-etcd_lockinfo_add(const char *prefix, const char *name, int64 lease_id)
+etcd_lockinfo_add(const char *prefix, const char *name, int kind, int permits,
+				  int64 lease_id)
 {
 	EtcdLockInfo *found = NULL;
 	int			n = etcd_shared->ninfos;
@@ -482,6 +483,8 @@ etcd_lockinfo_add(const char *prefix, const char *name, int64 lease_id)
 		if (info->mode != LOCKINFO_FREE)
 			continue;
 		info->mode = LOCKINFO_WAITING;
+		info->kind = kind;
+		info->permits = permits;
 		info->pid = MyProcPid;
 		info->owner = ETCD_MY_SLOT_INDEX();
 		info->nsession = 0;

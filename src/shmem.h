@@ -111,6 +111,8 @@ typedef enum EtcdLockMode
 typedef struct EtcdLockInfo
 {
 	int			mode;			/* EtcdLockMode */
+	int			kind;			/* EtcdKeyKind of the key */
+	int			permits;		/* semaphore: N */
 	pid_t		pid;
 	int			owner;			/* backend slot */
 	int			nsession;		/* session-level holds */
@@ -210,6 +212,7 @@ typedef enum EtcdReclaim
 } EtcdReclaim;
 
 extern EtcdLockInfo *etcd_lockinfo_add(const char *prefix, const char *name,
+									   int kind, int permits,
 									   int64 lease_id);
 extern void etcd_lockinfo_set(EtcdLockInfo *info, EtcdLockMode mode,
 							  int nsession, int nxact, int64 token);
