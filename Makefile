@@ -18,7 +18,7 @@ SHLIB_LINK = -lcurl -ljansson
 
 # pg_regress against a throwaway instance preloaded with the extension;
 # scripts/test.sh writes regress.conf (it points at the etcd it started).
-REGRESS = etcd_lock_api etcd_lock_errors etcd_lock_xact
+REGRESS = etcd_lock_api etcd_lock_errors etcd_lock_xact etcd_lock_modes
 REGRESS_OPTS = --temp-instance=./tmp_check_regress --temp-config=./regress.conf
 TAP_TESTS = 1
 EXTRA_CLEAN = tmp_check_regress regress.conf

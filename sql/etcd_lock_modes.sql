@@ -1,0 +1,90 @@
+-- Shared locks and semaphores (1.1): the SQL surface, argument checks and
+-- SQLSTATEs, re-entrancy, views. Cross-session behaviour: t/017.
+CREATE OR REPLACE FUNCTION sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE q;
+	RETURN 'no error';
+EXCEPTION WHEN others THEN
+	RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+
+-- bad input: 22004 for NULL, 22023 for out-of-range values
+SELECT sqlstate_of($$SELECT etcd_lock_shared(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_try_lock_shared('')$$);
+SELECT sqlstate_of($$SELECT etcd_xact_lock_shared('/m', '-1 s')$$);
+SELECT sqlstate_of($$SELECT etcd_unlock_shared(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_semaphore('/s', NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_semaphore('/s', 0)$$);
+SELECT sqlstate_of($$SELECT etcd_try_semaphore('/s', 1001)$$);
+SELECT sqlstate_of($$SELECT etcd_xact_semaphore('/s', 3, '-1 s')$$);
+SELECT sqlstate_of($$SELECT etcd_try_xact_semaphore(NULL, 3)$$);
+SELECT sqlstate_of($$SELECT etcd_unlock_semaphore('')$$);
+SELECT count(*) AS nothing_taken FROM etcd_locks WHERE pid = pg_backend_pid();
+
+-- shared: re-entrant; this session's own keys never block each other, so
+-- it may hold exclusive beside shared (as advisory locks allow)
+SELECT etcd_lock_shared('/m') > 0 AS shared_token;
+SELECT etcd_try_lock_shared('/m');
+SELECT etcd_try_lock('/m');
+SELECT etcd_lock('/m', '1 s') > 0 AS exclusive_too;
+SELECT name, mode, lock_mode, scope, count, permits,
+       key ~ '^/m/[0-9a-f]+(\.shared)?$' AS key_ok
+FROM etcd_locks WHERE pid = pg_backend_pid() ORDER BY lock_mode;
+SELECT name, mode, waiters, permits, holder IS NOT NULL AS has_holder
+FROM etcd_lock_holders('/m') ORDER BY mode;
+SELECT etcd_lock_token('/m') = token AS token_is_exclusive_first
+FROM etcd_locks WHERE pid = pg_backend_pid() AND lock_mode = 'exclusive';
+SELECT etcd_unlock_shared('/m'), etcd_unlock_shared('/m');
+SELECT etcd_unlock_shared('/m');	-- no more: a WARNING, false
+SELECT etcd_unlock('/m'), etcd_unlock('/m');
+SELECT count(*) AS none_left FROM etcd_lock_holders('/m');
+
+-- transaction scope: released at COMMIT and at ROLLBACK
+BEGIN;
+SELECT etcd_xact_lock_shared('/mx') > 0 AS xact_shared;
+SELECT etcd_try_xact_lock_shared('/mx');
+SELECT lock_mode, scope, count FROM etcd_locks WHERE name = '/mx';
+COMMIT;
+SELECT count(*) AS released_at_commit FROM etcd_locks WHERE name = '/mx';
+BEGIN;
+SELECT etcd_xact_semaphore('/sx', 2) > 0 AS xact_permit;
+SELECT etcd_try_xact_semaphore('/sx', 2);
+ROLLBACK;
+SELECT count(*) AS released_at_rollback FROM etcd_lock_holders('/sx');
+-- an aborted subtransaction undoes what it took
+BEGIN;
+SAVEPOINT a;
+SELECT etcd_xact_lock_shared('/msub') > 0 AS in_subxact;
+ROLLBACK TO a;
+SELECT count(*) AS undone FROM etcd_locks WHERE name = '/msub';
+COMMIT;
+
+-- semaphores: re-entrant with the same N; another N is an error (22023);
+-- a name is a lock or a semaphore (42809)
+SELECT etcd_semaphore('/s', 2) > 0 AS permit;
+SELECT etcd_try_semaphore('/s', 2);
+SELECT sqlstate_of($$SELECT etcd_semaphore('/s', 3)$$);
+SELECT sqlstate_of($$SELECT etcd_lock('/s', '1 s')$$);
+SELECT sqlstate_of($$SELECT etcd_try_lock_shared('/s')$$);
+SELECT name, mode, lock_mode, count, permits,
+       key ~ '^/s/[0-9a-f]+\.sem2$' AS key_ok
+FROM etcd_locks WHERE pid = pg_backend_pid();
+SELECT name, mode, waiters, permits FROM etcd_lock_holders('/s');
+SELECT etcd_lock_token('/s') > 0 AS permit_token;
+SELECT etcd_unlock_semaphore('/s'), etcd_unlock_semaphore('/s');
+SELECT etcd_unlock_semaphore('/s');	-- no more: a WARNING, false
+-- the failed calls above left nothing in etcd
+SELECT count(*) AS none_left FROM etcd_lock_holders('/s');
+SELECT etcd_lock('/l') > 0 AS lock_taken;
+SELECT sqlstate_of($$SELECT etcd_semaphore('/l', 2, '1 s')$$);
+SELECT sqlstate_of($$SELECT etcd_try_semaphore('/l', 2)$$);
+SELECT etcd_unlock('/l');
+SELECT count(*) AS none_left FROM etcd_lock_holders('/l');
+
+-- privileges: like the exclusive functions, granted to etcd_lock_user only
+SELECT p.proname, has_function_privilege('public', p.oid, 'EXECUTE') AS public_may,
+       has_function_privilege('etcd_lock_user', p.oid, 'EXECUTE') AS role_may
+FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
+JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'etcd_lock'
+WHERE p.proname ~ '(shared|semaphore)' ORDER BY 1;
+
