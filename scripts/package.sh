@@ -166,6 +166,8 @@ for f in $(printf '%s\n' "${want[@]}" | sort -u); do
 	[ -f "$f" ] || fail "$f is listed but not installed"
 done
 dpkg --verify "$pkg" || fail "the installed files differ from the package's"
+(cd "$src" && sh debian/tests/installed-files) >"$work/autopkgtest.log" 2>&1 ||
+	{ cat "$work/autopkgtest.log"; fail "debian/tests/installed-files failed"; }
 echo "package.sh: dpkg -L lists the library, the control file and $(grep -c '/etcd_lock--.*\.sql$' <<<"$listed") SQL scripts"
 
 # --- a throwaway PostgreSQL 15 on loopback, preloading the package's library
