@@ -141,13 +141,56 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION etcd_unlock_semaphore(text) IS
 'release one session-level hold of a permit of the etcd semaphore NAME';
 
+-- Several names at once, all or none, without deadlock against another
+-- multi-lock over an overlapping set: the keys go to etcd in one txn (one
+-- create revision, so the older multi-lock is ahead on every name they
+-- share), then the call waits until all hold, with one timeout for the
+-- whole. MODES: 'exclusive' (the default) or 'shared', one per name. At
+-- most 128 names (etcd's --max-txn-ops). Each name is then held like a
+-- single lock (etcd_unlock / etcd_unlock_shared, or transaction end).
+CREATE FUNCTION etcd_lock_many(names text[], timeout interval DEFAULT NULL,
+    modes text[] DEFAULT NULL)
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'etcd_lock_many_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_lock_many(text[], interval, text[]) IS
+'take all the etcd locks NAMES for this session, or none, waiting up to TIMEOUT; returns their fencing tokens';
+
+CREATE FUNCTION etcd_try_lock_many(names text[], modes text[] DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_lock_many_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_lock_many(text[], text[]) IS
+'take all the etcd locks NAMES for this session if all are free now, else none';
+
+CREATE FUNCTION etcd_xact_lock_many(names text[], timeout interval DEFAULT NULL,
+    modes text[] DEFAULT NULL)
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'etcd_xact_lock_many_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_xact_lock_many(text[], interval, text[]) IS
+'take all the etcd locks NAMES until the end of the transaction, or none';
+
+CREATE FUNCTION etcd_try_xact_lock_many(names text[], modes text[] DEFAULT NULL)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_xact_lock_many_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_xact_lock_many(text[], text[]) IS
+'take all the etcd locks NAMES until the end of the transaction if all are free now, else none';
+
 REVOKE EXECUTE ON FUNCTION
     etcd_lock_shared(text, interval), etcd_try_lock_shared(text),
     etcd_xact_lock_shared(text, interval), etcd_try_xact_lock_shared(text),
     etcd_unlock_shared(text),
     etcd_semaphore(text, integer, interval), etcd_try_semaphore(text, integer),
     etcd_xact_semaphore(text, integer, interval), etcd_try_xact_semaphore(text, integer),
-    etcd_unlock_semaphore(text)
+    etcd_unlock_semaphore(text),
+    etcd_lock_many(text[], interval, text[]), etcd_try_lock_many(text[], text[]),
+    etcd_xact_lock_many(text[], interval, text[]), etcd_try_xact_lock_many(text[], text[])
 FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
@@ -156,5 +199,7 @@ GRANT EXECUTE ON FUNCTION
     etcd_unlock_shared(text),
     etcd_semaphore(text, integer, interval), etcd_try_semaphore(text, integer),
     etcd_xact_semaphore(text, integer, interval), etcd_try_xact_semaphore(text, integer),
-    etcd_unlock_semaphore(text)
+    etcd_unlock_semaphore(text),
+    etcd_lock_many(text[], interval, text[]), etcd_try_lock_many(text[], text[]),
+    etcd_xact_lock_many(text[], interval, text[]), etcd_try_xact_lock_many(text[], text[])
 TO etcd_lock_user;

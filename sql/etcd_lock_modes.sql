@@ -88,3 +88,30 @@ FROM pg_proc p JOIN pg_depend d ON d.objid = p.oid AND d.deptype = 'e'
 JOIN pg_extension x ON x.oid = d.refobjid AND x.extname = 'etcd_lock'
 WHERE p.proname ~ '(shared|semaphore)' ORDER BY 1;
 
+
+-- multi-locks: all or none, one create revision for the keys put together
+SELECT sqlstate_of($$SELECT etcd_lock_many(NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_lock_many('{}')$$);
+SELECT sqlstate_of($$SELECT etcd_lock_many(ARRAY['/a', NULL])$$);
+SELECT sqlstate_of($$SELECT etcd_lock_many(ARRAY['/a', ''])$$);
+SELECT sqlstate_of($$SELECT etcd_lock_many(ARRAY['/a', '/a'])$$);
+SELECT sqlstate_of($$SELECT etcd_lock_many(ARRAY['/a', '/b'], NULL, ARRAY['shared'])$$);
+SELECT sqlstate_of($$SELECT etcd_lock_many(ARRAY['/a'], NULL, ARRAY['reader'])$$);
+SELECT sqlstate_of($$SELECT etcd_xact_lock_many(ARRAY['/a'], '-1 s')$$);
+SELECT sqlstate_of($$SELECT etcd_try_lock_many(ARRAY(SELECT '/n' || g FROM generate_series(1, 129) g))$$);
+SELECT count(*) AS nothing_taken FROM etcd_locks WHERE pid = pg_backend_pid();
+SELECT t[1] = t[2] AS one_revision, t[1] > 0 AS positive
+FROM etcd_lock_many(ARRAY['/acct/1', '/acct/2']) t;
+-- a name held already is re-entered (its own token); a name in two modes is two keys
+SELECT t[1] = etcd_lock_token('/acct/1') AS reentered, t[2] > t[1] AS new_key_newer
+FROM etcd_lock_many(ARRAY['/acct/1', '/acct/3'], '1 s', ARRAY['exclusive', 'shared']) t;
+SELECT name, lock_mode, count FROM etcd_locks WHERE pid = pg_backend_pid() ORDER BY 1, 2;
+SELECT etcd_try_lock_many(ARRAY['/acct/4', '/acct/4'], ARRAY['exclusive', 'shared']);
+SELECT etcd_unlock_all();
+-- transaction scope; 128 names (the most one txn allows) at once
+BEGIN;
+SELECT cardinality(etcd_xact_lock_many(ARRAY(SELECT '/n' || g FROM generate_series(1, 128) g))) AS taken;
+SELECT count(*) AS held FROM etcd_locks WHERE pid = pg_backend_pid();
+SELECT etcd_try_xact_lock_many(ARRAY['/n1', '/n200']);
+COMMIT;
+SELECT count(*) AS released_at_commit FROM etcd_lock_holders('/n');

@@ -14,6 +14,8 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 #include "commands/dbcommands.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -47,6 +49,10 @@ PG_FUNCTION_INFO_V1(etcd_xact_semaphore_sql);
 PG_FUNCTION_INFO_V1(etcd_try_xact_semaphore_sql);
 PG_FUNCTION_INFO_V1(etcd_unlock_semaphore_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_holders_v2_sql);
+PG_FUNCTION_INFO_V1(etcd_lock_many_sql);
+PG_FUNCTION_INFO_V1(etcd_try_lock_many_sql);
+PG_FUNCTION_INFO_V1(etcd_xact_lock_many_sql);
+PG_FUNCTION_INFO_V1(etcd_try_xact_lock_many_sql);
 
 static void
 check_preloaded(void)
@@ -270,6 +276,153 @@ etcd_unlock_semaphore_sql(PG_FUNCTION_ARGS)
 	char	   *name = lock_name(fcinfo);
 
 	PG_RETURN_BOOL(etcd_release(name, ETCD_KEY_SEMAPHORE));
+}
+
+/*
+ * check_name checks one lock name (a C string of len bytes), like
+ * lock_name does for argument 0.
+ */
+static void
+check_name(const char *name, int len)
+{
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd lock name must not be empty")));
+	if (len > ETCD_MAX_NAME)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd lock name is too long (%d bytes)", len),
+				 errdetail("Lock names are limited to %d bytes.", ETCD_MAX_NAME)));
+}
+
+/*
+ * text_array returns the elements of a text[] argument as C strings; NULL
+ * elements are refused (22004).
+ */
+static char **
+text_array(FunctionCallInfo fcinfo, int argno, const char *what, int *n)
+{
+	ArrayType  *a = PG_GETARG_ARRAYTYPE_P(argno);
+	Datum	   *elems;
+	bool	   *nulls;
+	char	  **out;
+	int			i;
+
+	deconstruct_array(a, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, n);
+	out = palloc(sizeof(char *) * Max(*n, 1));
+	for (i = 0; i < *n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("etcd lock %s must not contain nulls", what)));
+		out[i] = TextDatumGetCString(elems[i]);
+	}
+	return out;
+}
+
+/*
+ * many_common: the multi-lock functions. Argument 0 is the names, then
+ * (blocking) the timeout and the modes, or (try) the modes. Each name at
+ * most once per mode; at most ETCD_MAX_TXN_NAMES names (54000), the
+ * operations etcd allows in one txn. Returns the tokens in the order of
+ * the names, or (try) whether all were taken.
+ */
+static Datum
+many_common(FunctionCallInfo fcinfo, bool xact, bool wait)
+{
+	int			modes_arg = wait ? 2 : 1;
+	char	  **names;
+	char	  **modes = NULL;
+	EtcdKeyKind *kinds;
+	int64	   *tokens;
+	int			n,
+				nmodes = 0,
+				i,
+				j;
+	int64		timeout = wait ? timeout_ms(fcinfo, 1) : -1;
+
+	check_preloaded();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("etcd lock names must not be null")));
+	names = text_array(fcinfo, 0, "names", &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd lock names must not be empty")));
+	if (n > ETCD_MAX_TXN_NAMES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many etcd lock names: %d", n),
+				 errdetail("At most %d names can be taken at once: etcd allows %d operations in one transaction (--max-txn-ops).",
+						   ETCD_MAX_TXN_NAMES, ETCD_MAX_TXN_NAMES)));
+	if (PG_NARGS() > modes_arg && !PG_ARGISNULL(modes_arg))
+	{
+		modes = text_array(fcinfo, modes_arg, "modes", &nmodes);
+		if (nmodes != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("etcd lock modes must have one element per name (%d names, %d modes)", n, nmodes)));
+	}
+	kinds = palloc(sizeof(EtcdKeyKind) * n);
+	for (i = 0; i < n; i++)
+	{
+		check_name(names[i], strlen(names[i]));
+		if (modes == NULL || strcmp(modes[i], "exclusive") == 0)
+			kinds[i] = ETCD_KEY_EXCLUSIVE;
+		else if (strcmp(modes[i], "shared") == 0)
+			kinds[i] = ETCD_KEY_SHARED;
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid etcd lock mode: \"%s\"", modes[i]),
+					 errhint("Use \"exclusive\" or \"shared\".")));
+		for (j = 0; j < i; j++)
+			if (kinds[j] == kinds[i] && strcmp(names[j], names[i]) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("etcd lock name \"%s\" appears twice in the same mode", names[i])));
+	}
+	check_scope(xact);
+	tokens = palloc(sizeof(int64) * n);
+	if (!etcd_acquire_many(names, kinds, n, xact, wait, timeout, tokens))
+		PG_RETURN_BOOL(false);
+	if (!wait)
+		PG_RETURN_BOOL(true);
+	{
+		Datum	   *d = palloc(sizeof(Datum) * n);
+
+		for (i = 0; i < n; i++)
+			d[i] = Int64GetDatum(tokens[i]);
+		PG_RETURN_ARRAYTYPE_P(construct_array(d, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	}
+}
+
+Datum
+etcd_lock_many_sql(PG_FUNCTION_ARGS)
+{
+	return many_common(fcinfo, false, true);
+}
+
+Datum
+etcd_xact_lock_many_sql(PG_FUNCTION_ARGS)
+{
+	return many_common(fcinfo, true, true);
+}
+
+Datum
+etcd_try_lock_many_sql(PG_FUNCTION_ARGS)
+{
+	return many_common(fcinfo, false, false);
+}
+
+Datum
+etcd_try_xact_lock_many_sql(PG_FUNCTION_ARGS)
+{
+	return many_common(fcinfo, true, false);
 }
 
 Datum

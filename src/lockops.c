@@ -606,6 +606,166 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 	return r.held;
 }
 
+/* ---- several names at once ---- */
+
+typedef struct ManyReply
+{
+	EtcdLockKeys *ks;
+	int			n;
+	int64		rev;			/* the keys' create_revision */
+	bool	   *held;
+	bool		with_oldest;	/* success: the oldest key of each name too */
+	bool		mixed;			/* failure: some keys exist, others do not */
+} ManyReply;
+
+static bool
+parse_acquire_many(json_t *root, void *arg)
+{
+	ManyReply  *r = arg;
+	json_t	   *responses = json_object_get(root, "responses");
+	bool		succeeded = json_is_true(json_object_get(root, "succeeded"));
+	int			i;
+
+	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->rev) ||
+		!json_is_array(responses) ||
+		(int) json_array_size(responses) != (succeeded && r->with_oldest ? 2 * r->n : r->n))
+		return false;
+	if (!succeeded)
+	{
+		int64		rev = 0;
+
+		/*
+		 * Our keys exist already: this very txn, applied once and resent
+		 * (they then share one create_revision). Anything else is mixed.
+		 */
+		for (i = 0; i < r->n; i++)
+		{
+			bool		ok = true;
+			json_t	   *mine = first_kv(responses, i, &ok);
+			int64		krev = 0;
+
+			if (!ok)
+				return false;
+			if (mine == NULL || !etcd_json_int64(mine, "create_revision", &krev) ||
+				(rev != 0 && krev != rev))
+				r->mixed = true;
+			rev = krev;
+		}
+		r->rev = r->mixed ? 0 : rev;
+		return true;
+	}
+	for (i = 0; i < r->n && r->with_oldest; i++)
+	{
+		bool		ok = true;
+		json_t	   *oldest = first_kv(responses, r->n + i, &ok);
+		json_t	   *okey;
+		int64		orev = 0;
+		char	   *key;
+		int			keylen;
+
+		if (!ok)
+			return false;
+		if (oldest == NULL)
+			continue;
+		okey = json_object_get(oldest, "key");
+		if (!json_is_string(okey) || !etcd_json_int64(oldest, "create_revision", &orev))
+			return false;
+		key = etcd_b64_decode(json_string_value(okey), &keylen);
+		if (key == NULL)
+			return false;
+		r->held[i] = orev == r->rev && keylen == r->ks[i].keylen &&
+			memcmp(key, r->ks[i].key, keylen) == 0;
+		pfree(key);
+	}
+	return r->rev > 0;
+}
+
+/*
+ * etcd_lock_acquire_many puts the keys ks[0..n-1] (all ours, all absent)
+ * in one txn, so they share one create_revision (*rev), and reads the
+ * oldest key of each name (if 2n reads fit in the txn's 128 operations):
+ * held[i] says whether ks[i] holds at once (the others wait, see
+ * etcd_lock_wait). Two such requests over overlapping
+ * names cannot deadlock: the one applied first is older on every name
+ * they share. At most ETCD_MAX_TXN_NAMES keys (etcd's --max-txn-ops is 128
+ * by default). Safe to resend: a second application finds all keys with
+ * one create_revision and answers it. If only some exist (a key of this
+ * session from before), errors: nothing was written.
+ */
+void
+etcd_lock_acquire_many(EtcdLockKeys *ks, int n, int64 lease_id,
+					   const char *value, int64 *rev, bool *held)
+{
+	StringInfoData b;
+	StringInfoData val64;
+	ManyReply	r = {0};
+	int			i;
+
+	initStringInfo(&val64);
+	etcd_append_b64(&val64, value, strlen(value));
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"compare\":[");
+	for (i = 0; i < n; i++)
+	{
+		appendStringInfo(&b, "%s{\"key\":\"", i ? "," : "");
+		etcd_append_b64(&b, ks[i].key, ks[i].keylen);
+		appendStringInfoString(&b, "\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}");
+	}
+	appendStringInfoString(&b, "],\"success\":[");
+	for (i = 0; i < n; i++)
+	{
+		appendStringInfo(&b, "%s{\"request_put\":{\"key\":\"", i ? "," : "");
+		etcd_append_b64(&b, ks[i].key, ks[i].keylen);
+		appendStringInfo(&b, "\",\"value\":\"%s\",\"lease\":\"" INT64_FORMAT "\"}}",
+						 val64.data, lease_id);
+	}
+	/* each list of a txn holds at most 128 operations: reads if they fit */
+	for (i = 0; i < n && 2 * n <= ETCD_MAX_TXN_NAMES; i++)
+	{
+		appendStringInfoString(&b, ",{\"request_range\":{\"key\":\"");
+		etcd_append_b64(&b, ks[i].pfx, ks[i].pfxlen);
+		appendStringInfoString(&b, "\",\"range_end\":\"");
+		append_range_end(&b, ks[i].pfx, ks[i].pfxlen);
+		appendStringInfoString(&b, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
+							   "\"limit\":\"1\",\"keys_only\":true}}");
+	}
+	appendStringInfoString(&b, "],\"failure\":[");
+	for (i = 0; i < n; i++)
+	{
+		appendStringInfo(&b, "%s{\"request_range\":{\"key\":\"", i ? "," : "");
+		etcd_append_b64(&b, ks[i].key, ks[i].keylen);
+		appendStringInfoString(&b, "\",\"keys_only\":true}}");
+	}
+	appendStringInfoString(&b, "]}");
+
+	r.ks = ks;
+	r.n = n;
+	r.with_oldest = 2 * n <= ETCD_MAX_TXN_NAMES;
+	r.held = held;
+	memset(held, 0, sizeof(bool) * n);
+	{
+		int			prev = etcd_gateway_wait_kind(ETCD_WAIT_ACQUIRE);
+
+		PG_TRY();
+		{
+			etcd_request_or_error("/v3/kv/txn", b.data, parse_acquire_many, &r, "acquire locks");
+		}
+		PG_FINALLY();
+		{
+			etcd_gateway_wait_kind(prev);
+		}
+		PG_END_TRY();
+	}
+	pfree(b.data);
+	pfree(val64.data);
+	if (r.mixed || r.rev <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etcd_lock: could not acquire the locks at once: a key of this session exists already for some of them"),
+				 errhint("An earlier release of one of these locks may not have reached etcd yet; try again.")));
+	*rev = r.rev;
+}
+
 /* ---- which keys are lock keys ---- */
 
 /*

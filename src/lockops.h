@@ -57,6 +57,10 @@ extern const char *etcd_release_request(const char *key, int keylen,
 extern bool etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id,
 							  const char *value, bool try_only, int64 *rev);
 extern void etcd_lock_touch(const EtcdLockKeys *k, int64 rev);
+
+#define ETCD_MAX_TXN_NAMES	128	/* etcd's default --max-txn-ops */
+extern void etcd_lock_acquire_many(EtcdLockKeys *ks, int n, int64 lease_id,
+								   const char *value, int64 *rev, bool *held);
 extern bool etcd_lock_first(const EtcdLockKeys *k, int64 rev);
 extern void etcd_deadlock_check(const EtcdLockKeys *k, int64 rev);
 extern bool etcd_lock_wait(const EtcdLockKeys *k, int64 rev,

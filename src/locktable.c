@@ -72,7 +72,7 @@ typedef struct LocalLock
 	bool		owed_attempted; /* ... and may have reached etcd */
 } LocalLock;
 
-#define LT_MAX_WAIT_REFS 64		/* releases a COMMIT waits for, at most */
+#define LT_MAX_WAIT_REFS 1024	/* releases a COMMIT waits for, at most */
 
 static HTAB *lt_locks = NULL;
 static int64 lt_lease = 0;		/* this backend's lease, 0 if none */
@@ -102,6 +102,9 @@ static void lt_emit_log(ErrorData *edata);
 static void lt_flush_owed(void);
 static void lt_keep_owed(LocalLock *e, int64 rev);
 static void lt_arm_timer(void);
+static void lt_check_entry(LocalLock *e, const char *name, EtcdKeyKind kind, int permits);
+static LocalLock *lt_enter(const char *pfx, const char *name, const EtcdLockKeys *k, bool xact);
+static void lt_hold(LocalLock *e, int64 rev, bool xact);
 static void lt_ExecutorStart(QueryDesc *queryDesc, int eflags);
 static void lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 							  bool readOnlyTree, ProcessUtilityContext context,
@@ -706,7 +709,6 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait
 {
 	char		pfx[ETCD_MAX_KEY];
 	LocalLock  *e;
-	bool		found;
 	EtcdLockKeys k;
 	volatile int64 rev = 0;
 	volatile bool key_sent = false;
@@ -721,22 +723,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait
 
 	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
-	if (e && e->nacq > 0 && kind == ETCD_KEY_SEMAPHORE && e->permits != permits)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("this session holds etcd semaphore \"%s\" with %d permits; this call asks for %d",
-						name, e->permits, permits)));
-	if (e && e->nacq == 0 && e->owed && e->owed_attempted)
-	{
-		/*
-		 * A delete of this key may have reached etcd and could not even be
-		 * queued: the key must not be adopted (condition (c)).
-		 */
-		ereport(ERROR,
-				(errcode(ERRCODE_SYSTEM_ERROR),
-				 errmsg("etcd_lock: could not acquire a lock: an earlier release of it has not reached etcd"),
-				 errhint("Check that etcd is reachable from this server.")));
-	}
+	lt_check_entry(e, name, kind, permits);
 	if (e && e->nacq > 0)
 	{
 		lt_push_acq(e, xact);
@@ -748,34 +735,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait
 	lt_ensure_lease();
 	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, kind, permits);
 
-	e = hash_search(lt_locks, pfx, HASH_ENTER, &found);
-	if (found && e->nacq == 0 && e->owed && kind == ETCD_KEY_SEMAPHORE && e->permits != permits)
-	{
-		/* an owed release of another N: the key names differ */
-		e = NULL;
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("etcd_lock: could not acquire a semaphore: an earlier release of it has not reached etcd"),
-				 errhint("Check that etcd is reachable from this server.")));
-	}
-	if (!found)
-	{
-		e->kind = kind;
-		e->permits = kind == ETCD_KEY_SEMAPHORE ? permits : 0;
-		e->name = MemoryContextStrdup(TopMemoryContext, name);
-		e->key = MemoryContextStrdup(TopMemoryContext, k.key);
-		e->keylen = k.keylen;
-		e->token = 0;
-		e->lease_id = lt_lease;
-		e->nacq = 0;
-		e->maxacq = 0;
-		e->acqs = NULL;
-		e->counted = false;
-		e->owed = false;
-		e->owed_attempted = false;
-		e->info = etcd_lockinfo_add(etcd_lock_prefix, name, kind, e->permits, lt_lease);
-		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
-	}
+	e = lt_enter(pfx, name, &k, xact);
 
 	PG_TRY();
 	{
@@ -864,11 +824,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait
 		lt_free_entry(e);
 		return false;
 	}
-	e->token = rev;
-	lt_set_owed(e, false);
-	lt_push_acq(e, xact);
-	lt_publish(e);
-	lt_count_held(e, true);
+	lt_hold(e, rev, xact);
 
 	/*
 	 * Won just as the lease ran out? Counted first, then checked, so either
@@ -878,6 +834,124 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait
 		lt_check_lost();
 	*token = rev;
 	return true;
+}
+
+/*
+ * lt_check_entry refuses to acquire e's name again while e is a release
+ * that may have reached etcd and could not even be queued (condition (c)),
+ * or a semaphore held with another N.
+ */
+static void
+lt_check_entry(LocalLock *e, const char *name, EtcdKeyKind kind, int permits)
+{
+	if (e && e->nacq > 0 && kind == ETCD_KEY_SEMAPHORE && e->permits != permits)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("this session holds etcd semaphore \"%s\" with %d permits; this call asks for %d",
+						name, e->permits, permits)));
+	if (e && e->nacq == 0 && e->owed && e->owed_attempted)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("etcd_lock: could not acquire a lock: an earlier release of it has not reached etcd"),
+				 errhint("Check that etcd is reachable from this server.")));
+}
+
+/*
+ * lt_enter finds or creates the entry (hash key pfx) for acquiring key k
+ * of name, shown as waiting in etcd_locks.
+ */
+static LocalLock *
+lt_enter(const char *pfx, const char *name, const EtcdLockKeys *k, bool xact)
+{
+	bool		found;
+	LocalLock  *e = hash_search(lt_locks, pfx, HASH_ENTER, &found);
+
+	if (found && e->nacq == 0 && e->owed && strcmp(e->key, k->key) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etcd_lock: could not acquire a semaphore: an earlier release of it has not reached etcd"),
+				 errhint("Check that etcd is reachable from this server.")));
+	if (!found)
+	{
+		e->kind = k->kind;
+		e->permits = k->permits;
+		e->name = MemoryContextStrdup(TopMemoryContext, name);
+		e->key = MemoryContextStrdup(TopMemoryContext, k->key);
+		e->keylen = k->keylen;
+		e->token = 0;
+		e->lease_id = lt_lease;
+		e->nacq = 0;
+		e->maxacq = 0;
+		e->acqs = NULL;
+		e->counted = false;
+		e->owed = false;
+		e->owed_attempted = false;
+		e->info = etcd_lockinfo_add(etcd_lock_prefix, name, k->kind, k->permits, lt_lease);
+		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
+	}
+	return e;
+}
+
+/*
+ * lt_hold records that e's key holds (token rev): one more acquisition.
+ */
+static void
+lt_hold(LocalLock *e, int64 rev, bool xact)
+{
+	e->token = rev;
+	lt_set_owed(e, false);
+	lt_push_acq(e, xact);
+	lt_publish(e);
+	lt_count_held(e, true);
+}
+
+/*
+ * lt_deadline is the end of a wait of timeout_ms (< 0: none) or
+ * lock_timeout, whichever comes first (0: none).
+ */
+static TimestampTz
+lt_deadline(bool wait, int64 timeout_ms, bool *by_lock_timeout)
+{
+	TimestampTz deadline = 0;
+	TimestampTz now = GetCurrentTimestamp();
+
+	*by_lock_timeout = false;
+	if (!wait)
+		return 0;
+	if (timeout_ms >= 0)
+		deadline = TimestampTzPlusMilliseconds(now, Min(timeout_ms, INT_MAX));
+	if (LockTimeout > 0 &&
+		(deadline == 0 || TimestampTzPlusMilliseconds(now, LockTimeout) < deadline))
+	{
+		deadline = TimestampTzPlusMilliseconds(now, LockTimeout);
+		*by_lock_timeout = true;
+	}
+	return deadline;
+}
+
+/*
+ * lt_timeout_instead turns an etcd request cut short by the caller's
+ * deadline (an etcd error once the deadline passed) into the timeout's
+ * error (55P03); other errors go on. In a PG_CATCH.
+ */
+static void
+lt_timeout_instead(MemoryContext oldcxt, TimestampTz deadline,
+				   const char *name, bool by_lock_timeout)
+{
+	etcd_gateway_call_deadline(0);
+	if (deadline != 0 && GetCurrentTimestamp() >= deadline)
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode == ERRCODE_SYSTEM_ERROR)
+		{
+			FlushErrorState();
+			lt_raise_timeout(name, by_lock_timeout);
+		}
+		FreeErrorData(edata);
+	}
 }
 
 /*
@@ -895,23 +969,10 @@ etcd_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact,
 			 bool wait, int64 timeout_ms, int64 *token)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
-	volatile TimestampTz deadline = 0;
-	volatile bool by_lock_timeout = false;
+	bool		by_lock_timeout;
+	volatile TimestampTz deadline = lt_deadline(wait, timeout_ms, &by_lock_timeout);
 	bool		result;
 
-	if (wait)
-	{
-		TimestampTz now = GetCurrentTimestamp();
-
-		if (timeout_ms >= 0)
-			deadline = TimestampTzPlusMilliseconds(now, Min(timeout_ms, INT_MAX));
-		if (LockTimeout > 0 &&
-			(deadline == 0 || TimestampTzPlusMilliseconds(now, LockTimeout) < deadline))
-		{
-			deadline = TimestampTzPlusMilliseconds(now, LockTimeout);
-			by_lock_timeout = true;
-		}
-	}
 	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);
 	etcd_gateway_call_deadline(deadline);
 	PG_TRY();
@@ -920,21 +981,200 @@ etcd_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact,
 	}
 	PG_CATCH();
 	{
-		etcd_gateway_call_deadline(0);
-		if (deadline != 0 && GetCurrentTimestamp() >= deadline)
-		{
-			ErrorData  *edata;
+		lt_timeout_instead(oldcxt, deadline, name, by_lock_timeout);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	etcd_gateway_call_deadline(0);
+	return result;
+}
 
-			MemoryContextSwitchTo(oldcxt);
-			edata = CopyErrorData();
-			if (edata->sqlerrcode == ERRCODE_SYSTEM_ERROR)
+/*
+ * lt_give_up removes the keys of a multi-lock that failed or timed out:
+ * each key that may exist (keysent: put by the txn, or taken back from a
+ * queued release) is released by the worker (by its revision, or read
+ * first if that is unknown), and the entries are forgotten. Nothing stays
+ * held or queued. Entries held before the call (es[i] NULL) are untouched.
+ */
+static void
+lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
+		   const int64 *revs)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		LocalLock  *e = es[i];
+
+		if (e == NULL || e->nacq > 0)
+			continue;
+		if (keysent[i] &&
+			!etcd_queue_release(REL_DELETE, lt_lease, ks[i].key, ks[i].keylen,
+								revs[i], false, true))
+			lt_keep_owed(e, revs[i]);
+		if (!e->owed)
+			lt_free_entry(e);
+	}
+}
+
+/*
+ * lt_acquire_many takes names[0..n-1] (modes kinds[]) all or none, within
+ * deadline: the keys not yet held go to etcd in one txn (one create
+ * revision for all, so two multi-locks over overlapping names never
+ * deadlock: the older is ahead on every name they share), then the call
+ * waits until each holds. On timeout or error every key it put is removed
+ * (handed to the worker); try (wait false): if any does not hold at once,
+ * none is kept.
+ */
+static bool
+lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
+				TimestampTz deadline, bool by_lock_timeout, int64 *tokens)
+{
+	char		pfx[ETCD_MAX_KEY];
+	LocalLock **es = palloc0(sizeof(LocalLock *) * n);
+	EtcdLockKeys *ks = palloc0(sizeof(EtcdLockKeys) * n);
+	EtcdLockKeys *send = palloc0(sizeof(EtcdLockKeys) * n);
+	int		   *send_idx = palloc(sizeof(int) * n);
+	bool	   *held = palloc0(sizeof(bool) * n);
+	bool	   *already = palloc0(sizeof(bool) * n);
+	bool	   *keysent = palloc0(sizeof(bool) * n);
+	int64	   *revs = palloc0(sizeof(int64) * n);
+	int			nsend = 0;
+	bool		all = true;
+	int			i,
+				j;
+
+	lt_check_lost();
+	if (lt_locks == NULL)
+		lt_create_table();
+	lt_flush_owed();
+	if (lt_lease != 0)
+		etcd_my_slot()->on_loss = etcd_lock_on_lease_loss;
+
+	for (i = 0; i < n; i++)
+	{
+		LocalLock  *e;
+
+		lt_hash_key(pfx, sizeof(pfx), names[i], kinds[i]);
+		e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+		lt_check_entry(e, names[i], kinds[i], 0);
+		already[i] = e != NULL && e->nacq > 0;
+	}
+	lt_ensure_lease();
+	for (i = 0; i < n; i++)
+	{
+		if (already[i])
+			continue;
+		etcd_lock_keys(&ks[i], etcd_lock_prefix, names[i], lt_lease, kinds[i], 0);
+		lt_hash_key(pfx, sizeof(pfx), names[i], kinds[i]);
+		es[i] = lt_enter(pfx, names[i], &ks[i], xact);
+	}
+
+	PG_TRY();
+	{
+		/* a pending release of one of our keys: taken back, or waited for */
+		for (i = 0; i < n; i++)
+		{
+			int64		reclaimed = 0;
+			bool		timed_out;
+
+			if (already[i])
+				continue;
+			if (lt_wait_queued(&ks[i], &reclaimed, deadline, false, &timed_out))
 			{
-				/* an etcd request cut short by the caller's limit */
-				FlushErrorState();
-				lt_raise_timeout(name, by_lock_timeout);
+				keysent[i] = true;	/* it exists: given up on failure */
+				revs[i] = reclaimed;
+				held[i] = true;
+				if (lt_lease_lost())
+					ereport(ERROR,
+							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							 errmsg("etcd_lock: the etcd lease of this session expired; its locks were lost")));
+				continue;
 			}
-			FreeErrorData(edata);
+			if (timed_out)
+				lt_raise_timeout(names[i], by_lock_timeout);
+			send[nsend] = ks[i];
+			send_idx[nsend++] = i;
 		}
+		if (nsend > 0)
+		{
+			bool	   *h = palloc0(sizeof(bool) * nsend);
+			int64		rev;
+
+			for (j = 0; j < nsend; j++)
+				keysent[send_idx[j]] = true;
+			etcd_lock_acquire_many(send, nsend, lt_lease, lt_value(), &rev, h);
+			for (j = 0; j < nsend; j++)
+			{
+				revs[send_idx[j]] = rev;
+				held[send_idx[j]] = h[j];
+			}
+		}
+		for (j = 0; j < nsend && all; j++)
+		{
+			i = send_idx[j];
+			if (held[i])
+				continue;
+			if (!wait)
+				held[i] = etcd_lock_first(&ks[i], revs[i]);
+			else if (!(held[i] = etcd_lock_wait(&ks[i], revs[i], deadline, lt_lease_ok)))
+				lt_raise_timeout(names[i], by_lock_timeout);
+			all = held[i];
+		}
+	}
+	PG_CATCH();
+	{
+		lt_give_up(es, ks, n, keysent, revs);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	if (!all)
+	{
+		/* try: one does not hold at once; none is kept */
+		lt_give_up(es, ks, n, keysent, revs);
+		return false;
+	}
+	for (i = 0; i < n; i++)
+	{
+		if (already[i])
+		{
+			lt_hash_key(pfx, sizeof(pfx), names[i], kinds[i]);
+			es[i] = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+			lt_push_acq(es[i], xact);
+			lt_publish(es[i]);
+		}
+		else
+			lt_hold(es[i], revs[i], xact);
+		tokens[i] = es[i]->token;
+	}
+	if (lt_lease_lost())
+		lt_check_lost();
+	return true;
+}
+
+/*
+ * etcd_acquire_many: etcd_acquire for several names at once, all or none
+ * (lt_acquire_many), with one timeout for the whole call.
+ */
+bool
+etcd_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
+				  int64 timeout_ms, int64 *tokens)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	bool		by_lock_timeout;
+	volatile TimestampTz deadline = lt_deadline(wait, timeout_ms, &by_lock_timeout);
+	bool		result;
+
+	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);
+	etcd_gateway_call_deadline(deadline);
+	PG_TRY();
+	{
+		result = lt_acquire_many(names, kinds, n, xact, wait, deadline, by_lock_timeout, tokens);
+	}
+	PG_CATCH();
+	{
+		lt_timeout_instead(oldcxt, deadline, names[0], by_lock_timeout);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
