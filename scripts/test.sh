@@ -79,7 +79,8 @@ etcd_lock.request_timeout = '3s'
 CONF
 	[ "$(id -u)" = 0 ] && chown -R postgres "$tree"
 	echo "==== PostgreSQL $label: etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
-	as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" \
+	# t/015 builds the 1.0 release's library from this repository's history
+	as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" ETCD_LOCK_GIT_DIR="$here" \
 		make -C "$tree" installcheck PG_CONFIG="$pgc" PROVE_FLAGS="--timer" \
 		${tests:+PROVE_TESTS="$tests"} || rc=$?
 	if [ $rc -ne 0 ]; then
@@ -94,10 +95,20 @@ CONF
 	return $rc
 }
 
+# t/015 caches the 1.0 release's library here (it runs as postgres)
+[ "$(id -u)" = 0 ] && install -d -o postgres -g postgres /var/cache/etcd_lock/lib-1.0
+
 for major in $majors; do
 	case $major in
 	15)
 		run_suite 15 "$(command -v pg_config)" || status=1
+		# the Debian package: built, installed alone, pg_regress against it, purged
+		if [ "$(id -u)" = 0 ]; then
+			echo "==== PostgreSQL 15: the Debian package (scripts/package.sh)"
+			bash "$here/scripts/package.sh" || status=1
+		else
+			echo "NOTE: not root; skipping the Debian package test (scripts/package.sh)" >&2
+		fi
 		;;
 	18)
 		rc=0
