@@ -182,6 +182,64 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION etcd_try_xact_lock_many(text[], text[]) IS
 'take all the etcd locks NAMES until the end of the transaction if all are free now, else none';
 
+-- Leader election, on the keys of etcd's Go concurrency.Election (a
+-- name's candidates queue like a lock's; the oldest leads, with its
+-- value): Go and SQL candidates of one name see each other. Session scope:
+-- leadership lasts until etcd_resign, session end or lease loss
+-- (etcd_lock.on_lease_loss applies). A name is a lock, a semaphore or an
+-- election.
+CREATE FUNCTION etcd_campaign(name text, value text, timeout interval DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_campaign_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_campaign(text, text, interval) IS
+'wait until this session leads the etcd election NAME with VALUE (up to TIMEOUT); returns the fencing token';
+
+CREATE FUNCTION etcd_try_campaign(name text, value text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_try_campaign_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_try_campaign(text, text) IS
+'lead the etcd election NAME with VALUE if nobody does, else nothing';
+
+CREATE FUNCTION etcd_proclaim(name text, value text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'etcd_proclaim_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_proclaim(text, text) IS
+'as the leader of the etcd election NAME, announce VALUE (the token stays); returns the new revision';
+
+CREATE FUNCTION etcd_resign(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'etcd_resign_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_resign(text) IS
+'give up leading the etcd election NAME';
+
+-- Readable by any role, like etcd_lock_holders.
+CREATE FUNCTION etcd_leader(name text, OUT value text, OUT token bigint,
+    OUT lease_id text, OUT revision bigint, OUT is_mine boolean)
+RETURNS record
+AS 'MODULE_PATHNAME', 'etcd_leader_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_leader(text) IS
+'the leader of the etcd election NAME: value, token, lease, revision (changes when it proclaims), whether it is this session';
+
+CREATE FUNCTION etcd_observe(name text, last_revision bigint DEFAULT 0,
+    timeout interval DEFAULT NULL, OUT value text, OUT token bigint,
+    OUT lease_id text, OUT revision bigint, OUT is_mine boolean)
+RETURNS record
+AS 'MODULE_PATHNAME', 'etcd_observe_sql'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION etcd_observe(text, bigint, interval) IS
+'wait until the leader of the etcd election NAME or its value differs from LAST_REVISION (or TIMEOUT passes); returns the leader';
+
 REVOKE EXECUTE ON FUNCTION
     etcd_lock_shared(text, interval), etcd_try_lock_shared(text),
     etcd_xact_lock_shared(text, interval), etcd_try_xact_lock_shared(text),
@@ -190,7 +248,9 @@ REVOKE EXECUTE ON FUNCTION
     etcd_xact_semaphore(text, integer, interval), etcd_try_xact_semaphore(text, integer),
     etcd_unlock_semaphore(text),
     etcd_lock_many(text[], interval, text[]), etcd_try_lock_many(text[], text[]),
-    etcd_xact_lock_many(text[], interval, text[]), etcd_try_xact_lock_many(text[], text[])
+    etcd_xact_lock_many(text[], interval, text[]), etcd_try_xact_lock_many(text[], text[]),
+    etcd_campaign(text, text, interval), etcd_try_campaign(text, text),
+    etcd_proclaim(text, text), etcd_resign(text)
 FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION
@@ -201,5 +261,7 @@ GRANT EXECUTE ON FUNCTION
     etcd_xact_semaphore(text, integer, interval), etcd_try_xact_semaphore(text, integer),
     etcd_unlock_semaphore(text),
     etcd_lock_many(text[], interval, text[]), etcd_try_lock_many(text[], text[]),
-    etcd_xact_lock_many(text[], interval, text[]), etcd_try_xact_lock_many(text[], text[])
+    etcd_xact_lock_many(text[], interval, text[]), etcd_try_xact_lock_many(text[], text[]),
+    etcd_campaign(text, text, interval), etcd_try_campaign(text, text),
+    etcd_proclaim(text, text), etcd_resign(text)
 TO etcd_lock_user;

@@ -115,3 +115,37 @@ SELECT count(*) AS held FROM etcd_locks WHERE pid = pg_backend_pid();
 SELECT etcd_try_xact_lock_many(ARRAY['/n1', '/n200']);
 COMMIT;
 SELECT count(*) AS released_at_commit FROM etcd_lock_holders('/n');
+
+-- elections (the keys of etcd's Go concurrency.Election)
+SELECT sqlstate_of($$SELECT etcd_campaign('/e', NULL)$$);
+SELECT sqlstate_of($$SELECT etcd_campaign(NULL, 'a')$$);
+SELECT sqlstate_of($$SELECT etcd_campaign('/e', repeat('v', 65537))$$);
+SELECT sqlstate_of($$SELECT etcd_campaign('/e', 'a', '-1 s')$$);
+SELECT sqlstate_of($$SELECT etcd_proclaim('/e', 'a')$$);
+SELECT value, token, is_mine FROM etcd_leader('/e');
+SELECT etcd_campaign('/e', 'node-a') > 0 AS leading;
+SELECT value, token = etcd_lock_token('/e') AS token_ok, is_mine,
+       revision = token AS unproclaimed FROM etcd_leader('/e');
+SELECT etcd_proclaim('/e', 'node-a, v2') > token AS newer_revision FROM etcd_leader('/e');
+SELECT value, revision > token AS proclaimed, is_mine FROM etcd_leader('/e');
+-- campaigning again as the leader proclaims, same token
+SELECT etcd_campaign('/e', 'node-a, v3') = token AS same_token FROM etcd_leader('/e');
+SELECT value FROM etcd_leader('/e');
+-- observe: at once when the caller's revision is stale; else after the timeout, unchanged
+SELECT value, is_mine FROM etcd_observe('/e', 0);
+SELECT o.revision = l.revision AS unchanged FROM etcd_leader('/e') l,
+       etcd_observe('/e', l.revision, '100 ms') o;
+SELECT name, lock_mode, scope, count FROM etcd_locks WHERE pid = pg_backend_pid();
+-- one session's lock and campaign on one name would share a key: refused
+SELECT sqlstate_of($$SELECT etcd_lock('/e')$$);
+SELECT etcd_try_campaign('/e', 'again');
+SELECT etcd_resign('/e');
+SELECT etcd_resign('/e');	-- not campaigning: a WARNING, false
+SELECT value IS NULL AND token IS NULL AS no_leader, is_mine FROM etcd_leader('/e');
+SELECT etcd_try_campaign('/e2', 'b');
+SELECT etcd_unlock_all();
+SELECT value IS NULL AS resigned_at_unlock_all FROM etcd_leader('/e2');
+-- elections are session-scoped; any role may read the leader
+SELECT has_function_privilege('public', 'etcd_leader(text)', 'EXECUTE') AS public_reads,
+       has_function_privilege('public', 'etcd_observe(text, bigint, interval)', 'EXECUTE') AS public_observes,
+       has_function_privilege('public', 'etcd_campaign(text, text, interval)', 'EXECUTE') AS public_campaigns;

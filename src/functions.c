@@ -53,6 +53,12 @@ PG_FUNCTION_INFO_V1(etcd_lock_many_sql);
 PG_FUNCTION_INFO_V1(etcd_try_lock_many_sql);
 PG_FUNCTION_INFO_V1(etcd_xact_lock_many_sql);
 PG_FUNCTION_INFO_V1(etcd_try_xact_lock_many_sql);
+PG_FUNCTION_INFO_V1(etcd_campaign_sql);
+PG_FUNCTION_INFO_V1(etcd_try_campaign_sql);
+PG_FUNCTION_INFO_V1(etcd_proclaim_sql);
+PG_FUNCTION_INFO_V1(etcd_resign_sql);
+PG_FUNCTION_INFO_V1(etcd_leader_sql);
+PG_FUNCTION_INFO_V1(etcd_observe_sql);
 
 static void
 check_preloaded(void)
@@ -167,7 +173,7 @@ lock_common(FunctionCallInfo fcinfo, EtcdKeyKind kind, bool xact)
 	int64		token;
 
 	check_scope(xact);
-	(void) etcd_acquire(name, kind, permits, xact, true, timeout, &token);
+	(void) etcd_acquire(name, kind, permits, NULL, xact, true, timeout, &token);
 	PG_RETURN_INT64(token);
 }
 
@@ -179,7 +185,7 @@ try_lock_common(FunctionCallInfo fcinfo, EtcdKeyKind kind, bool xact)
 	int64		token;
 
 	check_scope(xact);
-	PG_RETURN_BOOL(etcd_acquire(name, kind, permits, xact, false, -1, &token));
+	PG_RETURN_BOOL(etcd_acquire(name, kind, permits, NULL, xact, false, -1, &token));
 }
 
 Datum
@@ -425,6 +431,123 @@ etcd_try_xact_lock_many_sql(PG_FUNCTION_ARGS)
 	return many_common(fcinfo, true, false);
 }
 
+/*
+ * value_arg returns argument 1, a candidate's value: not NULL (22004), at
+ * most ETCD_MAX_VALUE bytes (22023).
+ */
+#define ETCD_MAX_VALUE	(64 * 1024)
+static char *
+value_arg(FunctionCallInfo fcinfo)
+{
+	text	   *t;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("etcd election value must not be null")));
+	t = PG_GETARG_TEXT_PP(1);
+	if (VARSIZE_ANY_EXHDR(t) > ETCD_MAX_VALUE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd election value is too long (%d bytes)", (int) VARSIZE_ANY_EXHDR(t)),
+				 errdetail("Values are limited to %d bytes.", ETCD_MAX_VALUE)));
+	return text_to_cstring(t);
+}
+
+/*
+ * etcd_campaign(name, value, timeout): wait until this session leads the
+ * election NAME (etcd's Go concurrency.Election on the same keys), with
+ * VALUE; returns the token. Session scope only.
+ */
+Datum
+etcd_campaign_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+	char	   *value = value_arg(fcinfo);
+	int64		timeout = timeout_ms(fcinfo, 2);
+	int64		token;
+
+	check_scope(false);
+	(void) etcd_acquire(name, ETCD_KEY_ELECTION, 0, value, false, true, timeout, &token);
+	PG_RETURN_INT64(token);
+}
+
+Datum
+etcd_try_campaign_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+	char	   *value = value_arg(fcinfo);
+	int64		token;
+
+	check_scope(false);
+	PG_RETURN_BOOL(etcd_acquire(name, ETCD_KEY_ELECTION, 0, value, false, false, -1, &token));
+}
+
+Datum
+etcd_proclaim_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+	char	   *value = value_arg(fcinfo);
+
+	PG_RETURN_INT64(etcd_proclaim(name, value));
+}
+
+Datum
+etcd_resign_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+
+	PG_RETURN_BOOL(etcd_release(name, ETCD_KEY_ELECTION));
+}
+
+/* the leader as a row: value, token, lease_id, revision, is_mine */
+static Datum
+leader_row(FunctionCallInfo fcinfo, const EtcdLeader *l, bool mine)
+{
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {0};
+	char		hex[24];
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (l->exists && pg_verify_mbstr(GetDatabaseEncoding(), l->value, strlen(l->value), true))
+		values[0] = CStringGetTextDatum(l->value);
+	else
+		nulls[0] = true;		/* none, or not valid in this encoding */
+	values[1] = Int64GetDatum(l->token);
+	snprintf(hex, sizeof(hex), "%llx", (unsigned long long) l->lease_id);
+	values[2] = CStringGetTextDatum(hex);
+	values[3] = Int64GetDatum(l->revision);
+	nulls[1] = nulls[2] = nulls[3] = !l->exists;
+	values[4] = BoolGetDatum(mine);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+Datum
+etcd_leader_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+	EtcdLeader	l;
+	bool		mine;
+
+	etcd_leader_of(name, &l, &mine);
+	return leader_row(fcinfo, &l, mine);
+}
+
+Datum
+etcd_observe_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+	int64		last = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT64(1);
+	int64		timeout = timeout_ms(fcinfo, 2);
+	EtcdLeader	l;
+	bool		mine;
+
+	etcd_observe_leader(name, last, timeout, &l, &mine);
+	return leader_row(fcinfo, &l, mine);
+}
+
 Datum
 etcd_unlock_all_sql(PG_FUNCTION_ARGS)
 {
@@ -442,7 +565,8 @@ etcd_lock_token_sql(PG_FUNCTION_ARGS)
 	/* the exclusive lock's token; else the shared lock's, the permit's */
 	if (!etcd_token(name, ETCD_KEY_EXCLUSIVE, &token) &&
 		!etcd_token(name, ETCD_KEY_SHARED, &token) &&
-		!etcd_token(name, ETCD_KEY_SEMAPHORE, &token))
+		!etcd_token(name, ETCD_KEY_SEMAPHORE, &token) &&
+		!etcd_token(name, ETCD_KEY_ELECTION, &token))
 		PG_RETURN_NULL();
 	PG_RETURN_INT64(token);
 }

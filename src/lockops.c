@@ -51,6 +51,8 @@ etcd_kind_name(EtcdKeyKind kind)
 			return "shared";
 		case ETCD_KEY_SEMAPHORE:
 			return "semaphore";
+		case ETCD_KEY_ELECTION:
+			return "election";
 		default:
 			return "exclusive";
 	}
@@ -250,6 +252,13 @@ kind_conflict(const EtcdLockKeys *k, EtcdKeyKind kind, int permits)
 	return NULL;
 }
 
+/* an SQL lock holder's value (lt_value), as opposed to a candidate's */
+static bool
+is_lock_holder_value(const char *v)
+{
+	return v != NULL && strncmp(v, "{\"instance\":", 12) == 0;
+}
+
 /*
  * key_blocks says whether a lock key of the name (kind, lease) keeps k's
  * key from holding when it is older: another lease's key, exclusive on
@@ -266,7 +275,7 @@ key_blocks(const EtcdLockKeys *k, EtcdKeyKind kind, int64 lease)
 		return kind == ETCD_KEY_SEMAPHORE;
 	if (kind == ETCD_KEY_SEMAPHORE)
 		return false;
-	return k->kind == ETCD_KEY_EXCLUSIVE || kind == ETCD_KEY_EXCLUSIVE;
+	return k->kind != ETCD_KEY_SHARED || kind == ETCD_KEY_EXCLUSIVE;
 }
 
 /* The first lock key of a name found in a page of listed keys. */
@@ -378,9 +387,11 @@ raise_conflict(const EtcdLockKeys *k, const char *conflict)
 				 errhint("Every client of a semaphore must give the same number of permits.")));
 	ereport(ERROR,
 			(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-			 errmsg("etcd %s name \"%s\" is in use as a %s",
-					k->kind == ETCD_KEY_SEMAPHORE ? "semaphore" : "lock", name, conflict),
-			 errhint("A name is either a lock (exclusive or shared, or an election) or a semaphore.")));
+			 errmsg("etcd %s name \"%s\" is in use as %s %s",
+					k->kind == ETCD_KEY_SEMAPHORE ? "semaphore" :
+					k->kind == ETCD_KEY_ELECTION ? "election" : "lock", name,
+					conflict[0] == 'e' ? "an" : "a", conflict),
+			 errhint("A name is a lock (exclusive or shared), a semaphore or an election.")));
 }
 
 typedef struct AcquireReply
@@ -1204,6 +1215,7 @@ typedef struct PredReply
 	const EtcdLockKeys *k;
 	bool		with_mine;		/* responses[0] is our key (a txn) */
 	bool		counting;		/* a page of the oldest keys (semaphore) */
+	bool		with_holder;	/* responses[3]: the oldest key, with value */
 	int64		header_rev;		/* the revision the txn read at */
 	int64		my_rev;			/* create_revision of our key now, 0 if gone */
 	char	   *pred;			/* predecessor key (palloc'd), NULL if none */
@@ -1304,8 +1316,38 @@ parse_pred(json_t *root, void *arg)
 	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->header_rev))
 		return false;
 	responses = json_object_get(root, "responses");
-	if (!json_is_array(responses) || json_array_size(responses) != 3)
+	if (!json_is_array(responses) || json_array_size(responses) != (r->with_holder ? 4 : 3))
 		return false;
+	if (r->with_holder)
+	{
+		json_t	   *h = first_kv(responses, 3, &ok);
+		json_t	   *jval = h ? json_object_get(h, "value") : NULL;
+		char	   *key,
+				   *val;
+		int			keylen;
+		int64		hrev,
+					hmod,
+					hlease;
+
+		if (!ok)
+			return false;
+		if (h && kv_fields(h, &key, &keylen, &hrev, &hmod, &hlease) &&
+			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, hlease, NULL) == ETCD_KEY_EXCLUSIVE &&
+			json_is_string(jval) &&
+			(val = etcd_b64_decode(json_string_value(jval), NULL)) != NULL)
+		{
+			/*
+			 * A name is a lock or an election: an SQL lock holder's record
+			 * under an election, or a candidate's value (not a Go mutex's
+			 * empty one) under a lock, is a mix-up.
+			 */
+			if (r->k->kind == ETCD_KEY_ELECTION && is_lock_holder_value(val))
+				r->conflict = "lock";
+			else if (r->k->kind != ETCD_KEY_ELECTION && r->k->kind != ETCD_KEY_SEMAPHORE &&
+					 val[0] != '\0' && !is_lock_holder_value(val))
+				r->conflict = "election";
+		}
+	}
 	mine = first_kv(responses, 0, &ok);
 	if (!ok || !etcd_json_int64(mine, "create_revision", &r->my_rev))
 		return false;
@@ -1347,13 +1389,14 @@ append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below, int64 above,
  * permits + 1, more pages where other data is in the way).
  */
 static void
-read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
+read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 {
 	StringInfoData b;
 
 	memset(r, 0, sizeof(*r));
 	r->k = k;
 	r->with_mine = true;
+	r->with_holder = with_holder;
 	if (k->kind == ETCD_KEY_SEMAPHORE)
 	{
 		r->ahead = palloc(sizeof(char *) * (k->permits + 1));
@@ -1366,6 +1409,15 @@ read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 	append_pred_range(&b, k, rev, 0, false);
 	appendStringInfoString(&b, "},{\"request_range\":");
 	append_pred_range(&b, k, rev, 0, true);
+	if (with_holder)
+	{
+		/* the oldest key with its value: what kind of name this is */
+		appendStringInfoString(&b, "},{\"request_range\":{\"key\":\"");
+		etcd_append_b64(&b, k->pfx, k->pfxlen);
+		appendStringInfoString(&b, "\",\"range_end\":\"");
+		append_range_end(&b, k->pfx, k->pfxlen);
+		appendStringInfoString(&b, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\",\"limit\":\"1\"}");
+	}
 	appendStringInfoString(&b, "}]}");
 	etcd_request_or_error("/v3/kv/txn", b.data, parse_pred, r, "read the lock queue");
 	r->with_mine = false;
@@ -1401,6 +1453,12 @@ read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
 	r->pred_oldest = r->pred != NULL && r->oldest != NULL &&
 		r->oldest_rev == r->pred_rev && r->oldestlen == r->predlen &&
 		memcmp(r->oldest, r->pred, r->predlen) == 0;
+}
+
+static void
+read_pred(const EtcdLockKeys *k, int64 rev, PredReply *r)
+{
+	read_pred_ex(k, rev, r, false);
 }
 
 /*
@@ -1678,7 +1736,7 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("etcd_lock: the lease of this session expired while it waited for a lock")));
-		read_pred(k, rev, &p);
+		read_pred_ex(k, rev, &p, !waited);
 		check_mine(&p, rev);
 		if (holds_now(k, &p))
 		{
@@ -1885,6 +1943,231 @@ etcd_locks_still_held(char **keys, int *keylens, int64 *tokens, int n)
 		done += batch;
 	}
 	return true;
+}
+
+/* ---- elections ---- */
+
+static bool
+parse_proclaim(json_t *root, void *arg)
+{
+	struct
+	{
+		bool	   *s;
+		int64	   *r;
+	}		   *out = arg;
+
+	*out->s = json_is_true(json_object_get(root, "succeeded"));
+	return etcd_json_int64(json_object_get(root, "header"), "revision", out->r);
+}
+
+typedef struct LeaderReply
+{
+	const EtcdLockKeys *k;
+	EtcdLeader *out;
+	int			nread;
+	int64		last_rev;
+} LeaderReply;
+
+static bool
+parse_leader(json_t *root, void *arg)
+{
+	LeaderReply *r = arg;
+	json_t	   *kvs = json_object_get(root, "kvs");
+	json_t	   *kv;
+	size_t		i;
+
+	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->out->header_rev))
+		return false;
+	if (kvs == NULL)
+		return true;
+	if (!json_is_array(kvs))
+		return false;
+	json_array_foreach(kvs, i, kv)
+	{
+		char	   *key;
+		int			keylen;
+		int64		rev,
+					modrev,
+					lease;
+		json_t	   *jval = json_object_get(kv, "value");
+
+		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
+			return false;
+		r->nread++;
+		r->last_rev = rev;
+		if (r->out->exists ||
+			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, lease, NULL) == ETCD_KEY_NONE)
+		{
+			pfree(key);
+			continue;
+		}
+		r->out->exists = true;
+		r->out->token = rev;
+		r->out->revision = modrev;
+		r->out->lease_id = lease;
+		r->out->value = json_is_string(jval) ?
+			etcd_b64_decode(json_string_value(jval), NULL) : pstrdup("");
+		if (r->out->value == NULL)
+			return false;
+		pfree(key);
+	}
+	return true;
+}
+
+/*
+ * etcd_election_leader reads the leader of k's election: its oldest lock
+ * key, with the value (etcd's Go Election.Leader reads the same). Nested
+ * names' keys and other data are skipped, a page at a time. A
+ * linearizable read: callers may act on it.
+ */
+void
+etcd_election_leader(const EtcdLockKeys *k, EtcdLeader *out)
+{
+	LeaderReply r = {0};
+	StringInfoData b;
+	int64		after = 0;
+
+	memset(out, 0, sizeof(*out));
+	r.k = k;
+	r.out = out;
+	initStringInfo(&b);
+	do
+	{
+		r.nread = 0;
+		resetStringInfo(&b);
+		appendStringInfoString(&b, "{\"key\":\"");
+		etcd_append_b64(&b, k->pfx, k->pfxlen);
+		appendStringInfoString(&b, "\",\"range_end\":\"");
+		append_range_end(&b, k->pfx, k->pfxlen);
+		appendStringInfo(&b, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\",\"limit\":\"%d\"",
+						 PRED_PAGE);
+		if (after > 0)
+			appendStringInfo(&b, ",\"min_create_revision\":\"" INT64_FORMAT "\"", after + 1);
+		appendStringInfoChar(&b, '}');
+		etcd_request_or_error("/v3/kv/range", b.data, parse_leader, &r, "read the leader");
+		after = r.last_rev;
+	} while (!out->exists && r.nread == PRED_PAGE);
+	pfree(b.data);
+}
+
+/*
+ * etcd_election_proclaim puts value as our key's value if the key still
+ * has create_revision token (we are still the leader): the token stays,
+ * the mod_revision changes (returned). Errors if the key is gone.
+ */
+int64
+etcd_election_proclaim(const EtcdLockKeys *k, int64 token, const char *value)
+{
+	StringInfoData b;
+	StringInfoData key64;
+	bool		succeeded = false;
+	int64		rev = 0;
+	struct
+	{
+		bool	   *s;
+		int64	   *r;
+	}			out = {&succeeded, &rev};
+
+	initStringInfo(&key64);
+	etcd_append_b64(&key64, k->key, k->keylen);
+	initStringInfo(&b);
+	appendStringInfo(&b, "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\","
+					 "\"create_revision\":\"" INT64_FORMAT "\"}],"
+					 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"value\":\"",
+					 key64.data, token, key64.data);
+	etcd_append_b64(&b, value, strlen(value));
+	appendStringInfo(&b, "\",\"lease\":\"" INT64_FORMAT "\"}}]}", k->lease_id);
+	etcd_request_or_error("/v3/kv/txn", b.data, parse_proclaim, &out, "proclaim a value");
+	pfree(b.data);
+	pfree(key64.data);
+	if (!succeeded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etcd_lock: this session is no longer the leader: its key is gone from etcd"),
+				 errdetail("The lease of this session probably expired.")));
+	return rev;
+}
+
+/*
+ * observe_watch watches the name's range for any change after the read in
+ * *out, reads again once the watch exists, and waits for an event (or the
+ * deadline) if nothing changed. The watch is closed on every path.
+ */
+static EtcdWatchResult
+observe_watch(const EtcdLockKeys *k, int64 last_revision, TimestampTz deadline,
+			  EtcdLeader *out)
+{
+	EtcdStatus	st;
+	volatile EtcdWatchResult wr = WATCH_BROKEN;
+
+	PG_TRY();
+	{
+		if (etcd_watch_open_ex(k->pfx, k->pfxlen, true, out->header_rev, true, &st))
+		{
+			/* confirm: a change before the watch existed is seen here */
+			etcd_election_leader(k, out);
+			if ((out->exists ? out->revision : 0) != last_revision)
+				wr = WATCH_DELETED;
+			else
+			{
+				etcd_watch_rearm(out->header_rev);
+				wr = etcd_watch_wait(deadline);
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		etcd_watch_close();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	etcd_watch_close();
+	return wr;
+}
+
+/*
+ * etcd_election_observe returns (true) as soon as the leader of k's
+ * election, or its value, differs from what the caller saw last
+ * (last_revision: the leader key's mod_revision, 0 for nothing seen):
+ * a new leader, a proclaimed value, or no leader. Else it watches the
+ * name's range (any change) and reads again after each event, until
+ * deadline (0: none), when it returns false with the current state. *out
+ * is the leader read last.
+ */
+bool
+etcd_election_observe(const EtcdLockKeys *k, int64 last_revision,
+					  TimestampTz deadline, EtcdLeader *out)
+{
+	int			backoff_ms = 0;
+
+	if (deadline == 0)
+		deadline = DT_NOEND;
+	for (;;)
+	{
+		EtcdWatchResult wr;
+
+		CHECK_FOR_INTERRUPTS();
+		etcd_election_leader(k, out);
+		if ((out->exists ? out->revision : 0) != last_revision)
+			return true;
+		if (GetCurrentTimestamp() >= deadline)
+			return false;
+		wr = observe_watch(k, last_revision, deadline, out);
+		if (wr == WATCH_BROKEN)
+		{
+			long		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+
+			backoff_ms = backoff_ms ? Min(backoff_ms * 2, 1000) : 10;
+			if (left > 0)
+			{
+				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								 Min(backoff_ms, left), etcd_wait_event(ETCD_WAIT_PREDECESSOR));
+				ResetLatch(MyLatch);
+			}
+		}
+		else
+			backoff_ms = 0;
+	}
 }
 
 /* ---- listing holders ---- */

@@ -19,7 +19,9 @@ typedef enum EtcdKeyKind
 	ETCD_KEY_NONE = -1,			/* not a lock key */
 	ETCD_KEY_EXCLUSIVE = 0,
 	ETCD_KEY_SHARED,
-	ETCD_KEY_SEMAPHORE
+	ETCD_KEY_SEMAPHORE,
+	ETCD_KEY_ELECTION			/* a candidate: on etcd an exclusive key (as
+								 * Go's Election), holding the user's value */
 } EtcdKeyKind;
 
 #define ETCD_MAX_PERMITS	1000
@@ -84,6 +86,23 @@ typedef struct EtcdHolder
 	int			permits;		/* semaphore: N */
 	bool		holds;			/* (internal) */
 } EtcdHolder;
+
+/* The leader of an election (its oldest key), for etcd_leader(). */
+typedef struct EtcdLeader
+{
+	bool		exists;
+	char	   *value;
+	int64		token;			/* create_revision */
+	int64		revision;		/* mod_revision */
+	int64		lease_id;
+	int64		header_rev;		/* the revision read at */
+} EtcdLeader;
+
+extern void etcd_election_leader(const EtcdLockKeys *k, EtcdLeader *out);
+extern int64 etcd_election_proclaim(const EtcdLockKeys *k, int64 token,
+									const char *value);
+extern bool etcd_election_observe(const EtcdLockKeys *k, int64 last_revision,
+								  TimestampTz deadline, EtcdLeader *out);
 
 extern EtcdHolder *etcd_lock_holders(const char *prefix, const char *name_prefix,
 									 int *nholders);

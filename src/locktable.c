@@ -133,7 +133,8 @@ static void
 lt_hash_key(char *buf, size_t size, const char *name, EtcdKeyKind kind)
 {
 	snprintf(buf, size, "%s%s/%s", etcd_lock_prefix ? etcd_lock_prefix : "", name,
-			 kind == ETCD_KEY_SHARED ? ".shared" : kind == ETCD_KEY_SEMAPHORE ? ".sem" : "");
+			 kind == ETCD_KEY_SHARED ? ".shared" : kind == ETCD_KEY_SEMAPHORE ? ".sem" :
+			 kind == ETCD_KEY_ELECTION ? ".election" : "");
 }
 
 static void
@@ -704,8 +705,9 @@ lt_raise_timeout(const char *name, bool by_lock_timeout)
  * lt_acquire does the work of etcd_acquire within deadline (0: none).
  */
 static bool
-lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait,
-		   TimestampTz deadline, bool by_lock_timeout, int64 *token)
+lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
+		   bool xact, bool wait, TimestampTz deadline, bool by_lock_timeout,
+		   int64 *token)
 {
 	char		pfx[ETCD_MAX_KEY];
 	LocalLock  *e;
@@ -724,12 +726,37 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait
 	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
 	lt_check_entry(e, name, kind, permits);
+	if (e && e->nacq > 0 && kind == ETCD_KEY_ELECTION)
+	{
+		/* campaigning again as the leader: proclaim (as Go's Campaign) */
+		etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, kind, 0);
+		(void) etcd_election_proclaim(&k, e->token, value);
+		*token = e->token;
+		return true;
+	}
 	if (e && e->nacq > 0)
 	{
 		lt_push_acq(e, xact);
 		lt_publish(e);
 		*token = e->token;
 		return true;
+	}
+	if (kind == ETCD_KEY_EXCLUSIVE || kind == ETCD_KEY_ELECTION)
+	{
+		/* a lock and a campaign of one session would share one key */
+		LocalLock  *other;
+
+		lt_hash_key(pfx, sizeof(pfx), name,
+					kind == ETCD_KEY_EXCLUSIVE ? ETCD_KEY_ELECTION : ETCD_KEY_EXCLUSIVE);
+		other = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+		if (other && (other->nacq > 0 || other->owed))
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("this session %s \"%s\" already",
+							kind == ETCD_KEY_EXCLUSIVE ? "campaigns in the etcd election" :
+							"holds the etcd lock", name),
+					 errhint("A name is a lock (exclusive or shared), a semaphore or an election.")));
+		lt_hash_key(pfx, sizeof(pfx), name, kind);
 	}
 
 	lt_ensure_lease();
@@ -760,7 +787,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact, bool wait
 			int64		r;
 
 			key_sent = true;
-			held = etcd_lock_acquire(&k, lt_lease, lt_value(), !wait, &r);
+			held = etcd_lock_acquire(&k, lt_lease, value ? value : lt_value(), !wait, &r);
 			rev = r;
 			if (!held && wait)
 			{
@@ -965,8 +992,8 @@ lt_timeout_instead(MemoryContext oldcxt, TimestampTz deadline,
  * wait=false and it is taken by another.
  */
 bool
-etcd_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact,
-			 bool wait, int64 timeout_ms, int64 *token)
+etcd_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
+			 bool xact, bool wait, int64 timeout_ms, int64 *token)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	bool		by_lock_timeout;
@@ -977,7 +1004,7 @@ etcd_acquire(const char *name, EtcdKeyKind kind, int permits, bool xact,
 	etcd_gateway_call_deadline(deadline);
 	PG_TRY();
 	{
-		result = lt_acquire(name, kind, permits, xact, wait, deadline, by_lock_timeout, token);
+		result = lt_acquire(name, kind, permits, value, xact, wait, deadline, by_lock_timeout, token);
 	}
 	PG_CATCH();
 	{
@@ -1312,7 +1339,8 @@ etcd_release(const char *name, EtcdKeyKind kind)
 				(errcode(ERRCODE_WARNING),
 				 errmsg("you don't own %s named \"%s\"",
 						kind == ETCD_KEY_SHARED ? "a shared etcd lock" :
-						kind == ETCD_KEY_SEMAPHORE ? "an etcd semaphore permit" : "an etcd lock",
+						kind == ETCD_KEY_SEMAPHORE ? "an etcd semaphore permit" :
+						kind == ETCD_KEY_ELECTION ? "a campaign in the etcd election" : "an etcd lock",
 						name)));
 		return false;
 	}
@@ -1496,6 +1524,78 @@ etcd_token(const char *name, EtcdKeyKind kind, int64 *token)
 		return false;
 	*token = e->token;
 	return true;
+}
+
+/*
+ * etcd_proclaim: the leader of election name announces value (the key
+ * keeps its create revision, the token); returns the new mod_revision.
+ * Not the leader: 55000.
+ */
+int64
+etcd_proclaim(const char *name, const char *value)
+{
+	char		pfx[ETCD_MAX_KEY];
+	LocalLock  *e = NULL;
+	EtcdLockKeys k;
+
+	lt_check_lost();
+	lt_hash_key(pfx, sizeof(pfx), name, ETCD_KEY_ELECTION);
+	if (lt_locks)
+		e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+	if (e == NULL || e->nacq == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("this session is not the leader of etcd election \"%s\"", name),
+				 errhint("Call etcd_campaign() first.")));
+	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, ETCD_KEY_ELECTION, 0);
+	return etcd_election_proclaim(&k, e->token, value);
+}
+
+/*
+ * etcd_leader_of reads the leader of election name; *mine says whether it
+ * is this session's key (held, within the lease deadline).
+ */
+void
+etcd_leader_of(const char *name, EtcdLeader *out, bool *mine)
+{
+	EtcdLockKeys k;
+
+	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, ETCD_KEY_ELECTION, 0);
+	etcd_election_leader(&k, out);
+	*mine = out->exists && lt_lease != 0 && out->lease_id == lt_lease && !lt_lease_lost() &&
+		etcd_token_is(name, out->token);
+}
+
+/*
+ * etcd_observe_leader waits (see etcd_election_observe) until the leader of
+ * election name or its value differs from last_revision, or timeout_ms
+ * passes (< 0: no limit); *mine as in etcd_leader_of.
+ */
+void
+etcd_observe_leader(const char *name, int64 last_revision, int64 timeout_ms,
+					EtcdLeader *out, bool *mine)
+{
+	EtcdLockKeys k;
+	TimestampTz deadline = timeout_ms >= 0 ?
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Min(timeout_ms, INT_MAX)) : 0;
+
+	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, ETCD_KEY_ELECTION, 0);
+	etcd_gateway_wait_kind(ETCD_WAIT_PREDECESSOR);
+	(void) etcd_election_observe(&k, last_revision, deadline, out);
+	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);
+	*mine = out->exists && lt_lease != 0 && out->lease_id == lt_lease && !lt_lease_lost() &&
+		etcd_token_is(name, out->token);
+}
+
+/*
+ * etcd_token_is says whether this session leads election name with token.
+ */
+bool
+etcd_token_is(const char *name, int64 token)
+{
+	int64		t;
+
+	return etcd_token(name, ETCD_KEY_ELECTION, &t) && t == token;
 }
 
 /*
