@@ -439,12 +439,14 @@ def wl_pair(R):
         "etcd_try_lock": write_script("pair_try.sql", "SELECT etcd_try_lock('%s/pairtry');\nSELECT etcd_unlock('%s/pairtry');\n" % (LP, LP)),
         "advisory": write_script("pair_adv.sql", "SELECT pg_advisory_lock(1);\nSELECT pg_advisory_unlock(1);\n"),
         "xact": write_script("xact.sql", "\\set n random(1, 1000)\nBEGIN;\nSELECT etcd_xact_lock('%s/bx/' || :n);\nCOMMIT;\n" % LP),
+        "shared": write_script("pair_shared.sql", "SELECT etcd_lock_shared('%s/pairsh');\nSELECT etcd_unlock_shared('%s/pairsh');\n" % (LP, LP)),
+        "semaphore": write_script("pair_sem.sql", "SELECT etcd_semaphore('%s/pairsem', 3);\nSELECT etcd_unlock_semaphore('%s/pairsem');\n" % (LP, LP)),
     }
-    rounds = {k: [] for k in ("etcd_lock", "etcd_try_lock", "advisory", "xact", "go", "floor", "shapes")}
-    samples = {k: [] for k in ("etcd_lock", "etcd_try_lock", "advisory", "xact")}
+    rounds = {k: [] for k in ("etcd_lock", "etcd_try_lock", "advisory", "xact", "shared", "semaphore", "go", "floor", "shapes")}
+    samples = {k: [] for k in ("etcd_lock", "etcd_try_lock", "advisory", "xact", "shared", "semaphore")}
     for r in range(CFG["rounds"]):
         log("pair round %d/%d" % (r + 1, CFG["rounds"]))
-        for k in ("etcd_lock", "go", "floor", "etcd_try_lock", "advisory", "xact", "shapes"):
+        for k in ("etcd_lock", "go", "floor", "etcd_try_lock", "advisory", "xact", "shapes", "shared", "semaphore"):
             c0 = cpu_snap()
             if k == "go":
                 res = go_mutex("pair", n, lock=LP + "/gopair")
@@ -480,6 +482,10 @@ def wl_pair(R):
             sql_round_trips=s["advisory"]["p50_us"],
             etcd_gateway_requests=s["shapes"]["p50_us"],
             extension_client_side=e["p50_us"] - s["advisory"]["p50_us"] - s["shapes"]["p50_us"])
+    # the new primitives' uncontended pairs, against the exclusive pair
+    for k in ("shared", "semaphore"):
+        s[k]["vs_exclusive"] = ratio(s[k]["p50_us"], s["etcd_lock"]["p50_us"])
+        s[k]["vs_exclusive_by_round"] = [ratio(a["p50_us"], b["p50_us"]) for a, b in zip(rounds[k], rounds["etcd_lock"])]
     s["xact"]["vs_go"] = ratio(s["xact"]["p50_us"], s["go"]["p50_us"])
     s["xact"]["vs_floor"] = ratio(s["xact"]["p50_us"], s["floor"]["p50_us"])
     s["shapes"]["vs_floor"] = ratio(s["shapes"]["p50_us"], s["floor"]["p50_us"])
@@ -847,6 +853,9 @@ def targets(R):
         add("pair: etcd_lock own cost (pair p50 - advisory p50) / shapes floor p50", ratio(own, sh["p50_us"]), "<=", 1.05, "x")
         add("pair: shapes floor p50 / plain floor p50 (no cheaper correct shape found: report)", sh.get("vs_floor"), "<=", 1.15, "x")
         add("pair: etcd_lock pair p50 / go pair p50 (gateway-bound, for readers)", e["vs_go"], None, None, "x")
+        for k in ("shared", "semaphore"):
+            if k in p:
+                add("pair: %s pair p50 / exclusive pair p50" % k, p[k].get("vs_exclusive"), None, None, "x")
     fl = R.get("first")
     if fl:
         add("first: first etcd_lock of a new session p50 / a warm one's p50", fl["first_vs_warm"], "<=", 1.15, "x")
@@ -917,6 +926,11 @@ def table(R):
         e = p["xact"]
         L.append("pair xact txn (BEGIN;xact_lock;COMMIT) p50_us=%s p99_us=%s ops_per_s=%s vs_go=%s vs_floor=%s"
                  % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"]), fx(e["vs_go"]), fx(e["vs_floor"])))
+        for k, label in (("shared", "etcd_lock_shared/unlock_shared"), ("semaphore", "etcd_semaphore(3)/unlock_semaphore")):
+            if k in p:
+                e = p[k]
+                L.append("pair %-34s p50_us=%s p99_us=%s ops_per_s=%s vs_exclusive_pair=%s"
+                         % (label, fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"]), fx(e.get("vs_exclusive"))))
         e = p["advisory"]
         L.append("pair pg_advisory_lock/unlock   p50_us=%s p99_us=%s ops_per_s=%s (SQL round-trip cost)"
                  % (fmt(e["p50_us"]), fmt(e["p99_us"]), fmt(e["ops_per_s"])))
