@@ -320,7 +320,7 @@ sub _kind
 	{
 		return ($r->{compare}[0]{range_end}) ? 'try' : 'acquire';
 	}
-	return 'pred' if !$r->{compare} && (@succ == 2 || @succ == 3);
+	return 'pred' if !$r->{compare} && (@succ >= 2 && @succ <= 4);
 	return 'verify';
 }
 
@@ -347,12 +347,14 @@ sub _good_answer
 		my $pred = { header => _hdr($MY_REV), count => '0' };
 		$pred = { header => _hdr($MY_REV), kvs => [ _kv(b64($OTHER_KEY), $OTHER_REV) ], count => '2' }
 		  if $waiting;
-		# our key; the newest key below ours; (3 ops) the oldest below ours
+		# our key; the newest key below ours; (3 ops) the oldest below ours;
+		# (4 ops, a wait's first read) the oldest key with its value
 		return { header => _hdr($MY_REV), succeeded => JSON::PP::true,
 			responses => [
 				{ response_range => { header => _hdr($MY_REV), kvs => [ _kv($mine, $MY_REV) ], count => '1' } },
 				{ response_range => $pred },
-				(@{ $r->{success} } == 3 ? ({ response_range => $pred }) : ()) ] };
+				(@{ $r->{success} } >= 3 ? ({ response_range => $pred }) : ()),
+				(@{ $r->{success} } == 4 ? ({ response_range => $pred }) : ()) ] };
 	}
 	# the predecessor check: the predecessor still exists, same revision
 	return { header => _hdr($MY_REV), kvs => [ _kv(b64($OTHER_KEY), $OTHER_REV) ], count => '1' }
