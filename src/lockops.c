@@ -291,14 +291,17 @@ typedef struct LockKeyScan
 	char	  **blocking;		/* their keys, if asked for (keep_max > 0) */
 	int		   *blockinglen;
 	int			keep_max;
-	const char *conflict;		/* a key of another kind family was seen */
+	const char *conflict;		/* the page's first lock key is of another
+								 * kind family */
+	bool		seen_lock_key;
 } LockKeyScan;
 
 /*
  * scan_lock_keys looks through a page of keys (kvs of a range answer, in
  * the order asked for) for the first key that blocks ours (key_blocks) or
- * is ours, counts the blocking ones, and notes a key of another kind
- * family (kind_conflict). Keys of nested names and other data are skipped.
+ * is ours, counts the blocking ones, and notes whether the page's first
+ * lock key is of another kind family (kind_conflict). Keys of nested names
+ * and other data are skipped.
  * False if the page is malformed.
  */
 static bool
@@ -341,8 +344,16 @@ scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
 			pfree(key);
 			continue;
 		}
-		if (out->conflict == NULL)
+		/*
+		 * Only the first lock key of the page counts (callers use it for
+		 * pages read oldest first): the name's oldest key says what the
+		 * name is. A newer key of another kind is its own client's error,
+		 * found by that client; it must not fail the clients that agree
+		 * with the holder.
+		 */
+		if (!out->seen_lock_key)
 			out->conflict = kind_conflict(k, kind, permits);
+		out->seen_lock_key = true;
 		mine = keylen == k->keylen && memcmp(key, k->key, keylen) == 0;
 		blocks = !mine && key_blocks(k, kind, lease);
 		if (blocks)
@@ -1251,8 +1262,6 @@ pred_scan(PredReply *r, json_t *kvs)
 		return false;
 	r->nread = ks.nread;
 	r->last_rev = ks.last_rev;
-	if (r->conflict == NULL)
-		r->conflict = ks.conflict;
 	if (r->pred == NULL && ks.key != NULL)
 	{
 		r->pred = ks.key;
@@ -1276,7 +1285,8 @@ oldest_scan(PredReply *r, json_t *kvs)
 	ks.keep_max = r->k->kind == ETCD_KEY_SEMAPHORE ? r->k->permits + 1 : 0;
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
-	if (r->conflict == NULL)
+	/* the first page starts at the name's oldest key: it decides */
+	if (r->conflict == NULL && !r->counting)
 		r->conflict = ks.conflict;
 	r->oread = ks.nread;
 	r->olast_rev = ks.last_rev;

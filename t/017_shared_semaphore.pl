@@ -36,6 +36,7 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use MIME::Base64 qw(encode_base64);
 use Time::HiRes qw(time usleep);
 
 my $t_begin = time;
@@ -679,9 +680,29 @@ sub kv_requests
 	is($nb->safe_psql('postgres', "SELECT count(*) FROM etcd_locks WHERE pid = $sb->{el_pid}"), '0',
 		'... and etcd_locks shows nothing for the failing session');
 	ok(ok_sql($sb, "SELECT etcd_semaphore('/pm_other', 2, '5 s')") > 0, 'the failing session still works');
+
+	# the name's oldest key decides what it is: a newer key of a client
+	# that disagrees (here planted, with a live lease of its own, as a
+	# client stuck between its put and its own 22023) must not fail the
+	# clients that agree with the holder
+	ok_sql($sa, "SELECT etcd_semaphore('/pmw', 1)");
+	my $lease = 0x5eed0000 + $$;
+	system("curl -s $etcd->{endpoint}/v3/lease/grant -d '{\"ID\":\"$lease\",\"TTL\":\"60\"}' >/dev/null");
+	my $bad = sprintf('/pmw/%x.sem2', $lease);
+	system("curl -s $etcd->{endpoint}/v3/kv/put -d '{\"key\":\"" . encode_base64($bad, '')
+		  . "\",\"value\":\"\",\"lease\":\"$lease\"}' >/dev/null");
+	ok((grep { $_ eq $bad } keys_under('/pmw/')), 'a disagreeing permit key (2 permits) sits behind the holder (1 permit)');
+	($out, $err) = run($sb, "SELECT etcd_try_semaphore('/pmw', 1)");
+	is($out, 'f', 'an agreeing try sees the name taken, not an error') or diag($err);
+	($out, $err) = run($sb, "SELECT etcd_semaphore('/pmw', 1, '300 ms')");
+	like($err, qr/55P03/, 'an agreeing wait times out (55P03), not 22023');
+	($out, $err) = run($sb, "SELECT etcd_semaphore('/pmw', 2, '300 ms')");
+	like($err, qr/22023.*with 1 permits; this call asks for 2/s, 'one asking for 2 is told the holder\'s number (1)');
+	system("curl -s $etcd->{endpoint}/v3/lease/revoke -d '{\"ID\":\"$lease\"}' >/dev/null");
 	ok_sql($_, 'SELECT etcd_unlock_all()') for $sa, $sb;
 	no_keys_left('/pm', 'no key left under /pm*');
 	no_keys_left('/km', 'no key left under /km*');
+	no_keys_left('/pmw', 'no key left under /pmw');
 	$_->quit for $sa, $sb;
 }
 
