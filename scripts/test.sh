@@ -42,6 +42,10 @@ elif [ -n "${CI:-}" ]; then
 else
 	echo "NOTE: $shared not found; the Go interop test will be skipped" >&2
 fi
+# the Go election client (etcd's concurrency.Election), for t/018
+echo "building the Go election client"
+sh "$here/t/go_election/build.sh" "$work/go-election"
+export GO_ELECTION="$work/go-election"
 [ "$(id -u)" = 0 ] && chown -R postgres "$work"
 
 start_etcd "$work/etcd"
@@ -80,7 +84,7 @@ CONF
 	[ "$(id -u)" = 0 ] && chown -R postgres "$tree"
 	echo "==== PostgreSQL $label: etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
 	# t/015 builds the 1.0 release's library from this repository's history
-	as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" ETCD_LOCK_GIT_DIR="$here" \
+	as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" GO_ELECTION="${GO_ELECTION:-}" ETCD_LOCK_GIT_DIR="$here" \
 		make -C "$tree" installcheck PG_CONFIG="$pgc" PROVE_FLAGS="--timer" \
 		${tests:+PROVE_TESTS="$tests"} || rc=$?
 	if [ $rc -ne 0 ]; then

@@ -690,15 +690,18 @@ lt_wait_removed(const EtcdLockKeys *k)
 }
 
 static void
-lt_raise_timeout(const char *name, bool by_lock_timeout)
+lt_raise_timeout(const char *name, EtcdKeyKind kind, bool by_lock_timeout)
 {
+	const char *what = kind == ETCD_KEY_SEMAPHORE ? "a permit of etcd semaphore" :
+		kind == ETCD_KEY_ELECTION ? "leadership of etcd election" : "etcd lock";
+
 	if (by_lock_timeout)
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-				 errmsg("canceling wait for etcd lock \"%s\" due to lock_timeout", name)));
+				 errmsg("canceling wait for %s \"%s\" due to lock_timeout", what, name)));
 	ereport(ERROR,
 			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("could not obtain etcd lock \"%s\" within the timeout", name)));
+			 errmsg("could not obtain %s \"%s\" within the timeout", what, name)));
 }
 
 /*
@@ -781,7 +784,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 			rev = reclaimed;
 		}
 		else if (timed_out)
-			lt_raise_timeout(name, by_lock_timeout);
+			lt_raise_timeout(name, kind, by_lock_timeout);
 		else
 		{
 			int64		r;
@@ -804,7 +807,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 					etcd_gateway_call_deadline(0);
 					if (etcd_lock_release(k.key, k.keylen, rev, &st))
 						key_sent = false;
-					lt_raise_timeout(name, by_lock_timeout);
+					lt_raise_timeout(name, kind, by_lock_timeout);
 				}
 			}
 			if (!held && !wait && rev > 0)
@@ -963,7 +966,7 @@ lt_deadline(bool wait, int64 timeout_ms, bool *by_lock_timeout)
  */
 static void
 lt_timeout_instead(MemoryContext oldcxt, TimestampTz deadline,
-				   const char *name, bool by_lock_timeout)
+				   const char *name, EtcdKeyKind kind, bool by_lock_timeout)
 {
 	etcd_gateway_call_deadline(0);
 	if (deadline != 0 && GetCurrentTimestamp() >= deadline)
@@ -975,7 +978,7 @@ lt_timeout_instead(MemoryContext oldcxt, TimestampTz deadline,
 		if (edata->sqlerrcode == ERRCODE_SYSTEM_ERROR)
 		{
 			FlushErrorState();
-			lt_raise_timeout(name, by_lock_timeout);
+			lt_raise_timeout(name, kind, by_lock_timeout);
 		}
 		FreeErrorData(edata);
 	}
@@ -1008,7 +1011,7 @@ etcd_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 	}
 	PG_CATCH();
 	{
-		lt_timeout_instead(oldcxt, deadline, name, by_lock_timeout);
+		lt_timeout_instead(oldcxt, deadline, name, kind, by_lock_timeout);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -1119,7 +1122,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 				continue;
 			}
 			if (timed_out)
-				lt_raise_timeout(names[i], by_lock_timeout);
+				lt_raise_timeout(names[i], kinds[i], by_lock_timeout);
 			send[nsend] = ks[i];
 			send_idx[nsend++] = i;
 		}
@@ -1145,7 +1148,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 			if (!wait)
 				held[i] = etcd_lock_first(&ks[i], revs[i]);
 			else if (!(held[i] = etcd_lock_wait(&ks[i], revs[i], deadline, lt_lease_ok)))
-				lt_raise_timeout(names[i], by_lock_timeout);
+				lt_raise_timeout(names[i], kinds[i], by_lock_timeout);
 			all = held[i];
 		}
 	}
@@ -1201,7 +1204,7 @@ etcd_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	}
 	PG_CATCH();
 	{
-		lt_timeout_instead(oldcxt, deadline, names[0], by_lock_timeout);
+		lt_timeout_instead(oldcxt, deadline, names[0], kinds[0], by_lock_timeout);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();

@@ -525,7 +525,7 @@ END\$\$;})
 		'3|t|3|1', 'etcd_lock_holders: 3 semaphore holders of 3 permits, 1 waiter');
 	is(ok_sql($s[4], "SELECT etcd_try_semaphore('/sem4', 3)"), 'f', 'a try fails while 3 hold');
 	my ($out, $err) = run($s[5], "SELECT etcd_semaphore('/sem4', 3, '300 ms')");
-	like($err, qr/55P03.*within the timeout/s, 'a semaphore wait with a timeout fails with 55P03');
+	like($err, qr/55P03.*could not obtain a permit of etcd semaphore "\/sem4" within the timeout/s, 'a semaphore wait with a timeout fails with 55P03');
 	($out, $err) = run($s[6], "SET lock_timeout = '300ms'; SELECT etcd_semaphore('/sem4', 3); RESET lock_timeout;");
 	like($err, qr/55P03.*due to lock_timeout/s, 'lock_timeout ends a semaphore wait with 55P03');
 	is(nkeys('/sem4/'), 4, 'the try and the timed-out waits left no key (3 holders + 1 waiter)');

@@ -246,7 +246,7 @@ ok(campaign_waiting($sb, $n, 2), 'a campaigner on the other instance waits (its 
 is(ok_sql($sb2, "SELECT etcd_try_campaign('$n', 'gamma')"), 'f', 'etcd_try_campaign is false while someone leads');
 is(scalar(keys_under($n)), 2, '... and leaves no key');
 my ($out, $err) = run($sb2, "SELECT etcd_campaign('$n', 'delta', '300 ms')");
-like($err, qr/ERROR:  55P03/, 'etcd_campaign with a timeout: 55P03 while someone leads');
+like($err, qr/ERROR:  55P03: could not obtain leadership of etcd election/, 'etcd_campaign with a timeout: 55P03 while someone leads, naming the election');
 is(scalar(keys_under($n)), 2, '... and leaves no key');
 
 my $rev0 = $l->{revision};
