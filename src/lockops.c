@@ -1908,6 +1908,37 @@ etcd_release_request(const char *key, int keylen, int64 token, char **body)
 	return "/v3/kv/txn";
 }
 
+/*
+ * etcd_release_batch_body builds one txn that releases n keys at once, each
+ * in a nested txn of its own (etcd 3.3+): delete keys[i] if its
+ * create_revision is still tokens[i]. Each compare applies on its own, so
+ * one key already gone does not keep the others; as safe to resend as the
+ * single release. n is at most ETCD_MAX_TXN_NAMES.
+ */
+char *
+etcd_release_batch_body(char **keys, int *keylens, int64 *tokens, int n)
+{
+	StringInfoData b;
+	int			i;
+
+	initStringInfo(&b);
+	appendStringInfoString(&b, "{\"success\":[");
+	for (i = 0; i < n; i++)
+	{
+		StringInfoData k64;
+
+		initStringInfo(&k64);
+		etcd_append_b64(&k64, keys[i], keylens[i]);
+		appendStringInfo(&b, "%s{\"request_txn\":{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\","
+						 "\"result\":\"EQUAL\",\"create_revision\":\"" INT64_FORMAT "\"}],"
+						 "\"success\":[{\"request_delete_range\":{\"key\":\"%s\"}}]}}",
+						 i ? "," : "", k64.data, tokens[i], k64.data);
+		pfree(k64.data);
+	}
+	appendStringInfoString(&b, "]}");
+	return b.data;
+}
+
 /* ---- verification ---- */
 
 static bool

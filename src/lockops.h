@@ -55,6 +55,8 @@ extern bool etcd_parse_create_rev(struct json_t *root, void *arg);
 extern bool etcd_parse_keepalive(struct json_t *root, void *arg);
 extern const char *etcd_release_request(const char *key, int keylen,
 										int64 token, char **body);
+extern char *etcd_release_batch_body(char **keys, int *keylens, int64 *tokens,
+									 int n);
 
 extern bool etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id,
 							  const char *value, bool try_only, int64 *rev);

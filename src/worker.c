@@ -72,10 +72,15 @@ typedef enum WorkerReqKind
 } WorkerReqKind;
 
 /* One request in flight; its index is the tag given to the gateway. */
+#define RELEASE_BATCH 64		/* releases sent in one txn, at most */
+
 typedef struct WorkerReq
 {
 	int			kind;			/* WorkerReqKind */
 	int			index;			/* lease slot or release entry */
+	int			nbatch;			/* WR_RELEASE: entries in batch (index is
+								 * batch[0]) */
+	int			batch[RELEASE_BATCH];
 	int64		lease_id;
 	EtcdMono	sent;
 	int64		ttl;			/* keepalive answer; a grant: the TTL asked */
@@ -434,30 +439,50 @@ static void
 start_keepalives(EtcdMono now, EtcdMono *next)
 {
 	int			i;
+	typedef struct
+	{
+		int64		lease;
+		EtcdMono	deadline;
+		EtcdMono	due;
+	}			SlotView;
+	SlotView   *view = palloc0(sizeof(SlotView) * etcd_shared->nslots);
+
+	/*
+	 * Renewals due within a short window are sent together (their phase is
+	 * kept: the next one is due a period after this one was, see
+	 * apply_renewal): one wakeup and one write for a group of leases, not
+	 * one per lease. At most 1/8 of a period, 250 ms.
+	 */
+	EtcdMono	coalesce = MONO_MS(Min(250L, etcd_lock_lease_ttl * 1000L / 3 / 8));
+
+	/* one look at the slots under one lock, not one lock per slot */
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	for (i = 0; i < etcd_shared->nslots; i++)
+	{
+		EtcdLeaseSlot *slot = &etcd_shared->slots[i];
+
+		if (slot->state == LEASE_LIVE && !w_ka_inflight[i])
+		{
+			view[i].lease = slot->lease_id;
+			view[i].deadline = slot->deadline;
+			view[i].due = slot->next_keepalive;
+		}
+	}
+	LWLockRelease(etcd_shared->lock);
 
 	for (i = 0; i < etcd_shared->nslots; i++)
 	{
 		EtcdLeaseSlot *slot = &etcd_shared->slots[i];
-		int64		lease = 0;
-		EtcdMono	deadline = 0,
-					due = 0;
+		int64		lease = view[i].lease;
+		EtcdMono	deadline = view[i].deadline,
+					due = view[i].due;
 		int			r;
 		long		left_ms;
 		EtcdStatus	st;
 
-		if (w_ka_inflight[i])
-			continue;
-		LWLockAcquire(etcd_shared->lock, LW_SHARED);
-		if (slot->state == LEASE_LIVE)
-		{
-			lease = slot->lease_id;
-			deadline = slot->deadline;
-			due = slot->next_keepalive;
-		}
-		LWLockRelease(etcd_shared->lock);
 		if (lease == 0 || deadline <= now)
 			continue;
-		if (due > now)
+		if (due > now + coalesce)
 		{
 			if (due < *next)
 				*next = due;
@@ -548,7 +573,15 @@ apply_renewal(int index, int64 lease, EtcdMono sent, bool ok, int64 ttl,
 				slot->renewed_at = sent;
 				slot->deadline = Max(slot->deadline, LEASE_DEADLINE(sent, newttl));
 			}
-			slot->next_keepalive = sent + MONO_MS(slot->ttl * 1000L / 3);
+			/*
+			 * A period after it was due (a renewal sent early with a group
+			 * keeps its lease's phase, so the rate stays one per period),
+			 * or after it was sent if that was later (retries). Sent at
+			 * most 250 ms early, so the next one is sent well before the
+			 * deadline this one set.
+			 */
+			slot->next_keepalive = Max(sent, slot->next_keepalive) +
+				MONO_MS(slot->ttl * 1000L / 3);
 		}
 		else if (ok)
 		{
@@ -786,6 +819,31 @@ finish_grant(WorkerReq *req, EtcdAsyncResult *res)
 }
 
 /*
+ * collect_batch adds to req (whose first entry is a compare-and-delete
+ * release, already marked busy) the other due compare-and-delete releases,
+ * up to RELEASE_BATCH, marking them busy and attempted.
+ */
+static void
+collect_batch(WorkerReq *req, EtcdMono now)
+{
+	int			i;
+
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	for (i = req->batch[0] + 1; i < etcd_shared->nrelused && req->nbatch < RELEASE_BATCH; i++)
+	{
+		EtcdRelease *e = &etcd_shared->releases[i];
+
+		if (e->state != REL_PENDING || e->retry_at > now ||
+			e->kind != REL_DELETE || e->token == 0)
+			continue;
+		e->state = REL_BUSY;
+		e->attempted = true;
+		req->batch[req->nbatch++] = i;
+	}
+	LWLockRelease(etcd_shared->lock);
+}
+
+/*
  * start_releases sends every due queued release, up to the limit in
  * flight. From the moment one is taken it counts as attempted: it may
  * reach etcd, so it is never taken back (shmem.c).
@@ -829,7 +887,35 @@ start_releases(EtcdMono now, EtcdMono *next)
 			return;
 
 		w_reqs[r].kind = WR_RELEASE;
-		if (rel.kind == REL_REVOKE)
+		w_reqs[r].nbatch = 1;
+		w_reqs[r].batch[0] = idx;
+		if (rel.kind == REL_DELETE && rel.token != 0)
+			collect_batch(&w_reqs[r], now);
+		if (w_reqs[r].nbatch > 1)
+		{
+			/*
+			 * Several releases due at once (a ROLLBACK of many xact locks, a
+			 * backend's exit): one txn, each key compared and deleted in a
+			 * nested txn of its own.
+			 */
+			char	  **keys = palloc(sizeof(char *) * w_reqs[r].nbatch);
+			int		   *lens = palloc(sizeof(int) * w_reqs[r].nbatch);
+			int64	   *toks = palloc(sizeof(int64) * w_reqs[r].nbatch);
+
+			LWLockAcquire(etcd_shared->lock, LW_SHARED);
+			for (i = 0; i < w_reqs[r].nbatch; i++)
+			{
+				EtcdRelease *e = &etcd_shared->releases[w_reqs[r].batch[i]];
+
+				keys[i] = pnstrdup(e->key, e->keylen);
+				lens[i] = e->keylen;
+				toks[i] = e->token;
+			}
+			LWLockRelease(etcd_shared->lock);
+			path = "/v3/kv/txn";
+			body = etcd_release_batch_body(keys, lens, toks, w_reqs[r].nbatch);
+		}
+		else if (rel.kind == REL_REVOKE)
 		{
 			/* safe to resend: a revoked lease answers "not found" */
 			path = "/v3/lease/revoke";
@@ -861,8 +947,11 @@ start_releases(EtcdMono now, EtcdMono *next)
 			w_reqs[r].kind = WR_FREE;
 			note_result(&st, false);
 			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-			etcd_shared->releases[idx].state = REL_PENDING;
-			etcd_shared->releases[idx].retry_at = now + MONO_MS(RETRY_MS);
+			for (i = 0; i < w_reqs[r].nbatch; i++)
+			{
+				etcd_shared->releases[w_reqs[r].batch[i]].state = REL_PENDING;
+				etcd_shared->releases[w_reqs[r].batch[i]].retry_at = now + MONO_MS(RETRY_MS);
+			}
 			LWLockRelease(etcd_shared->lock);
 			ConditionVariableBroadcast(&etcd_shared->release_cv);
 			return;
@@ -876,20 +965,36 @@ start_releases(EtcdMono now, EtcdMono *next)
  * schedules a retry. A release is given up only when it no longer matters:
  * its lease is not renewed by anyone and has outlived its TTL since queued.
  */
+static void finish_release_entry(int index, EtcdAsyncResult *res);
+
 static void
 finish_release(WorkerReq *req, EtcdAsyncResult *res)
 {
-	EtcdRelease *e = &etcd_shared->releases[req->index];
+	int			i;
+
+	w_nreleases_inflight--;
+	note_result(&res->st, res->ok ||
+				(res->st.kind == ETCD_ERROR_REPLY && res->st.grpc_code == GRPC_NOT_FOUND));
+	for (i = 0; i < req->nbatch; i++)
+		finish_release_entry(req->batch[i], res);
+	ConditionVariableBroadcast(&etcd_shared->release_cv);
+}
+
+/*
+ * finish_release_entry: the outcome of one release of a request.
+ */
+static void
+finish_release_entry(int index, EtcdAsyncResult *res)
+{
+	EtcdRelease *e = &etcd_shared->releases[index];
 	EtcdMono	now = etcd_mono_now();
 	bool		ok = res->ok,
 				give_up = false;
 	bool		revoke = e->kind == REL_REVOKE;
 
-	w_nreleases_inflight--;
 	if (!ok && revoke && res->st.kind == ETCD_ERROR_REPLY &&
 		res->st.grpc_code == GRPC_NOT_FOUND)
 		ok = true;				/* already gone */
-	note_result(&res->st, ok);
 	if (!ok)
 		give_up = (now > e->queued_at + MONO_MS(etcd_lock_lease_ttl * 1000L) &&
 				   (revoke || !lease_in_use(e->lease_id))) ||
@@ -916,7 +1021,6 @@ finish_release(WorkerReq *req, EtcdAsyncResult *res)
 		e->retry_at = now + MONO_MS(RETRY_MS);
 	}
 	LWLockRelease(etcd_shared->lock);
-	ConditionVariableBroadcast(&etcd_shared->release_cv);
 }
 
 /*

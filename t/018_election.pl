@@ -29,6 +29,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 use EtcdLockTest;
+use FaultProxy;
 use IPC::Run;
 use JSON::PP;
 use MIME::Base64;
@@ -447,6 +448,33 @@ ok_sql($sb, "SELECT etcd_campaign('/el/mix2', 'leader')");
 like($err, qr/ERROR:  42809/, 'etcd_lock on a name with an election candidate: 42809');
 is(scalar(keys_under('/el/mix2')), 1, '... and leaves no key');
 ok_sql($sb, "SELECT etcd_resign('/el/mix2')");
+
+# ---- 8. leadership lost with the lease (a partition) is reported like a lost lock
+{
+	my $fp = FaultProxy->start($etcd->{endpoint});
+	my $c = etcd_node('el_c', { endpoint => $fp->endpoint },
+		'etcd_lock.lease_ttl' => '3s', 'etcd_lock.request_timeout' => '5s');
+	my $h = sess($c);
+	my $t = ok_sql($h, "SELECT etcd_campaign('/el/part', 'c')");
+	ok($t > 0, 'partition: instance C leads /el/part');
+	$fp->hold;
+	my $t_hold = time;
+	my ($out, $err) = run($sb, "SELECT etcd_campaign('/el/part', 'b', '20 s')", 30);
+	ok(defined $out && $out > $t, sprintf('partition: instance B leads %.2f s after the partition began (TTL 3 s), larger token', time - $t_hold))
+	  or diag($err);
+	$fp->pass;
+	($out, $err) = run($h, 'SELECT 1', 10);
+	like($err, qr/the etcd lease of this session expired; its locks were lost.*\/el\/part/s,
+		'partition: the old leader\'s next statement fails with the lease-loss error naming the election');
+	is(ok_sql($h, "SELECT is_mine FROM etcd_leader('/el/part')"), 'f', 'partition: the old leader is not the leader');
+	($out, $err) = run($h, "SELECT etcd_proclaim('/el/part', 'stale')");
+	like($err, qr/ERROR:  55000/, 'partition: the old leader cannot proclaim');
+	is(leader($sb, '/el/part')->{value}, 'b', 'partition: the value is still the new leader\'s');
+	ok_sql($sb, "SELECT etcd_resign('/el/part')");
+	$h->quit;
+	$c->stop;
+	$fp->stop;
+}
 
 # ---- nothing left behind
 is_deeply(etcd_keys($etcd, '/el/'), {}, 'no key left under the test\'s names');

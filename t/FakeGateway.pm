@@ -315,7 +315,7 @@ sub _kind
 	return 'range' if $path eq '/v3/kv/range';
 	return 'other' unless $path eq '/v3/kv/txn' && ref $r eq 'HASH';
 	my @succ = @{ $r->{success} // [] };
-	return 'release' if grep { $_->{request_delete_range} } @succ;
+	return 'release' if grep { $_->{request_delete_range} || $_->{request_txn} } @succ;
 	if (grep { $_->{request_put} } @succ)
 	{
 		return ($r->{compare}[0]{range_end}) ? 'try' : 'acquire';
