@@ -41,8 +41,12 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE OR REPLACE VIEW etcd_locks AS SELECT * FROM etcd_locks_internal_v2();
 
 -- etcd_lock_holders: one row per holder (a shared lock or a semaphore has
--- several), with its mode and a semaphore's permits.
-DROP FUNCTION etcd_lock_holders(text);
+-- several), with its mode and a semaphore's permits. The 1.0 function is
+-- renamed, not dropped, so views a user built on it keep working (and the
+-- update does not fail on them).
+ALTER FUNCTION etcd_lock_holders(text) RENAME TO etcd_lock_holders_v1;
+COMMENT ON FUNCTION etcd_lock_holders_v1(text) IS
+'etcd_lock_holders of version 1.0 (without mode and permits), kept for objects built on it';
 CREATE FUNCTION etcd_lock_holders(name_prefix text DEFAULT '',
     OUT name text, OUT token bigint, OUT lease_id text, OUT holder jsonb,
     OUT waiters integer, OUT ttl_seconds bigint, OUT mode text,

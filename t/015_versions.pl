@@ -137,8 +137,15 @@ is($new->safe_psql('upg', "SELECT to_regclass('etcd_lock_status') IS NULL"), 't'
 	my $tok_x = $s1->query_safe("SELECT etcd_xact_lock('/upg/x')");
 	ok($tok_s > 0 && $tok_x > 0, "1.0: session lock ($tok_s) and transaction lock ($tok_x) held");
 
+	# a DBA's own view on a 1.0 function whose 1.1 successor has other columns
+	$new->safe_psql('upg',
+		"CREATE VIEW my_holders AS SELECT name, waiters FROM etcd_lock_holders('/upg/')");
 	$new->safe_psql('upg', 'ALTER EXTENSION etcd_lock UPDATE');
-	is(ext_version($new, 'upg'), '1.1', 'ALTER EXTENSION etcd_lock UPDATE goes to 1.1');
+	is(ext_version($new, 'upg'), '1.1', 'ALTER EXTENSION etcd_lock UPDATE goes to 1.1 (with a user view on etcd_lock_holders)');
+	is($new->safe_psql('upg', "SELECT string_agg(name, ',' ORDER BY name) FROM my_holders"), '/upg/s,/upg/x',
+		'the user view on the 1.0 etcd_lock_holders still works after the update');
+	is($new->safe_psql('upg', "SELECT string_agg(name || ':' || mode, ',' ORDER BY name) FROM etcd_lock_holders('/upg/')"),
+		'/upg/s:exclusive,/upg/x:exclusive', 'the 1.1 etcd_lock_holders has the mode column');
 
 	is($s1->query_safe("SELECT etcd_lock_token('/upg/s')"), $tok_s, 'the session lock is still held, same token');
 	is($s1->query_safe("SELECT etcd_lock_token('/upg/x')"), $tok_x,
