@@ -1636,6 +1636,32 @@ check_mine(const PredReply *p, int64 rev)
 }
 
 /*
+ * watch_backoff: a watch that cannot be had or keeps breaking must not turn
+ * into a request storm. After a broken one, back off (10 ms doubling to
+ * 1 s, never past deadline) until a watch works again, sleeping on the
+ * latch so interrupts still end it; any other outcome resets the backoff.
+ */
+static void
+watch_backoff(EtcdWatchResult wr, TimestampTz deadline, int *backoff_ms)
+{
+	long		left;
+
+	if (wr != WATCH_BROKEN)
+	{
+		*backoff_ms = 0;
+		return;
+	}
+	left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+	*backoff_ms = *backoff_ms ? Min(*backoff_ms * 2, 1000) : 10;
+	if (left > 0)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Min(*backoff_ms, left), etcd_wait_event(ETCD_WAIT_PREDECESSOR));
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
  * sem_wait_once is one round of a semaphore wait, after read p showed at
  * least N permit keys older than ours. Returns true if we now hold a
  * permit; else *wr says how the round ended (the caller reads again).
@@ -1812,25 +1838,7 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			(lease_ok == NULL || lease_ok()))
 			return true;
 
-		/*
-		 * A watch that cannot be had or keeps breaking must not turn into a
-		 * request storm: back off (10 ms doubling to 1 s) until a watch
-		 * works again, sleeping on the latch so interrupts still end it.
-		 */
-		if (wr == WATCH_BROKEN)
-		{
-			long		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
-
-			backoff_ms = backoff_ms ? Min(backoff_ms * 2, 1000) : 10;
-			if (left > 0)
-			{
-				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 Min(backoff_ms, left), etcd_wait_event(ETCD_WAIT_PREDECESSOR));
-				ResetLatch(MyLatch);
-			}
-		}
-		else
-			backoff_ms = 0;
+		watch_backoff(wr, deadline, &backoff_ms);
 	}
 }
 
@@ -2194,20 +2202,7 @@ etcd_election_observe(const EtcdLockKeys *k, int64 last_revision,
 		if (GetCurrentTimestamp() >= deadline)
 			return false;
 		wr = observe_watch(k, last_revision, deadline, out);
-		if (wr == WATCH_BROKEN)
-		{
-			long		left = (long) ((deadline - GetCurrentTimestamp()) / 1000);
-
-			backoff_ms = backoff_ms ? Min(backoff_ms * 2, 1000) : 10;
-			if (left > 0)
-			{
-				(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								 Min(backoff_ms, left), etcd_wait_event(ETCD_WAIT_PREDECESSOR));
-				ResetLatch(MyLatch);
-			}
-		}
-		else
-			backoff_ms = 0;
+		watch_backoff(wr, deadline, &backoff_ms);
 	}
 }
 

@@ -44,39 +44,12 @@ my $etcd = start_etcd();
 my $na = etcd_node('ss_a', $etcd);
 my $nb = etcd_node('ss_b', $etcd);
 
-# sess(node): a background session that shows SQLSTATEs in its errors
-sub sess
-{
-	my ($node) = @_;
-	my $s = session($node);
-	finish_query($s, start_query($s, '\set VERBOSITY verbose'), 30);
-	$s->{el_node} = $node;
-	$s->{el_pid} = (finish_query($s, start_query($s, 'SELECT pg_backend_pid()'), 30))[0];
-	return $s;
-}
-
-# run(s, sql, timeout): runs sql to its end; (stdout, stderr)
-sub run
-{
-	my ($s, $sql, $timeout) = @_;
-	return finish_query($s, start_query($s, $sql), $timeout // 30);
-}
-
-# ok_sql(s, sql): runs sql, which must not fail; its output
-sub ok_sql
-{
-	my ($s, $sql) = @_;
-	my ($out, $err) = run($s, $sql);
-	die "unexpected error from <$sql>: $err" if $err =~ /ERROR/;
-	return $out;
-}
-
 # waiting(s, name): the session's backend waits for name (etcd_locks)
 sub waiting
 {
 	my ($s, $name) = @_;
-	return $s->{el_node}->safe_psql('postgres',
-		"SELECT coalesce(bool_or(mode = 'waiting'), false) FROM etcd_locks WHERE pid = $s->{el_pid} AND name = '$name'")
+	return $s->{node}->safe_psql('postgres',
+		"SELECT coalesce(bool_or(mode = 'waiting'), false) FROM etcd_locks WHERE pid = $s->{pid} AND name = '$name'")
 	  eq 't';
 }
 
@@ -105,8 +78,8 @@ sub no_keys_left
 sub lease_of
 {
 	my ($s, $name) = @_;
-	return $s->{el_node}->safe_psql('postgres',
-		"SELECT DISTINCT lease_id FROM etcd_locks WHERE pid = $s->{el_pid} AND name = '$name'");
+	return $s->{node}->safe_psql('postgres',
+		"SELECT DISTINCT lease_id FROM etcd_locks WHERE pid = $s->{pid} AND name = '$name'");
 }
 
 # try_after_loss(s, sql): the first lock call after a lease loss may fail
@@ -191,7 +164,7 @@ sub ctr_sql
 		"SELECT count(*), bool_and(mode = 'shared'), max(waiters) FROM etcd_lock_holders('/rw')"),
 		'2|t|0', 'etcd_lock_holders: two shared holders, no waiter');
 	is($na->safe_psql('postgres',
-		"SELECT mode, lock_mode, permits IS NULL OR permits = 0 FROM etcd_locks WHERE pid = $ra->{el_pid}"),
+		"SELECT mode, lock_mode, permits IS NULL OR permits = 0 FROM etcd_locks WHERE pid = $ra->{pid}"),
 		'held|shared|t', 'etcd_locks: lock_mode shared, held');
 	is(ok_sql($x, "SELECT etcd_try_lock_shared('/rw')"), 't', 'shared + shared: a third session (B) joins with try');
 	is(ok_sql($x, "SELECT etcd_unlock_shared('/rw')"), 't', 'etcd_unlock_shared releases it');
@@ -352,7 +325,7 @@ END\$\$;})
 	is(join(',', keys_under('/own/')), "/own/$hex,/own/$hex.shared",
 		'etcd: its exclusive and its shared key, one lease');
 	is($na->safe_psql('postgres',
-		"SELECT string_agg(lock_mode || ':' || mode, ',' ORDER BY lock_mode) FROM etcd_locks WHERE pid = $s->{el_pid}"),
+		"SELECT string_agg(lock_mode || ':' || mode, ',' ORDER BY lock_mode) FROM etcd_locks WHERE pid = $s->{pid}"),
 		'exclusive:held,shared:held', 'etcd_locks: held in both modes');
 	is(ok_sql($o, "SELECT etcd_try_lock_shared('/own')"), 'f', 'another instance cannot take it shared');
 	is(ok_sql($s, "SELECT etcd_unlock('/own')"), 't', 'etcd_unlock releases the exclusive hold');
@@ -518,7 +491,7 @@ END\$\$;})
 	my $m4 = start_query($s[3], "SELECT etcd_semaphore('/sem4', 3, '30 s') > 0");
 	ok(wait_until(sub { waiting($s[3], '/sem4') }, 10), 'a 4th session waits');
 	is($nb->safe_psql('postgres',
-		"SELECT mode, lock_mode, permits FROM etcd_locks WHERE pid = $s[3]->{el_pid}"),
+		"SELECT mode, lock_mode, permits FROM etcd_locks WHERE pid = $s[3]->{pid}"),
 		'waiting|semaphore|3', 'etcd_locks: waiting, lock_mode semaphore, permits 3');
 	is($na->safe_psql('postgres',
 		"SELECT count(*), bool_and(mode = 'semaphore'), min(permits), max(waiters) FROM etcd_lock_holders('/sem4')"),
@@ -677,7 +650,7 @@ sub kv_requests
 	  or diag('keys: ' . join(', ', keys_under('/pm/'), keys_under('/km/'), keys_under('/km2/')));
 	ok(!(grep { !/\/\Q$hex\E(\.|$)/ } keys_under('/pm/'), keys_under('/km/'), keys_under('/km2/')),
 		'... all of them under the holder\'s lease');
-	is($nb->safe_psql('postgres', "SELECT count(*) FROM etcd_locks WHERE pid = $sb->{el_pid}"), '0',
+	is($nb->safe_psql('postgres', "SELECT count(*) FROM etcd_locks WHERE pid = $sb->{pid}"), '0',
 		'... and etcd_locks shows nothing for the failing session');
 	ok(ok_sql($sb, "SELECT etcd_semaphore('/pm_other', 2, '5 s')") > 0, 'the failing session still works');
 

@@ -74,33 +74,6 @@ my $etcd = start_etcd();
 my $na = etcd_node('el_a', $etcd);
 my $nb = etcd_node('el_b', $etcd);
 
-# sess(node): a background session that shows SQLSTATEs in its errors
-sub sess
-{
-	my ($node) = @_;
-	my $s = session($node);
-	finish_query($s, start_query($s, '\set VERBOSITY verbose'), 30);
-	$s->{node} = $node;
-	$s->{pid} = (finish_query($s, start_query($s, 'SELECT pg_backend_pid()'), 30))[0];
-	return $s;
-}
-
-# run(s, sql, timeout): runs sql to its end; (stdout, stderr)
-sub run
-{
-	my ($s, $sql, $timeout) = @_;
-	return finish_query($s, start_query($s, $sql), $timeout // 30);
-}
-
-# ok_sql(s, sql): runs sql, which must not fail; its output
-sub ok_sql
-{
-	my ($s, $sql) = @_;
-	my ($out, $err) = run($s, $sql);
-	die "unexpected error from <$sql>: $err" if $err =~ /ERROR/;
-	return $out;
-}
-
 # leader(s_or_node, name): etcd_leader(name) as a hash (NULL: undef)
 sub leader
 {

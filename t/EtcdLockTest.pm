@@ -15,7 +15,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(start_etcd start_etcd_cluster etcd_leader run_etcd stop_etcd etcd_node session start_query finish_query
-  query_done etcd_keys etcd_put wait_until sleep_full);
+  query_done etcd_keys etcd_put wait_until sleep_full sess run ok_sql);
 
 my @etcd_pids;
 
@@ -168,6 +168,34 @@ sub session
 {
 	my ($node) = @_;
 	return $node->background_psql('postgres', on_error_stop => 0);
+}
+
+# sess(node): a background session that shows SQLSTATEs in its errors;
+# $s->{node} is its node, $s->{pid} its backend's pid
+sub sess
+{
+	my ($node) = @_;
+	my $s = session($node);
+	finish_query($s, start_query($s, '\set VERBOSITY verbose'), 30);
+	$s->{node} = $node;
+	$s->{pid} = (finish_query($s, start_query($s, 'SELECT pg_backend_pid()'), 30))[0];
+	return $s;
+}
+
+# run(s, sql, timeout): runs sql to its end; (stdout, stderr)
+sub run
+{
+	my ($s, $sql, $timeout) = @_;
+	return finish_query($s, start_query($s, $sql), $timeout // 30);
+}
+
+# ok_sql(s, sql): runs sql, which must not fail; its output
+sub ok_sql
+{
+	my ($s, $sql) = @_;
+	my ($out, $err) = run($s, $sql);
+	die "unexpected error from <$sql>: $err" if $err =~ /ERROR/;
+	return $out;
 }
 
 my $mark = 0;
