@@ -530,6 +530,26 @@ parse_acquire(json_t *root, void *arg)
 }
 
 /*
+ * acquire_request sends an acquire txn, shown as the EtcdLockAcquire wait
+ * event while it is out.
+ */
+static void
+acquire_request(const char *body, EtcdParseFn parse, void *arg, const char *what)
+{
+	int			prev = etcd_gateway_wait_kind(ETCD_WAIT_ACQUIRE);
+
+	PG_TRY();
+	{
+		etcd_request_or_error("/v3/kv/txn", body, parse, arg, what);
+	}
+	PG_FINALLY();
+	{
+		etcd_gateway_wait_kind(prev);
+	}
+	PG_END_TRY();
+}
+
+/*
  * etcd_lock_acquire sends the one acquire request. Normal mode: put our key
  * with our lease if it does not exist, and read the oldest key under the
  * name, in one txn; *rev is our key's create_revision and the result says
@@ -591,19 +611,7 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 	r.k = k;
 	r.key_b64 = key64.data;
 	r.try_only = try_only;
-	{
-		int			prev = etcd_gateway_wait_kind(ETCD_WAIT_ACQUIRE);
-
-		PG_TRY();
-		{
-			etcd_request_or_error("/v3/kv/txn", b.data, parse_acquire, &r, "acquire a lock");
-		}
-		PG_FINALLY();
-		{
-			etcd_gateway_wait_kind(prev);
-		}
-		PG_END_TRY();
-	}
+	acquire_request(b.data, parse_acquire, &r, "acquire a lock");
 	pfree(b.data);
 	pfree(key64.data);
 	*rev = r.rev;
@@ -765,19 +773,7 @@ etcd_lock_acquire_many(EtcdLockKeys *ks, int n, int64 lease_id,
 	r.with_oldest = 2 * n <= ETCD_MAX_TXN_NAMES;
 	r.held = held;
 	memset(held, 0, sizeof(bool) * n);
-	{
-		int			prev = etcd_gateway_wait_kind(ETCD_WAIT_ACQUIRE);
-
-		PG_TRY();
-		{
-			etcd_request_or_error("/v3/kv/txn", b.data, parse_acquire_many, &r, "acquire locks");
-		}
-		PG_FINALLY();
-		{
-			etcd_gateway_wait_kind(prev);
-		}
-		PG_END_TRY();
-	}
+	acquire_request(b.data, parse_acquire_many, &r, "acquire locks");
 	pfree(b.data);
 	pfree(val64.data);
 	if (r.mixed || r.rev <= 0)
