@@ -166,6 +166,7 @@ shapes_main(int argc, char **argv)
 				body[16384],
 				range[4096];
 	char		value[512];
+	const char *variant;
 	long long	lease;
 	double	   *pair,
 			   *acq,
@@ -213,24 +214,50 @@ shapes_main(int argc, char **argv)
 			 "{\"request_range\":{\"key\":\"%s\",\"range_end\":\"%s\",\"sort_order\":\"ASCEND\","
 			 "\"sort_target\":\"CREATE\",\"limit\":\"1\",\"keys_only\":true}}", p64, e64);
 
+	/*
+	 * SHAPES_VARIANT measures candidate shapes against the extension's
+	 * (bench/shape_candidates.sh): release_plain (a delete without the
+	 * compare: NOT safe to resend, a reference only), no_failure (the
+	 * acquire without its failure branch: a resent acquire could not tell
+	 * its own key), with_values (the oldest-key read returning the value).
+	 */
+	variant = getenv("SHAPES_VARIANT") ? getenv("SHAPES_VARIANT") : "";
+	if (strcmp(variant, "with_values") == 0)
+		snprintf(range, sizeof(range),
+				 "{\"request_range\":{\"key\":\"%s\",\"range_end\":\"%s\",\"sort_order\":\"ASCEND\","
+				 "\"sort_target\":\"CREATE\",\"limit\":\"1\"}}", p64, e64);
 	for (i = 0; i < n; i++)
 	{
 		double		t0 = now_us(),
 					t1;
 		long long	rev;
 
-		snprintf(body, sizeof(body),
-				 "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}],"
-				 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"value\":\"%s\",\"lease\":\"%lld\"}},%s],"
-				 "\"failure\":[{\"request_range\":{\"key\":\"%s\",\"keys_only\":true}},%s]}",
-				 k64, k64, val64, lease, range, k64, range);
+		if (strcmp(variant, "no_failure") == 0)
+			snprintf(body, sizeof(body),
+					 "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}],"
+					 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"value\":\"%s\",\"lease\":\"%lld\"}},%s]}",
+					 k64, k64, val64, lease, range);
+		else
+			snprintf(body, sizeof(body),
+					 "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"0\"}],"
+					 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"value\":\"%s\",\"lease\":\"%lld\"}},%s],"
+					 "\"failure\":[{\"request_range\":{\"key\":\"%s\",\"keys_only\":true}},%s]}",
+					 k64, k64, val64, lease, range, k64, range);
 		post("/v3/kv/txn", body);
 		rev = json_ll("revision");
 		t1 = now_us();
-		snprintf(body, sizeof(body),
-				 "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"%lld\"}],"
-				 "\"success\":[{\"request_delete_range\":{\"key\":\"%s\"}}]}", k64, rev, k64);
-		post("/v3/kv/txn", body);
+		if (strcmp(variant, "release_plain") == 0)
+		{
+			snprintf(body, sizeof(body), "{\"key\":\"%s\"}", k64);
+			post("/v3/kv/deleterange", body);
+		}
+		else
+		{
+			snprintf(body, sizeof(body),
+					 "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\",\"create_revision\":\"%lld\"}],"
+					 "\"success\":[{\"request_delete_range\":{\"key\":\"%s\"}}]}", k64, rev, k64);
+			post("/v3/kv/txn", body);
+		}
 		if (!strstr(resp, "\"deleted\":\"1\""))
 		{
 			fprintf(stderr, "gateway_shapes: release deleted nothing: %s\n", resp);
