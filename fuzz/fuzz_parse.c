@@ -665,18 +665,23 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 			}
 		case T_LIST:
 			{
-				ListReply	r = {0};
+				ListedKeys	r = {0};
 				int			i;
 
+				/* the holders' listing (values) or the detector's (a limit) */
 				r.prefix = (param & 1) ? "/" : "";
 				r.prefixlen = strlen(r.prefix);
-				if (fz_parse(body, len, parse_list, &r))
+				r.max = (param & 2) ? 4 : 0;
+				r.no_permits = (param & 4) != 0;
+				if (fz_parse(body, len, parse_listed, &r))
 				{
-					if (r.n < 0 || r.n > r.cap)
-						fz_fail("parse_list: bad count");
+					if (r.n < 0 || r.n > r.cap || (r.max > 0 && r.n > r.max))
+						fz_fail("parse_listed: bad count");
 					for (i = 0; i < r.n; i++)
-						if (!r.items[i].name || !r.items[i].value || r.items[i].lease_id == 0)
-							fz_fail("parse_list: incomplete item");
+						if (!r.keys[i].name || !r.keys[i].value || r.keys[i].lease == 0 ||
+							r.keys[i].kind == ETCD_KEY_NONE ||
+							(r.no_permits && r.keys[i].kind == ETCD_KEY_SEMAPHORE))
+							fz_fail("parse_listed: incomplete item");
 				}
 				break;
 			}

@@ -71,6 +71,24 @@ check_preloaded(void)
 }
 
 /*
+ * check_name checks the length (len bytes) of a lock name: not empty, at
+ * most ETCD_MAX_NAME bytes (22023).
+ */
+static void
+check_name(int len)
+{
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd lock name must not be empty")));
+	if (len > ETCD_MAX_NAME)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("etcd lock name is too long (%d bytes)", len),
+				 errdetail("Lock names are limited to %d bytes.", ETCD_MAX_NAME)));
+}
+
+/*
  * lock_name returns argument 0 as a C string after checking it: not NULL
  * (22004), not empty and at most ETCD_MAX_NAME bytes (22023).
  */
@@ -87,15 +105,7 @@ lock_name(FunctionCallInfo fcinfo)
 				 errmsg("etcd lock name must not be null")));
 	t = PG_GETARG_TEXT_PP(0);
 	len = VARSIZE_ANY_EXHDR(t);
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("etcd lock name must not be empty")));
-	if (len > ETCD_MAX_NAME)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("etcd lock name is too long (%d bytes)", len),
-				 errdetail("Lock names are limited to %d bytes.", ETCD_MAX_NAME)));
+	check_name(len);
 	return text_to_cstring(t);
 }
 
@@ -285,24 +295,6 @@ etcd_unlock_semaphore_sql(PG_FUNCTION_ARGS)
 }
 
 /*
- * check_name checks one lock name (a C string of len bytes), like
- * lock_name does for argument 0.
- */
-static void
-check_name(const char *name, int len)
-{
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("etcd lock name must not be empty")));
-	if (len > ETCD_MAX_NAME)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("etcd lock name is too long (%d bytes)", len),
-				 errdetail("Lock names are limited to %d bytes.", ETCD_MAX_NAME)));
-}
-
-/*
  * text_array returns the elements of a text[] argument as C strings; NULL
  * elements are refused (22004).
  */
@@ -376,7 +368,7 @@ many_common(FunctionCallInfo fcinfo, bool xact, bool wait)
 	kinds = palloc(sizeof(EtcdKeyKind) * n);
 	for (i = 0; i < n; i++)
 	{
-		check_name(names[i], strlen(names[i]));
+		check_name(strlen(names[i]));
 		if (modes == NULL || strcmp(modes[i], "exclusive") == 0)
 			kinds[i] = ETCD_KEY_EXCLUSIVE;
 		else if (strcmp(modes[i], "shared") == 0)

@@ -260,22 +260,30 @@ is_lock_holder_value(const char *v)
 }
 
 /*
+ * kinds_block is the one rule of which older lock key keeps a key from
+ * holding (for keys of different leases: a session's own keys never block
+ * each other): exclusive on either side blocks, shared keys never block
+ * shared ones, and permit keys only count against permit keys (the first N
+ * hold: the caller counts). Used by the waits, the try-lock, the deadlock
+ * detector and etcd_lock_holders.
+ */
+static bool
+kinds_block(EtcdKeyKind mine, EtcdKeyKind older)
+{
+	if (mine == ETCD_KEY_SEMAPHORE || older == ETCD_KEY_SEMAPHORE)
+		return mine == older;
+	return mine != ETCD_KEY_SHARED || older != ETCD_KEY_SHARED;
+}
+
+/*
  * key_blocks says whether a lock key of the name (kind, lease) keeps k's
- * key from holding when it is older: another lease's key, exclusive on
- * either side (shared keys never block shared keys); for a semaphore,
- * every other permit key (the first N hold). A session's own keys never
- * block each other.
+ * key from holding when it is older (kinds_block), or for a semaphore
+ * counts as one of the permit keys ahead.
  */
 static bool
 key_blocks(const EtcdLockKeys *k, EtcdKeyKind kind, int64 lease)
 {
-	if (lease == k->lease_id)
-		return false;
-	if (k->kind == ETCD_KEY_SEMAPHORE)
-		return kind == ETCD_KEY_SEMAPHORE;
-	if (kind == ETCD_KEY_SEMAPHORE)
-		return false;
-	return k->kind != ETCD_KEY_SHARED || kind == ETCD_KEY_EXCLUSIVE;
+	return lease != k->lease_id && kinds_block(k->kind, kind);
 }
 
 /* The first lock key of a name found in a page of listed keys. */
@@ -866,9 +874,10 @@ listed_lock_name(const char *prefix, int prefixlen, const char *key,
 	return (int) (slash - key) - prefixlen;
 }
 
-/* ---- deadlock detection across instances ---- */
+/* ---- every lock key under a prefix (deadlock detection, holders) ---- */
 
-typedef struct DlKey
+/* One lock key listed from a range over the prefix (listed_lock_name). */
+typedef struct ListedKey
 {
 	char	   *name;			/* lock name (prefix stripped) */
 	char	   *key;			/* full key */
@@ -876,27 +885,33 @@ typedef struct DlKey
 	int64		rev;			/* create_revision */
 	int64		lease;
 	EtcdKeyKind kind;
-	int			lidx;			/* index of its lease in the graph */
-} DlKey;
+	int			permits;
+	char	   *value;			/* decoded; "" if none or keys only */
+	int			lidx;			/* deadlock graph: index of its lease */
+} ListedKey;
 
-typedef struct DlRead
+typedef struct ListedKeys
 {
-	const EtcdLockKeys *k;
-	DlKey	   *keys;
+	const char *prefix;
+	int			prefixlen;
+	int			max;			/* more keys than this in the answer: too_many
+								 * (0: no limit) */
+	bool		too_many;
+	bool		no_permits;		/* leave permit keys out */
+	ListedKey  *keys;
 	int			n;
 	int			cap;
-	int			max;
-	bool		too_many;
-} DlRead;
+} ListedKeys;
 
 /*
- * parse_dl_keys keeps the lock keys among the keys under the prefix: for
- * each, the name is what lies between the prefix and the last slash.
+ * parse_listed keeps the lock keys among the keys of a range over the
+ * prefix (other applications' keys are skipped): for each, the name is what
+ * lies between the prefix and the last slash.
  */
 static bool
-parse_dl_keys(json_t *root, void *arg)
+parse_listed(json_t *root, void *arg)
 {
-	DlRead	   *r = arg;
+	ListedKeys *r = arg;
 	json_t	   *kvs = json_object_get(root, "kvs");
 	json_t	   *kv;
 	size_t		i;
@@ -905,60 +920,93 @@ parse_dl_keys(json_t *root, void *arg)
 		return true;
 	if (!json_is_array(kvs))
 		return false;
-	if ((int) json_array_size(kvs) > r->max)
+	if (r->max > 0 && (int) json_array_size(kvs) > r->max)
 	{
 		r->too_many = true;
 		return true;
 	}
 	json_array_foreach(kvs, i, kv)
 	{
+		json_t	   *jval = json_object_get(kv, "value");
 		int64		rev,
 					modrev,
 					lease;
-		char	   *key;
+		char	   *key,
+				   *val = NULL;
 		int			keylen,
 					namelen,
 					permits;
 		EtcdKeyKind kind;
+		ListedKey  *lk;
 
 		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
 			return false;
-		namelen = listed_lock_name(r->k->prefix, r->k->prefixlen, key, keylen, lease,
+		namelen = listed_lock_name(r->prefix, r->prefixlen, key, keylen, lease,
 								   &kind, &permits);
-		/* a semaphore wait is an OR-wait: left out of the graph */
-		if (namelen < 0 || kind == ETCD_KEY_SEMAPHORE)
+		if (namelen < 0 || (r->no_permits && kind == ETCD_KEY_SEMAPHORE))
 		{
 			pfree(key);
 			continue;
 		}
+		if (json_is_string(jval))
+			val = etcd_b64_decode(json_string_value(jval), NULL);
 		if (r->n >= r->cap)
 		{
 			r->cap = r->cap ? r->cap * 2 : 64;
-			r->keys = r->keys ? repalloc(r->keys, r->cap * sizeof(DlKey)) :
-				palloc(r->cap * sizeof(DlKey));
+			r->keys = r->keys ? repalloc(r->keys, r->cap * sizeof(ListedKey)) :
+				palloc(r->cap * sizeof(ListedKey));
 		}
-		r->keys[r->n].name = pnstrdup(key + r->k->prefixlen, namelen);
-		r->keys[r->n].key = key;
-		r->keys[r->n].keylen = keylen;
-		r->keys[r->n].rev = rev;
-		r->keys[r->n].lease = lease;
-		r->keys[r->n].kind = kind;
-		r->n++;
+		lk = &r->keys[r->n++];
+		lk->name = pnstrdup(key + r->prefixlen, namelen);
+		lk->key = key;
+		lk->keylen = keylen;
+		lk->rev = rev;
+		lk->lease = lease;
+		lk->kind = kind;
+		lk->permits = permits;
+		lk->value = val ? val : pstrdup("");
+		lk->lidx = -1;
 	}
 	return true;
 }
 
+/* by name, then oldest first */
 static int
-dl_key_cmp(const void *a, const void *b)
+listed_cmp(const void *a, const void *b)
 {
-	const DlKey *x = a;
-	const DlKey *y = b;
+	const ListedKey *x = a;
+	const ListedKey *y = b;
 	int			c = strcmp(x->name, y->name);
 
 	if (c != 0)
 		return c;
 	return x->rev < y->rev ? -1 : x->rev > y->rev;
 }
+
+/*
+ * append_prefix_range appends "key" and "range_end" (without the braces)
+ * of every key starting with start; an empty start is the whole key space.
+ */
+static void
+append_prefix_range(StringInfo b, const char *start, int len)
+{
+	appendStringInfoString(b, "\"key\":\"");
+	if (len == 0)
+	{
+		etcd_append_b64(b, "\0", 1);
+		appendStringInfoString(b, "\",\"range_end\":\"");
+		etcd_append_b64(b, "\0", 1);
+	}
+	else
+	{
+		etcd_append_b64(b, start, len);
+		appendStringInfoString(b, "\",\"range_end\":\"");
+		append_range_end(b, start, len);
+	}
+	appendStringInfoChar(b, '"');
+}
+
+/* ---- deadlock detection across instances ---- */
 
 typedef struct DlValues
 {
@@ -1019,7 +1067,7 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 	static bool said_too_many = false;
 	static bool said_failed = false;
 	EtcdStatus	st;
-	DlRead		r = {0};
+	ListedKeys	r = {0};
 	StringInfoData b;
 	int64	   *leases;
 	int		   *name_start;		/* per key: index of its name's first key */
@@ -1038,30 +1086,21 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 
 	if (etcd_lock_deadlock_max_keys <= 0)
 		return;
-	r.k = k;
+	r.prefix = k->prefix;
+	r.prefixlen = k->prefixlen;
 	r.max = etcd_lock_deadlock_max_keys;
+	r.no_permits = true;		/* a semaphore wait is an OR-wait: left out */
 	initStringInfo(&b);
-	appendStringInfoString(&b, "{\"key\":\"");
-	if (k->prefixlen == 0)
-	{
-		etcd_append_b64(&b, "\0", 1);
-		appendStringInfoString(&b, "\",\"range_end\":\"");
-		etcd_append_b64(&b, "\0", 1);
-	}
-	else
-	{
-		etcd_append_b64(&b, k->prefix, k->prefixlen);
-		appendStringInfoString(&b, "\",\"range_end\":\"");
-		append_range_end(&b, k->prefix, k->prefixlen);
-	}
-	appendStringInfo(&b, "\",\"keys_only\":true,\"limit\":\"%d\"}", r.max + 1);
+	appendStringInfoChar(&b, '{');
+	append_prefix_range(&b, k->prefix, k->prefixlen);
+	appendStringInfo(&b, ",\"keys_only\":true,\"limit\":\"%d\"}", r.max + 1);
 
 	/*
 	 * Detection must never end a wait by itself: if etcd refuses the read
 	 * (a role that may not read the whole prefix, say), say so once in the
 	 * log and go on waiting without it.
 	 */
-	if (!etcd_request("/v3/kv/range", b.data, parse_dl_keys, &r, &st))
+	if (!etcd_request("/v3/kv/range", b.data, parse_listed, &r, &st))
 	{
 		if (!said_failed)
 			ereport(LOG,
@@ -1083,7 +1122,7 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 	}
 	if (r.n < 2)
 		return;
-	qsort(r.keys, r.n, sizeof(DlKey), dl_key_cmp);
+	qsort(r.keys, r.n, sizeof(ListedKey), listed_cmp);
 
 	/* leases as graph nodes; each key knows where its name's keys start */
 	leases = palloc(sizeof(int64) * r.n);
@@ -1122,16 +1161,15 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 
 		for (i = 0; i < r.n && found_edge < 0; i++)
 		{
-			DlKey	   *w = &r.keys[i];
+			ListedKey  *w = &r.keys[i];
 
 			if (w->lidx != l)
 				continue;
 			for (j = name_start[i]; j < i && found_edge < 0; j++)
 			{
-				DlKey	   *h = &r.keys[j];
+				ListedKey  *h = &r.keys[j];
 
-				if (h->lease == w->lease ||
-					!(w->kind == ETCD_KEY_EXCLUSIVE || h->kind == ETCD_KEY_EXCLUSIVE))
+				if (h->lease == w->lease || !kinds_block(w->kind, h->kind))
 					continue;
 				if (h->lidx == our)
 				{
@@ -1195,8 +1233,8 @@ etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
 		initStringInfo(&detail);
 		for (i = nc - 1; i >= 0; i--)
 		{
-			DlKey	   *w = &r.keys[cyc[i]];
-			DlKey	   *h = &r.keys[tgt[i]];
+			ListedKey  *w = &r.keys[cyc[i]];
+			ListedKey  *h = &r.keys[tgt[i]];
 
 			appendStringInfo(&detail, "%sLease %llx waits for etcd lock \"%s\" (%s), held or awaited by lease %llx (%s).",
 							 detail.len ? "\n" : "", (unsigned long long) w->lease, w->name,
@@ -2204,98 +2242,6 @@ etcd_election_observe(const EtcdLockKeys *k, int64 last_revision,
 
 /* ---- listing holders ---- */
 
-typedef struct ListReply
-{
-	const char *prefix;
-	int			prefixlen;
-	EtcdHolder *items;
-	int			n;
-	int			cap;
-} ListReply;
-
-/*
- * parse_list keeps the lock keys (listed_lock_name: attached to a lease and
- * named by it, the scheme etcd's Go mutex uses, optionally with a mode
- * marker). Anything else in the range (other applications' keys) is
- * skipped.
- */
-static bool
-parse_list(json_t *root, void *arg)
-{
-	ListReply  *r = arg;
-	json_t	   *kvs = json_object_get(root, "kvs");
-	json_t	   *kv;
-	size_t		i;
-
-	if (kvs == NULL)
-		return true;
-	if (!json_is_array(kvs))
-		return false;
-	json_array_foreach(kvs, i, kv)
-	{
-		json_t	   *jkey = json_object_get(kv, "key");
-		json_t	   *jval = json_object_get(kv, "value");
-		int64		rev,
-					lease;
-		char	   *key,
-				   *val = NULL;
-		int			keylen,
-					namelen,
-					permits;
-		EtcdKeyKind kind;
-
-		if (!json_is_string(jkey) ||
-			!etcd_json_int64(kv, "create_revision", &rev) ||
-			!etcd_json_int64(kv, "lease", &lease))
-			return false;
-		if (lease == 0)
-			continue;
-		key = etcd_b64_decode(json_string_value(jkey), &keylen);
-		if (key == NULL)
-			return false;
-		namelen = listed_lock_name(r->prefix, r->prefixlen, key, keylen, lease,
-								   &kind, &permits);
-		if (namelen < 0)
-		{
-			pfree(key);
-			continue;
-		}
-		if (json_is_string(jval))
-			val = etcd_b64_decode(json_string_value(jval), NULL);
-		key[r->prefixlen + namelen] = '\0';
-		if (r->n >= r->cap)
-		{
-			r->cap = r->cap ? r->cap * 2 : 16;
-			r->items = r->items ? repalloc(r->items, r->cap * sizeof(EtcdHolder)) :
-				palloc(r->cap * sizeof(EtcdHolder));
-		}
-		r->items[r->n].name = pstrdup(key + r->prefixlen);
-		r->items[r->n].token = rev;
-		r->items[r->n].lease_id = lease;
-		r->items[r->n].value = val ? val : pstrdup("");
-		r->items[r->n].waiters = 0;
-		r->items[r->n].ttl = -1;
-		r->items[r->n].kind = kind;
-		r->items[r->n].permits = permits;
-		r->items[r->n].holds = false;
-		r->n++;
-		pfree(key);
-	}
-	return true;
-}
-
-static int
-holder_cmp(const void *a, const void *b)
-{
-	const EtcdHolder *x = a;
-	const EtcdHolder *y = b;
-	int			c = strcmp(x->name, y->name);
-
-	if (c != 0)
-		return c;
-	return x->token < y->token ? -1 : x->token > y->token;
-}
-
 static bool
 parse_ttl(json_t *root, void *arg)
 {
@@ -2304,46 +2250,38 @@ parse_ttl(json_t *root, void *arg)
 
 /*
  * etcd_lock_holders reads every lock key whose name starts with name_prefix
- * (under etcd_lock.prefix) and returns one entry per lock name: its holder
- * (the oldest key), the number of waiters, and the holder lease's remaining
- * TTL. One range read plus one lease lookup per lock name.
+ * (under etcd_lock.prefix) and returns one entry per holder (kinds_block;
+ * a shared lock or a semaphore has several): its key's token, lease and
+ * value, its name's number of keys that do not hold, and the lease's
+ * remaining TTL. One range read plus one lease lookup per distinct lease.
  */
 EtcdHolder *
 etcd_lock_holders(const char *prefix, const char *name_prefix, int *nholders)
 {
-	ListReply	r = {0};
+	ListedKeys	r = {0};
 	StringInfoData b;
 	char	   *start = psprintf("%s%s", prefix ? prefix : "", name_prefix);
-	int			startlen = strlen(start);
+	EtcdHolder *items;
 	int			i,
 				out = 0;
 
 	r.prefix = prefix ? prefix : "";
 	r.prefixlen = strlen(r.prefix);
 	initStringInfo(&b);
-	appendStringInfoString(&b, "{\"key\":\"");
-	if (startlen == 0)
-	{
-		/* the whole key space: from "\0" to the end */
-		etcd_append_b64(&b, "\0", 1);
-		appendStringInfoString(&b, "\",\"range_end\":\"");
-		etcd_append_b64(&b, "\0", 1);
-	}
-	else
-	{
-		etcd_append_b64(&b, start, startlen);
-		appendStringInfoString(&b, "\",\"range_end\":\"");
-		append_range_end(&b, start, startlen);
-	}
+	appendStringInfoChar(&b, '{');
+	append_prefix_range(&b, start, strlen(start));
+
 	/*
 	 * A report, never an ownership decision: a serializable read (served
 	 * by the member asked, without a quorum round) is enough.
 	 */
-	appendStringInfoString(&b, "\",\"serializable\":true}");
-	etcd_request_or_error("/v3/kv/range", b.data, parse_list, &r, "list locks");
+	appendStringInfoString(&b, ",\"serializable\":true}");
+	etcd_request_or_error("/v3/kv/range", b.data, parse_listed, &r, "list locks");
 
 	if (r.n > 1)
-		qsort(r.items, r.n, sizeof(EtcdHolder), holder_cmp);
+		qsort(r.keys, r.n, sizeof(ListedKey), listed_cmp);
+	items = palloc(sizeof(EtcdHolder) * Max(r.n, 1));
+
 	/*
 	 * Keep the keys that hold (the oldest, every shared key with no older
 	 * exclusive key of another lease, the first N permit keys); count the
@@ -2354,47 +2292,60 @@ etcd_lock_holders(const char *prefix, const char *name_prefix, int *nholders)
 		int			end = i,
 					j,
 					nsem = 0,
-					nwait = 0;
+					nwait = 0,
+					first = out;
 
-		while (end < r.n && strcmp(r.items[end].name, r.items[i].name) == 0)
+		while (end < r.n && strcmp(r.keys[end].name, r.keys[i].name) == 0)
 			end++;
 		for (j = i; j < end; j++)
 		{
-			EtcdHolder *h = &r.items[j];
+			ListedKey  *h = &r.keys[j];
+			bool		holds = true;
 			int			m;
 
 			if (h->kind == ETCD_KEY_SEMAPHORE)
-				h->holds = nsem++ < h->permits;
+				holds = nsem++ < h->permits;
 			else
+				for (m = i; m < j && holds; m++)
+					if (r.keys[m].lease != h->lease && kinds_block(h->kind, r.keys[m].kind))
+						holds = false;
+			if (!holds)
 			{
-				h->holds = true;
-				for (m = i; m < j && h->holds; m++)
-					if (r.items[m].kind != ETCD_KEY_SEMAPHORE &&
-						r.items[m].lease_id != h->lease_id &&
-						(h->kind == ETCD_KEY_EXCLUSIVE || r.items[m].kind == ETCD_KEY_EXCLUSIVE))
-						h->holds = false;
-			}
-			if (!h->holds)
 				nwait++;
-		}
-		for (j = i; j < end; j++)
-			if (r.items[j].holds)
-			{
-				r.items[out] = r.items[j];
-				r.items[out++].waiters = nwait;
+				continue;
 			}
+			items[out].name = h->name;
+			items[out].token = h->rev;
+			items[out].lease_id = h->lease;
+			items[out].value = h->value;
+			items[out].ttl = -1;
+			items[out].kind = h->kind;
+			items[out].permits = h->permits;
+			out++;
+		}
+		for (j = first; j < out; j++)
+			items[j].waiters = nwait;
 		i = end;
 	}
 	for (i = 0; i < out; i++)
 	{
 		char		body[64];
 		int64		ttl = -1;
+		int			j;
 
-		snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", r.items[i].lease_id);
+		/* a lease holding several names is looked up once */
+		for (j = 0; j < i && items[j].lease_id != items[i].lease_id; j++)
+			;
+		if (j < i)
+		{
+			items[i].ttl = items[j].ttl;
+			continue;
+		}
+		snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", items[i].lease_id);
 		etcd_request_or_error("/v3/lease/timetolive", body, parse_ttl, &ttl,
 							  "read a lease");
-		r.items[i].ttl = ttl;
+		items[i].ttl = ttl;
 	}
 	*nholders = out;
-	return r.items;
+	return items;
 }

@@ -86,7 +86,6 @@ typedef struct EtcdHolder
 	int64		ttl;			/* holder lease's remaining TTL, -1 if gone */
 	EtcdKeyKind kind;			/* the holder key's kind */
 	int			permits;		/* semaphore: N */
-	bool		holds;			/* (internal) */
 } EtcdHolder;
 
 /* The leader of an election (its oldest key), for etcd_leader(). */

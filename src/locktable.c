@@ -105,6 +105,9 @@ static void lt_arm_timer(void);
 static void lt_check_entry(LocalLock *e, const char *name, EtcdKeyKind kind, int permits);
 static LocalLock *lt_enter(const char *pfx, const char *name, const EtcdLockKeys *k, bool xact);
 static void lt_hold(LocalLock *e, int64 rev, bool xact);
+static bool lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact,
+							bool wait, TimestampTz deadline, bool by_lock_timeout,
+							int64 *tokens);
 static void lt_ExecutorStart(QueryDesc *queryDesc, int eflags);
 static void lt_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 							  bool readOnlyTree, ProcessUtilityContext context,
@@ -705,6 +708,22 @@ lt_raise_timeout(const char *name, EtcdKeyKind kind, bool by_lock_timeout)
 }
 
 /*
+ * lt_begin_acquire: before any acquisition, report a lost lease, make sure
+ * the table exists, queue releases still owed, and take the current
+ * etcd_lock.on_lease_loss for this backend's lease.
+ */
+static void
+lt_begin_acquire(void)
+{
+	lt_check_lost();
+	if (lt_locks == NULL)
+		lt_create_table();
+	lt_flush_owed();
+	if (lt_lease != 0)
+		etcd_my_slot()->on_loss = etcd_lock_on_lease_loss;
+}
+
+/*
  * lt_acquire does the work of etcd_acquire within deadline (0: none).
  */
 static bool
@@ -719,12 +738,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 	volatile bool key_sent = false;
 	bool		held = false;
 
-	lt_check_lost();
-	if (lt_locks == NULL)
-		lt_create_table();
-	lt_flush_owed();
-	if (lt_lease != 0)
-		etcd_my_slot()->on_loss = etcd_lock_on_lease_loss;
+	lt_begin_acquire();
 
 	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
@@ -985,6 +999,55 @@ lt_timeout_instead(MemoryContext oldcxt, TimestampTz deadline,
 }
 
 /*
+ * lt_bounded runs an acquisition (lt_acquire, or lt_acquire_many if many)
+ * under its deadline: the timeout and lock_timeout bound the whole call,
+ * etcd requests included (each gets the smaller of request_timeout and
+ * what is left), and a request cut short by them ends the call with their
+ * error (55P03), not etcd's.
+ */
+typedef struct LtCall
+{
+	bool		many;
+	char	  **names;
+	EtcdKeyKind *kinds;
+	int			n;
+	int			permits;
+	const char *value;
+	bool		xact;
+	bool		wait;
+	int64	   *tokens;
+} LtCall;
+
+static bool
+lt_bounded(const LtCall *c, int64 timeout_ms)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	bool		by_lock_timeout;
+	volatile TimestampTz deadline = lt_deadline(c->wait, timeout_ms, &by_lock_timeout);
+	bool		result;
+
+	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);
+	etcd_gateway_call_deadline(deadline);
+	PG_TRY();
+	{
+		if (c->many)
+			result = lt_acquire_many(c->names, c->kinds, c->n, c->xact, c->wait,
+									 deadline, by_lock_timeout, c->tokens);
+		else
+			result = lt_acquire(c->names[0], c->kinds[0], c->permits, c->value,
+								c->xact, c->wait, deadline, by_lock_timeout, c->tokens);
+	}
+	PG_CATCH();
+	{
+		lt_timeout_instead(oldcxt, deadline, c->names[0], c->kinds[0], by_lock_timeout);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	etcd_gateway_call_deadline(0);
+	return result;
+}
+
+/*
  * etcd_acquire takes the lock name for this session (xact: until the end of
  * the transaction). wait=false never waits for another holder. timeout_ms <
  * 0 waits without limit (lock_timeout still applies). The timeout and
@@ -998,25 +1061,9 @@ bool
 etcd_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 			 bool xact, bool wait, int64 timeout_ms, int64 *token)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	bool		by_lock_timeout;
-	volatile TimestampTz deadline = lt_deadline(wait, timeout_ms, &by_lock_timeout);
-	bool		result;
+	LtCall		c = {false, (char **) &name, &kind, 1, permits, value, xact, wait, token};
 
-	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);
-	etcd_gateway_call_deadline(deadline);
-	PG_TRY();
-	{
-		result = lt_acquire(name, kind, permits, value, xact, wait, deadline, by_lock_timeout, token);
-	}
-	PG_CATCH();
-	{
-		lt_timeout_instead(oldcxt, deadline, name, kind, by_lock_timeout);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	etcd_gateway_call_deadline(0);
-	return result;
+	return lt_bounded(&c, timeout_ms);
 }
 
 /*
@@ -1074,12 +1121,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	int			i,
 				j;
 
-	lt_check_lost();
-	if (lt_locks == NULL)
-		lt_create_table();
-	lt_flush_owed();
-	if (lt_lease != 0)
-		etcd_my_slot()->on_loss = etcd_lock_on_lease_loss;
+	lt_begin_acquire();
 
 	for (i = 0; i < n; i++)
 	{
@@ -1191,25 +1233,9 @@ bool
 etcd_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 				  int64 timeout_ms, int64 *tokens)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	bool		by_lock_timeout;
-	volatile TimestampTz deadline = lt_deadline(wait, timeout_ms, &by_lock_timeout);
-	bool		result;
+	LtCall		c = {true, names, kinds, n, 0, NULL, xact, wait, tokens};
 
-	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);
-	etcd_gateway_call_deadline(deadline);
-	PG_TRY();
-	{
-		result = lt_acquire_many(names, kinds, n, xact, wait, deadline, by_lock_timeout, tokens);
-	}
-	PG_CATCH();
-	{
-		lt_timeout_instead(oldcxt, deadline, names[0], kinds[0], by_lock_timeout);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	etcd_gateway_call_deadline(0);
-	return result;
+	return lt_bounded(&c, timeout_ms);
 }
 
 /*
@@ -1555,6 +1581,20 @@ etcd_proclaim(const char *name, const char *value)
 }
 
 /*
+ * lt_leads says whether the leader read (out) is this session: its key,
+ * held by this session with that token (etcd_token checks the lease's
+ * deadline).
+ */
+static bool
+lt_leads(const char *name, const EtcdLeader *out)
+{
+	int64		t;
+
+	return out->exists && lt_lease != 0 && out->lease_id == lt_lease &&
+		etcd_token(name, ETCD_KEY_ELECTION, &t) && t == out->token;
+}
+
+/*
  * etcd_leader_of reads the leader of election name; *mine says whether it
  * is this session's key (held, within the lease deadline).
  */
@@ -1565,8 +1605,7 @@ etcd_leader_of(const char *name, EtcdLeader *out, bool *mine)
 
 	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, ETCD_KEY_ELECTION, 0);
 	etcd_election_leader(&k, out);
-	*mine = out->exists && lt_lease != 0 && out->lease_id == lt_lease && !lt_lease_lost() &&
-		etcd_token_is(name, out->token);
+	*mine = lt_leads(name, out);
 }
 
 /*
@@ -1586,19 +1625,7 @@ etcd_observe_leader(const char *name, int64 last_revision, int64 timeout_ms,
 	etcd_gateway_wait_kind(ETCD_WAIT_PREDECESSOR);
 	(void) etcd_election_observe(&k, last_revision, deadline, out);
 	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);
-	*mine = out->exists && lt_lease != 0 && out->lease_id == lt_lease && !lt_lease_lost() &&
-		etcd_token_is(name, out->token);
-}
-
-/*
- * etcd_token_is says whether this session leads election name with token.
- */
-bool
-etcd_token_is(const char *name, int64 token)
-{
-	int64		t;
-
-	return etcd_token(name, ETCD_KEY_ELECTION, &t) && t == token;
+	*mine = lt_leads(name, out);
 }
 
 /*

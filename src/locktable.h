@@ -17,7 +17,6 @@ extern int64 etcd_proclaim(const char *name, const char *value);
 extern void etcd_leader_of(const char *name, EtcdLeader *out, bool *mine);
 extern void etcd_observe_leader(const char *name, int64 last_revision,
 								int64 timeout_ms, EtcdLeader *out, bool *mine);
-extern bool etcd_token_is(const char *name, int64 token);
 extern bool etcd_acquire_many(char **names, EtcdKeyKind *kinds, int n,
 							  bool xact, bool wait, int64 timeout_ms,
 							  int64 *tokens);
