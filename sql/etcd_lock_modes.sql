@@ -1,12 +1,6 @@
 -- Shared locks and semaphores (1.1): the SQL surface, argument checks and
 -- SQLSTATEs, re-entrancy, views. Cross-session behaviour: t/017.
-CREATE OR REPLACE FUNCTION sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-	EXECUTE q;
-	RETURN 'no error';
-EXCEPTION WHEN others THEN
-	RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+-- sqlstate_of(q): from etcd_lock_errors, which runs before this file
 
 -- bad input: 22004 for NULL, 22023 for out-of-range values
 SELECT sqlstate_of($$SELECT etcd_lock_shared(NULL)$$);

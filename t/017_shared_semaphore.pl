@@ -44,15 +44,6 @@ my $etcd = start_etcd();
 my $na = etcd_node('ss_a', $etcd);
 my $nb = etcd_node('ss_b', $etcd);
 
-# waiting(s, name): the session's backend waits for name (etcd_locks)
-sub waiting
-{
-	my ($s, $name) = @_;
-	return $s->{node}->safe_psql('postgres',
-		"SELECT coalesce(bool_or(mode = 'waiting'), false) FROM etcd_locks WHERE pid = $s->{pid} AND name = '$name'")
-	  eq 't';
-}
-
 # keys_under(prefix): the keys under prefix, sorted (a list)
 sub keys_under
 {
@@ -210,9 +201,9 @@ sub ctr_sql
 	my ($t_r1) = ok_sql($ra, "SELECT etcd_lock_shared('/fifo')");
 	$at{R1} = ok_sql($ra, epoch_sql());
 	my $mw = start_query($x, "SELECT etcd_lock('/fifo', '30 s');\n" . epoch_sql());
-	ok(wait_until(sub { waiting($x, '/fifo') }, 10), 'FIFO: W (instance B) waits for exclusive behind R1 (shared)');
+	ok(wait_until(sub { sess_waiting($x, '/fifo') }, 10), 'FIFO: W (instance B) waits for exclusive behind R1 (shared)');
 	my $mr2 = start_query($r2, "SELECT etcd_lock_shared('/fifo', '30 s');\n" . epoch_sql());
-	ok(wait_until(sub { waiting($r2, '/fifo') }, 10), 'FIFO: R2 (instance A) waits for shared behind W');
+	ok(wait_until(sub { sess_waiting($r2, '/fifo') }, 10), 'FIFO: R2 (instance A) waits for shared behind W');
 	usleep(500_000);
 	ok(!query_done($r2, $mr2), 'FIFO: R2 still waits while R1 holds shared (it does not jump the queued writer)');
 	ok(!query_done($x, $mw), 'FIFO: W still waits while R1 holds shared');
@@ -244,9 +235,9 @@ sub ctr_sql
 	# the current reader
 	ok_sql($ra, "SELECT etcd_lock_shared('/gu')");
 	$mw = start_query($x, "SELECT etcd_lock('/gu', '1 s')");
-	ok(wait_until(sub { waiting($x, '/gu') }, 10), 'writer queued behind a reader');
+	ok(wait_until(sub { sess_waiting($x, '/gu') }, 10), 'writer queued behind a reader');
 	$mr2 = start_query($r2, "SELECT etcd_lock_shared('/gu', '30 s') > 0");
-	ok(wait_until(sub { waiting($r2, '/gu') }, 10), 'second reader queued behind the writer');
+	ok(wait_until(sub { sess_waiting($r2, '/gu') }, 10), 'second reader queued behind the writer');
 	my ($o, $e) = finish_query($x, $mw, 30);
 	like($e, qr/55P03/, 'the writer gives up (timeout)');
 	($o, $e) = finish_query($r2, $mr2, 10);
@@ -262,9 +253,9 @@ sub ctr_sql
 	for my $r (@rs)
 	{
 		push @mr, start_query($r, "SELECT etcd_lock_shared('/many', '30 s') > 0");
-		wait_until(sub { waiting($r, '/many') }, 10);
+		wait_until(sub { sess_waiting($r, '/many') }, 10);
 	}
-	ok(!(grep { !waiting($_, '/many') } @rs), 'three readers (both instances) wait behind an exclusive holder');
+	ok(!(grep { !sess_waiting($_, '/many') } @rs), 'three readers (both instances) wait behind an exclusive holder');
 	ok_sql($x, "SELECT etcd_unlock('/many')");
 	my @got = map { (finish_query($rs[$_], $mr[$_], 10))[0] } 0 .. 2;
 	is(join(',', @got), 't,t,t', 'one exclusive release admits all three readers');
@@ -343,7 +334,7 @@ END\$\$;})
 	ok_sql($_, "BEGIN; SELECT etcd_xact_lock_shared('/dls')") for $d1, $d2;
 	my $t0 = time;
 	my $m1 = start_query($d1, "SELECT etcd_xact_lock('/dls', '30 s') > 0");
-	ok(wait_until(sub { waiting($d1, '/dls') }, 10), 'deadlock: session 1 (A) waits for exclusive');
+	ok(wait_until(sub { sess_waiting($d1, '/dls') }, 10), 'deadlock: session 1 (A) waits for exclusive');
 	usleep(300_000);
 	my $m2 = start_query($d2, "SELECT etcd_xact_lock('/dls', '30 s') > 0");
 	my @r = ([ finish_query($d2, $m2, 40) ], [ finish_query($d1, $m1, 40) ]);
@@ -361,7 +352,7 @@ END\$\$;})
 	# (as with advisory locks), so the other waits until it lets go
 	ok_sql($_, "SELECT etcd_lock_shared('/dls2')") for $d1, $d2;
 	$m1 = start_query($d1, "SELECT etcd_lock('/dls2', '30 s') > 0");
-	ok(wait_until(sub { waiting($d1, '/dls2') }, 10), 'deadlock (session): session 1 waits');
+	ok(wait_until(sub { sess_waiting($d1, '/dls2') }, 10), 'deadlock (session): session 1 waits');
 	usleep(300_000);
 	my ($o2, $e2) = run($d2, "SELECT etcd_lock('/dls2', '30 s') > 0", 40);
 	like($e2, qr/40P01/, 'deadlock (session): the younger wait gets 40P01');
@@ -379,7 +370,7 @@ END\$\$;})
 	# upgrade, the younger wait, is the victim
 	ok_sql($d1, "SELECT etcd_lock_shared('/upg')");
 	my $mq = start_query($d2, "SELECT etcd_lock('/upg', '30 s') > 0");
-	ok(wait_until(sub { waiting($d2, '/upg') }, 10), 'upgrade: a writer (B) queues behind a shared holder (A)');
+	ok(wait_until(sub { sess_waiting($d2, '/upg') }, 10), 'upgrade: a writer (B) queues behind a shared holder (A)');
 	my ($ou, $eu) = run($d1, "SELECT etcd_lock('/upg', '30 s') > 0", 40);
 	like($eu, qr/40P01/, 'upgrade: the shared holder asking exclusive behind the queued writer gets 40P01');
 	ok(!query_done($d2, $mq), '... the queued writer still waits for the shared hold');
@@ -414,7 +405,7 @@ SKIP:
 	is(ok_sql($r2, "SELECT etcd_try_lock_shared('/goi')"), 'f',
 		'a shared try (instance B) does not jump the waiting Go mutex');
 	my $mr = start_query($r2, "SELECT etcd_lock_shared('/goi', '30 s') > 0");
-	ok(wait_until(sub { waiting($r2, '/goi') }, 10), 'a shared request (instance B) queues behind the Go mutex');
+	ok(wait_until(sub { sess_waiting($r2, '/goi') }, 10), 'a shared request (instance B) queues behind the Go mutex');
 	ok_sql($s, "SELECT etcd_unlock_shared('/goi')");
 	ok(wait_until(sub { $h->pump_nb; $gout =~ /Acquired lock/ }, 30), 'Go mutex acquired /goi once SQL released');
 	$h->finish;
@@ -489,7 +480,7 @@ END\$\$;})
 	# 3 hold, a 4th waits, one leaves, the 4th gets in
 	ok(ok_sql($s[$_], "SELECT etcd_semaphore('/sem4', 3, '5 s')") > 0, "holder $_ of /sem4") for 0 .. 2;
 	my $m4 = start_query($s[3], "SELECT etcd_semaphore('/sem4', 3, '30 s') > 0");
-	ok(wait_until(sub { waiting($s[3], '/sem4') }, 10), 'a 4th session waits');
+	ok(wait_until(sub { sess_waiting($s[3], '/sem4') }, 10), 'a 4th session waits');
 	is($nb->safe_psql('postgres',
 		"SELECT mode, lock_mode, permits FROM etcd_locks WHERE pid = $s[3]->{pid}"),
 		'waiting|semaphore|3', 'etcd_locks: waiting, lock_mode semaphore, permits 3');
@@ -520,7 +511,7 @@ END\$\$;})
 	for my $i (0 .. 2)
 	{
 		push @qm, start_query($q[$i], "SELECT etcd_semaphore('/semq', 1, '" . ($i == 1 ? '1.5 s' : '30 s') . "') > 0");
-		wait_until(sub { waiting($q[$i], '/semq') }, 10);
+		wait_until(sub { sess_waiting($q[$i], '/semq') }, 10);
 	}
 	($out, $err) = finish_query($q[1], $qm[1], 30);
 	like($err, qr/55P03/, 'the middle one of three semaphore waiters gives up');
@@ -568,9 +559,9 @@ sub kv_requests
 	for my $i (0 .. 5)
 	{
 		push @m, start_query($w[$i], "SELECT etcd_semaphore('/wake', 2, '60 s') > 0");
-		wait_until(sub { waiting($w[$i], '/wake') }, 10);
+		wait_until(sub { sess_waiting($w[$i], '/wake') }, 10);
 	}
-	ok(!(grep { !waiting($_, '/wake') } @w), '2 holders, 6 waiters queued over both instances');
+	ok(!(grep { !sess_waiting($_, '/wake') } @w), '2 holders, 6 waiters queued over both instances');
 	usleep(300_000);
 	# for scale: what the 6 waiters cost while nothing happens (each looks
 	# again after 1 s without news, a safety net)

@@ -38,15 +38,6 @@ my $etcd = start_etcd();
 my $na = etcd_node('ml_a', $etcd);
 my $nb = etcd_node('ml_b', $etcd);
 
-# waiting(s, name): the session's backend waits for name (etcd_locks)
-sub waiting
-{
-	my ($s, $name) = @_;
-	return $s->{node}->safe_psql('postgres',
-		"SELECT coalesce(bool_or(mode = 'waiting'), false) FROM etcd_locks WHERE pid = $s->{pid} AND name = '$name'")
-	  eq 't';
-}
-
 # locks_of(s): the session's rows in its instance's etcd_locks
 sub locks_of
 {
@@ -208,7 +199,7 @@ my $sc = sess($nb);    # another session (instance B)
 	ok(ok_sql($ha, "SELECT etcd_lock('/mt/b')") > 0, 'timeout: a session of instance B holds /mt/b');
 	my $hexa = lease_hex($ha);
 	my $m = start_query($sb, "SELECT etcd_lock_many(ARRAY['/mt/a', '/mt/b'], '1 s')");
-	ok(wait_until(sub { waiting($sb, '/mt/b') }, 10), 'timeout: the multi-lock (instance A) waits for /mt/b');
+	ok(wait_until(sub { sess_waiting($sb, '/mt/b') }, 10), 'timeout: the multi-lock (instance A) waits for /mt/b');
 	my $hexb = lease_hex($sb);
 	my $kv = kvs('/mt/');
 	my @mine = grep { m{/\Q$hexb\E$} } sort keys %$kv;
@@ -313,7 +304,7 @@ my $sc = sess($nb);    # another session (instance B)
 	ok_sql($ha, "SELECT etcd_lock('/mc/b')");
 	my $hexa = lease_hex($ha);
 	my $m = start_query($sb, "SELECT etcd_lock_many(ARRAY['/mc/a', '/mc/b'], '30 s')");
-	ok(wait_until(sub { waiting($sb, '/mc/b') }, 10), 'cancel: the multi-lock waits for /mc/b');
+	ok(wait_until(sub { sess_waiting($sb, '/mc/b') }, 10), 'cancel: the multi-lock waits for /mc/b');
 	my $hexb = lease_hex($sb);
 	is(join(',', grep { m{/\Q$hexb\E$} } keys_under('/mc/')), "/mc/a/$hexb,/mc/b/$hexb",
 		'cancel: its keys for both names are in etcd');

@@ -15,7 +15,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(start_etcd start_etcd_cluster etcd_leader run_etcd stop_etcd etcd_node session start_query finish_query
-  query_done etcd_keys etcd_put wait_until sleep_full sess run ok_sql);
+  query_done etcd_keys etcd_put wait_until sleep_full sess run ok_sql sess_waiting);
 
 my @etcd_pids;
 
@@ -196,6 +196,15 @@ sub ok_sql
 	my ($out, $err) = run($s, $sql);
 	die "unexpected error from <$sql>: $err" if $err =~ /ERROR/;
 	return $out;
+}
+
+# sess_waiting(s, name): the session's backend waits for name (etcd_locks)
+sub sess_waiting
+{
+	my ($s, $name) = @_;
+	return $s->{node}->safe_psql('postgres',
+		"SELECT coalesce(bool_or(mode = 'waiting'), false) FROM etcd_locks WHERE pid = $s->{pid} AND name = '$name'")
+	  eq 't';
 }
 
 my $mark = 0;
