@@ -212,15 +212,18 @@ etcd_lease_body(int64 lease_id)
 /* ---- acquire ---- */
 
 static EtcdKeyKind key_kind(const char *pfx, int pfxlen, const char *key,
-							int keylen, int64 lease, int *permits);
+							int keylen, int64 *lease, int *permits);
 static bool parse_create_rev(json_t *root, void *arg);
 
 #define TRY_PAGE	64			/* oldest keys a failed try-lock reads */
 
 /*
  * kv_fields reads what the lock algorithm needs of one listed key: the key
- * (palloc'd, decoded), its create_revision, mod_revision and lease. False
- * if the entry is malformed.
+ * (palloc'd, decoded), its create_revision, mod_revision and the lease etcd
+ * listed with it — 0 when the answer does not say, which is not "no lease":
+ * etcd 3.7.0-3.7.3 leave `lease` out of every keys-only answer (etcd issue
+ * #22209). Only key_kind reads that lease, and it decides from the key's
+ * name. False if the entry is malformed.
  */
 static bool
 kv_fields(json_t *kv, char **key, int *keylen, int64 *rev, int64 *modrev,
@@ -346,7 +349,7 @@ scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
 			return false;
 		out->nread++;
 		out->last_rev = rev;
-		kind = key_kind(k->pfx, k->pfxlen, key, keylen, lease, &permits);
+		kind = key_kind(k->pfx, k->pfxlen, key, keylen, &lease, &permits);
 		if (kind == ETCD_KEY_NONE)
 		{
 			pfree(key);
@@ -795,34 +798,58 @@ etcd_lock_acquire_many(EtcdLockKeys *ks, int n, int64 lease_id,
 /* ---- which keys are lock keys ---- */
 
 /*
- * key_kind says what key (keylen bytes, attached to lease) is to the name
- * whose range is pfx: a lock key is a direct child whose last segment is
- * the hex of its own lease, optionally followed by ".<marker>"
- * ([a-z0-9_]+): none is exclusive, "shared" shared, "sem<N>" one of N
- * semaphore permits (*permits = N). Keys of nested names ("<name>/x/...")
- * and any other data under the range are not lock keys (ETCD_KEY_NONE):
- * they neither hold nor queue. A marker this version does not know counts
- * as exclusive, never as nothing: a newer node's key must not be ignored
- * during an upgrade.
+ * key_kind says what key (keylen bytes) is to the name whose range is pfx:
+ * a lock key is a direct child whose last segment is a lease ID in
+ * lower-case hex (as etcd's Go client and we name keys: no leading zero,
+ * at most 63 bits), optionally followed by ".<marker>" ([a-z0-9_]+): none
+ * is exclusive, "shared" shared, "sem<N>" one of N semaphore permits
+ * (*permits = N). Keys of nested names ("<name>/x/...") and any other data
+ * under the range are not lock keys (ETCD_KEY_NONE): they neither hold nor
+ * queue. A marker this version does not know counts as exclusive, never as
+ * nothing: a newer node's key must not be ignored during an upgrade.
+ *
+ * The decision rests on the key's name, which every answer carries, and
+ * never on the absence of a field: *lease is the lease etcd listed with
+ * the key, 0 if the answer did not say (etcd 3.7.0-3.7.3 omit it from
+ * keys-only ranges, 3.4-3.6 and later 3.7 carry it; a mixed cluster answers
+ * both ways). Unsaid, the key counts as a lock key of the lease its name
+ * gives (fail closed: a leaseless key named like one blocks, as every key
+ * under the name blocks a Go mutex). Only a lease etcd states and that
+ * differs from the name makes the key other data. On a lock key *lease is
+ * set to the lease its name gives.
  */
 static EtcdKeyKind
-key_kind(const char *pfx, int pfxlen, const char *key, int keylen, int64 lease,
+key_kind(const char *pfx, int pfxlen, const char *key, int keylen, int64 *lease,
 		 int *permits)
 {
 	const char *rest = key + pfxlen;
 	int			restlen = keylen - pfxlen;
-	char		hex[24];
+	uint64		named = 0;
 	int			hexlen,
 				i;
 	const char *marker;
 	int			mlen;
 
-	if (lease == 0 || restlen <= 0 || keylen < pfxlen ||
+	if (restlen <= 0 || keylen < pfxlen ||
 		memcmp(key, pfx, pfxlen) != 0 || memchr(rest, '/', restlen) != NULL)
 		return ETCD_KEY_NONE;
-	hexlen = snprintf(hex, sizeof(hex), "%llx", (unsigned long long) lease);
-	if (restlen < hexlen || memcmp(rest, hex, hexlen) != 0)
+	for (hexlen = 0; hexlen < restlen && hexlen <= 16; hexlen++)
+	{
+		char		c = rest[hexlen];
+
+		if (c >= '0' && c <= '9')
+			named = (named << 4) | (uint64) (c - '0');
+		else if (c >= 'a' && c <= 'f')
+			named = (named << 4) | (uint64) (c - 'a' + 10);
+		else
+			break;
+	}
+	/* canonical %llx of a positive int64: 1-16 digits, no leading zero */
+	if (hexlen == 0 || hexlen > 16 || rest[0] == '0' || named > (uint64) PG_INT64_MAX)
 		return ETCD_KEY_NONE;
+	if (*lease != 0 && (uint64) *lease != named)
+		return ETCD_KEY_NONE;
+	*lease = (int64) named;
 	if (restlen == hexlen)
 		return ETCD_KEY_EXCLUSIVE;
 	if (rest[hexlen] != '.' || restlen == hexlen + 1)
@@ -860,7 +887,7 @@ key_kind(const char *pfx, int pfxlen, const char *key, int keylen, int64 lease,
  */
 static int
 listed_lock_name(const char *prefix, int prefixlen, const char *key,
-				 int keylen, int64 lease, EtcdKeyKind *kind, int *permits)
+				 int keylen, int64 *lease, EtcdKeyKind *kind, int *permits)
 {
 	const char *slash = (int) strlen(key) == keylen ? strrchr(key, '/') : NULL;
 
@@ -941,7 +968,7 @@ parse_listed(json_t *root, void *arg)
 
 		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
 			return false;
-		namelen = listed_lock_name(r->prefix, r->prefixlen, key, keylen, lease,
+		namelen = listed_lock_name(r->prefix, r->prefixlen, key, keylen, &lease,
 								   &kind, &permits);
 		if (namelen < 0 || (r->no_permits && kind == ETCD_KEY_SEMAPHORE))
 		{
@@ -1376,7 +1403,7 @@ parse_pred(json_t *root, void *arg)
 		if (!ok)
 			return false;
 		if (h && kv_fields(h, &key, &keylen, &hrev, &hmod, &hlease) &&
-			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, hlease, NULL) == ETCD_KEY_EXCLUSIVE &&
+			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, &hlease, NULL) == ETCD_KEY_EXCLUSIVE &&
 			json_is_string(jval) &&
 			(val = etcd_b64_decode(json_string_value(jval), NULL)) != NULL)
 		{
@@ -2079,7 +2106,7 @@ parse_leader(json_t *root, void *arg)
 		r->nread++;
 		r->last_rev = rev;
 		if (r->out->exists ||
-			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, lease, NULL) == ETCD_KEY_NONE)
+			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, &lease, NULL) == ETCD_KEY_NONE)
 		{
 			pfree(key);
 			continue;

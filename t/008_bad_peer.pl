@@ -233,6 +233,26 @@ watch_case('watch_garbage_first', 'watch stream starts with garbage');
 watch_case('watch_end', 'watch stream ends after created');
 watch_case('watch_abrupt', 'watch connection drops mid-line');
 
+# etcd 3.7.0-3.7.3 list keys-only ranges without `lease` (etcd issue
+# #22209): a holder's key must still hold. Before the fix the missing lease
+# read as 0, the holder's key as foreign data, and the waiter was granted
+# the lock at once (token 100) while /bad/1 held it.
+{
+	$gw->set_omit_lease(1);
+	$gw->set_mode('watch_hang');
+	my $t0 = time;
+	my ($out, $err) = finish_query($s, start_query($s, "SELECT etcd_lock('/bad', '1.5 s')"), 30);
+	like($err, qr/55P03: could not obtain etcd lock "\/bad" within the timeout/,
+		'listing without lease (etcd 3.7): the waiter waits for the holder named by the key, then times out');
+	ok(!defined $out || $out eq '', 'listing without lease (etcd 3.7): no token was returned');
+	ok($gw->requests(since => $t0, path => '/v3/watch') >= 1, 'listing without lease (etcd 3.7): it watched its predecessor');
+	$gw->set_mode('ok');
+	is($s->query_safe("SELECT etcd_try_lock('/free37') AND etcd_unlock('/free37')"), 't',
+		'listing without lease (etcd 3.7): a free name is still taken');
+	$gw->set_omit_lease(0);
+	session_ok('listing without lease');
+}
+
 # a waiter's own timeout still ends the wait while the watch keeps breaking
 {
 	$gw->set_mode('watch_end');
