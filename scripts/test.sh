@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Runs the whole etcd_lock test suite against real etcd and PostgreSQL
-# processes on loopback, on two PostgreSQL majors:
-#  - PostgreSQL 15 (Debian's packages): pg_regress (the SQL surface and its
-#    errors, on a throwaway instance preloaded with the extension) and every
-#    TAP test in t/ (several sessions, instances, faults, the Go reference);
+# processes on loopback, on two PostgreSQL majors and three etcd lines:
+#  - PostgreSQL 15 (Debian's packages) on etcd 3.4 (Debian's 3.4.23) and
+#    again on etcd 3.7 (the current line, $ETCD_37, built from the Go module
+#    proxy by scripts/etcd.sh and cached): pg_regress (the SQL surface and
+#    its errors, on a throwaway instance preloaded with the extension) and
+#    every TAP test in t/ (several sessions, instances, faults, the Go
+#    reference, etcdctl), each run with that line's etcd and etcdctl first
+#    on PATH;
 #  - PostgreSQL 18.3, built from ${SHARED_DIR:-../shared}/pg once per
-#    machine (scripts/pg18.sh, cached outside the checkout): pg_regress and
-#    the TAP tests but the longest fault runs (t/006 cluster, t/012 nemesis).
+#    machine (scripts/pg18.sh, cached outside the checkout), on etcd 3.6
+#    ($ETCD_36): pg_regress and the TAP tests but the longest fault runs
+#    (t/006 cluster, t/012 nemesis).
+# Every run includes t/020, a rolling upgrade of a 3-member cluster from
+# $ETCD_36 to $ETCD_37 under load.
 # Works as root on a fresh Debian 12 machine: installs what is missing.
 # A machine without the 18.3 tarball skips that run with a message (under
-# CI it is an error). PG_MAJORS="15" or "18" runs one only.
+# CI it is an error). PG_MAJORS="15" or "18" runs one PostgreSQL only;
+# ETCD_LINES="3.4 3.7" (the default for 15) picks the etcd lines of the 15
+# run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/scripts/lib.sh"
@@ -17,6 +26,26 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bash "$here/scripts/deps.sh"
 cd "$here"
 majors=${PG_MAJORS:-15 18}
+lines15=${ETCD_LINES:-3.4 3.7}
+# the etcd releases CI runs, pinned
+ETCD_36=3.6.16
+ETCD_37=3.7.3
+# Go builds (the reference mutex, the election client, etcd) keep their
+# compiled packages between runs
+export GOCACHE=${GOCACHE:-/var/cache/etcd_lock/gocache}
+mkdir -p "$GOCACHE"
+etcd36=$(bash "$here/scripts/etcd.sh" "$ETCD_36")
+etcd37=$(bash "$here/scripts/etcd.sh" "$ETCD_37")
+etcd_dir() {
+	case $1 in
+	3.4) bash "$here/scripts/etcd.sh" 3.4 ;;
+	3.6) echo "$etcd36" ;;
+	3.7) echo "$etcd37" ;;
+	*) echo "unknown etcd line $1" >&2; return 1 ;;
+	esac
+}
+# t/020: the rolling upgrade from 3.6 to 3.7
+export ETCD_UPGRADE_FROM="$etcd36" ETCD_UPGRADE_TO="$etcd37"
 
 work=$(mktemp -d /tmp/etcd_lock_test.XXXXXX)
 cleanup() {
@@ -48,9 +77,6 @@ sh "$here/t/go_election/build.sh" "$work/go-election"
 export GO_ELECTION="$work/go-election"
 [ "$(id -u)" = 0 ] && chown -R postgres "$work"
 
-start_etcd "$work/etcd"
-export ETCD_ENDPOINT
-
 status=0
 # the response parsers under libFuzzer (ASan/UBSan/LSan), 30 seconds
 echo "fuzzing the etcd answer parsers for 30 s"
@@ -61,12 +87,19 @@ else
 	status=1
 fi
 
-# run_suite LABEL PG_CONFIG [TESTS]: builds and installs the extension for
-# that PostgreSQL from a clean copy of the tree (warnings are errors), then
-# runs pg_regress and the TAP tests (TESTS: a subset of t/*.pl) against it.
+# run_suite LABEL PG_CONFIG ETCD_LINE [TESTS]: builds and installs the
+# extension for that PostgreSQL from a clean copy of the tree (warnings are
+# errors), then runs pg_regress and the TAP tests (TESTS: a subset of
+# t/*.pl) against it, with that etcd line's etcd and etcdctl first on PATH
+# (pg_regress's etcd and every etcd a TAP test starts).
 run_suite() {
-	local label=$1 pgc=$2 tests=${3:-} tree="$work/tree$1" rc=0
-	echo "==== PostgreSQL $label ($("$pgc" --version)): building"
+	local label=$1 pgc=$2 line=$3 tests=${4:-} tree="$work/tree$1-etcd$3" rc=0 edir
+	edir=$(etcd_dir "$line") || return 1
+	local PATH="$edir:$PATH"
+	echo "==== PostgreSQL $label ($("$pgc" --version)), $("$edir/etcd" --version | head -1): building"
+	rm -rf "$work/etcd"
+	start_etcd "$work/etcd" || return 1
+	[ "$(id -u)" = 0 ] && chown -R postgres "$work/etcd"
 	mkdir -p "$tree"
 	tar -C "$here" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
 		--exclude=fuzz/work --exclude=fuzz/build -cf - . | tar -C "$tree" -xf -
@@ -82,11 +115,15 @@ etcd_lock.endpoints = '$ETCD_ENDPOINT'
 etcd_lock.request_timeout = '3s'
 CONF
 	[ "$(id -u)" = 0 ] && chown -R postgres "$tree"
-	echo "==== PostgreSQL $label: etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
+	echo "==== PostgreSQL $label on etcd $line: etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
 	# t/015 builds the 1.0 release's library from this repository's history
-	as_pg env ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" GO_ELECTION="${GO_ELECTION:-}" ETCD_LOCK_GIT_DIR="$here" \
+	as_pg env PATH="$PATH" ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" GO_ELECTION="${GO_ELECTION:-}" \
+		ETCD_UPGRADE_FROM="$ETCD_UPGRADE_FROM" ETCD_UPGRADE_TO="$ETCD_UPGRADE_TO" ETCD_LOCK_GIT_DIR="$here" \
 		make -C "$tree" installcheck PG_CONFIG="$pgc" PROVE_FLAGS="--timer" \
 		${tests:+PROVE_TESTS="$tests"} || rc=$?
+	stop_pid "$ETCD_PID"; ETCD_PID=""
+	echo "==== PostgreSQL $label on etcd $line: $([ $rc = 0 ] && echo passed || echo FAILED)"
+
 	if [ $rc -ne 0 ]; then
 		keep=1
 		for f in "$tree/regression.diffs"; do
@@ -105,11 +142,14 @@ CONF
 for major in $majors; do
 	case $major in
 	15)
-		run_suite 15 "$(command -v pg_config)" || status=1
+		for line in $lines15; do
+			run_suite 15 "$(command -v pg_config)" "$line" || status=1
+		done
 		# the Debian package: built, installed alone, pg_regress against it, purged
 		if [ "$(id -u)" = 0 ]; then
 			echo "==== PostgreSQL 15: the Debian package (scripts/package.sh)"
-			bash "$here/scripts/package.sh" || status=1
+			( start_etcd "$work/etcd-pkg" && export ETCD_ENDPOINT &&
+			  bash "$here/scripts/package.sh"; rc=$?; stop_pid "$ETCD_PID"; exit $rc ) || status=1
 		else
 			echo "NOTE: not root; skipping the Debian package test (scripts/package.sh)" >&2
 		fi
@@ -125,7 +165,7 @@ for major in $majors; do
 		else
 			# the longest fault runs (3-member cluster, nemesis) run on 15 only
 			tests=$(cd "$here" && ls t/*.pl | grep -v -e t/006_cluster.pl -e t/012_nemesis.pl | tr '\n' ' ')
-			run_suite 18 "$pg18/bin/pg_config" "$tests" || status=1
+			run_suite 18 "$pg18/bin/pg_config" 3.6 "$tests" || status=1
 		fi
 		;;
 	*)

@@ -58,7 +58,7 @@ sub spawn_etcd
 		open(STDOUT, '>>', "$etcd->{dir}/etcd.log");
 		open(STDERR, '>&', \*STDOUT);
 		no warnings 'exec';
-		exec('etcd', @{ $etcd->{args} });
+		exec($etcd->{bin} ? "$etcd->{bin}/etcd" : 'etcd', @{ $etcd->{args} });
 		POSIX::_exit(127);
 	}
 	$etcd->{pid} = $pid;
@@ -81,11 +81,12 @@ sub run_etcd
 	return $etcd;
 }
 
-# start_etcd_cluster(n): n etcd members on loopback forming one cluster;
-# returns a list of member hashes (endpoint, pid, ...), once it has a leader.
+# start_etcd_cluster(n, bin => DIR): n etcd members on loopback forming one
+# cluster (DIR/etcd if given, else etcd on PATH); returns a list of member
+# hashes (endpoint, pid, ...), once it has a leader.
 sub start_etcd_cluster
 {
-	my ($n) = @_;
+	my ($n, %opt) = @_;
 	my @m;
 	for my $i (1 .. $n)
 	{
@@ -93,7 +94,7 @@ sub start_etcd_cluster
 		my $cport = PostgreSQL::Test::Cluster::get_free_port();
 		my $pport = PostgreSQL::Test::Cluster::get_free_port();
 		push @m, { name => "m$i", dir => $dir, endpoint => "http://127.0.0.1:$cport",
-			peer => "http://127.0.0.1:$pport" };
+			peer => "http://127.0.0.1:$pport", bin => $opt{bin} };
 	}
 	my $initial = join(',', map { "$_->{name}=$_->{peer}" } @m);
 	for my $e (@m)
