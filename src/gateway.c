@@ -158,6 +158,10 @@ static bool gw_ka_unauth = false;	/* the stream said: bad token */
 static int	gw_async_inflight = 0;
 static bool gw_latch_seen = false;	/* gw_drive saw the latch set */
 
+/* pauses between rounds over the endpoints while etcd elects a leader */
+#define GW_ELECTION_BACKOFF_MIN	50	/* ms */
+#define GW_ELECTION_BACKOFF_MAX	400	/* ms */
+
 /* header lists replaced while asynchronous transfers still used them */
 static struct curl_slist *gw_retired[32];
 static int	gw_nretired = 0;
@@ -1069,6 +1073,25 @@ gw_error_reply(EtcdStatus *st, long http)
 }
 
 /*
+ * gw_pause waits ms milliseconds between two rounds over the endpoints,
+ * interruptibly (a cancel throws; a latch set for the caller is noted, as
+ * gw_drive does, so its waits look again).
+ */
+static void
+gw_pause(long ms)
+{
+	int			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							   ms, etcd_wait_event(gw_wait_kind));
+
+	if (rc & WL_LATCH_SET)
+	{
+		ResetLatch(MyLatch);
+		gw_latch_seen = true;
+	}
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
  * gw_perform runs the prepared request on gw_easy until it completes or the
  * deadline passes (false). The handle is detached on every path.
  */
@@ -1146,6 +1169,8 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 	char		tried_log[sizeof(st->log_message)];
 	size_t		tlen = 0,
 				tllen = 0;
+	bool		electing = false;	/* a member answered 503: no leader yet */
+	long		backoff = GW_ELECTION_BACKOFF_MIN;
 
 	gw_init();
 	neps = gw_endpoints();
@@ -1154,7 +1179,7 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 	tried[0] = '\0';
 	tried_log[0] = '\0';
 
-	for (attempt = 0; attempt < neps; attempt++)
+	for (attempt = 0;; attempt++)
 	{
 		int			idx = (gw_cur + attempt) % neps;
 		char		url[1024];
@@ -1163,16 +1188,40 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 		CURLcode	rc;
 		long		remaining;
 
+		if (attempt > 0 && attempt % neps == 0)
+		{
+			/*
+			 * Every endpoint failed. If one of them answered that the
+			 * cluster has no leader (a member restarting in a rolling
+			 * upgrade, a leader lost), it is electing one, usually within
+			 * an election timeout or two: go round again after a pause,
+			 * within this call's time, as etcd's own client retries
+			 * "unavailable". Only refused or silent members: fail now
+			 * (etcd down costs milliseconds, not the whole timeout).
+			 * Resending is safe: every request we send is (src/README.md).
+			 */
+			if (!electing)
+				break;
+			remaining = (long) ((deadline - GetCurrentTimestamp()) / 1000);
+			if (remaining <= backoff)
+				break;
+			gw_pause(backoff);
+			backoff = Min(backoff * 2, GW_ELECTION_BACKOFF_MAX);
+			electing = false;
+			tlen = tllen = 0;
+			tried[0] = tried_log[0] = '\0';
+		}
 		remaining = (long) ((deadline - GetCurrentTimestamp()) / 1000);
 		if (remaining <= 0)
 			break;
 
 		/*
-		 * Each endpoint still to try gets an equal share of the time left,
-		 * so a member that accepts but never answers (cut off, frozen)
-		 * cannot use up the whole budget before the others are tried.
+		 * Each endpoint still to try in this round gets an equal share of
+		 * the time left, so a member that accepts but never answers (cut
+		 * off, frozen) cannot use up the whole budget before the others
+		 * are tried.
 		 */
-		remaining = Max(1, remaining / (neps - attempt));
+		remaining = Max(1, remaining / (neps - attempt % neps));
 		snprintf(url, sizeof(url), "%s%s", gw_eps[idx], path);
 		GW_COUNT(GW_EV_REQUEST);
 		if (attempt > 0)
@@ -1246,6 +1295,8 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 				EtcdStatus	e5;
 
 				gw_error_reply(&e5, http);
+				if (http == 503 || e5.grpc_code == GRPC_UNAVAILABLE)
+					electing = true;
 				snprintf(hbuf, sizeof(hbuf), "%s", e5.message);
 				why = why_log = hbuf;
 			}
