@@ -335,7 +335,7 @@ lt_forget_lease(StringInfo lost_names)
 			slot->nheld = 0;
 		}
 		LWLockRelease(etcd_shared->lock);
-		(void) etcd_queue_release(REL_REVOKE, lt_lease, NULL, 0, 0, false, false);
+		(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, lt_lease, NULL, 0, 0, false, false);
 	}
 	lt_lease = 0;
 	lt_xact_acqs = 0;
@@ -642,7 +642,7 @@ lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
 	*timed_out = false;
 	for (;;)
 	{
-		EtcdReclaim r = etcd_reclaim_release(lt_lease, k->key, k->keylen, token);
+		EtcdReclaim r = etcd_reclaim_release(lt_lease, k->key, k->keylen, k->kind, token);
 		TimestampTz now;
 
 		if (r != RECLAIM_WAIT)
@@ -724,6 +724,34 @@ lt_begin_acquire(void)
 }
 
 /*
+ * lt_check_key_free is the one rule of which of this session's own entries
+ * share a key in etcd: an exclusive lock and a campaign of one name are
+ * both "<prefix><name>/<lease hex>" (the Go client's keys), so while one is
+ * held, or its release owed, the other is refused before anything is sent
+ * (42809) — for single and multi-lock calls alike. Otherwise a give-up of
+ * the one would delete the other's key, or an acquire would adopt it.
+ */
+static void
+lt_check_key_free(const char *name, EtcdKeyKind kind)
+{
+	char		pfx[ETCD_MAX_KEY];
+	LocalLock  *other;
+
+	if (kind != ETCD_KEY_EXCLUSIVE && kind != ETCD_KEY_ELECTION)
+		return;
+	lt_hash_key(pfx, sizeof(pfx), name,
+				kind == ETCD_KEY_EXCLUSIVE ? ETCD_KEY_ELECTION : ETCD_KEY_EXCLUSIVE);
+	other = hash_search(lt_locks, pfx, HASH_FIND, NULL);
+	if (other && (other->nacq > 0 || other->owed))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("this session %s \"%s\" already",
+						kind == ETCD_KEY_EXCLUSIVE ? "campaigns in the etcd election" :
+						"holds the etcd lock", name),
+				 errhint("A name is a lock (exclusive or shared), a semaphore or an election.")));
+}
+
+/*
  * lt_acquire does the work of etcd_acquire within deadline (0: none).
  */
 static bool
@@ -758,23 +786,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		*token = e->token;
 		return true;
 	}
-	if (kind == ETCD_KEY_EXCLUSIVE || kind == ETCD_KEY_ELECTION)
-	{
-		/* a lock and a campaign of one session would share one key */
-		LocalLock  *other;
-
-		lt_hash_key(pfx, sizeof(pfx), name,
-					kind == ETCD_KEY_EXCLUSIVE ? ETCD_KEY_ELECTION : ETCD_KEY_EXCLUSIVE);
-		other = hash_search(lt_locks, pfx, HASH_FIND, NULL);
-		if (other && (other->nacq > 0 || other->owed))
-			ereport(ERROR,
-					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-					 errmsg("this session %s \"%s\" already",
-							kind == ETCD_KEY_EXCLUSIVE ? "campaigns in the etcd election" :
-							"holds the etcd lock", name),
-					 errhint("A name is a lock (exclusive or shared), a semaphore or an election.")));
-		lt_hash_key(pfx, sizeof(pfx), name, kind);
-	}
+	lt_check_key_free(name, kind);
 
 	lt_ensure_lease();
 	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, kind, permits);
@@ -831,7 +843,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 				 * of an earlier outcome): give it up, never leave it. If the
 				 * queue is full the entry stays, owed, and never adoptable.
 				 */
-				if (!etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen,
+				if (!etcd_queue_release(REL_DELETE, k.kind, lt_lease, k.key, k.keylen,
 										rev, false, true))
 					lt_keep_owed(e, rev);
 			}
@@ -852,7 +864,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 			key_sent = false;
 		if (key_sent)
 		{
-			if (etcd_queue_release(REL_DELETE, lt_lease, k.key, k.keylen, rev, false, true))
+			if (etcd_queue_release(REL_DELETE, k.kind, lt_lease, k.key, k.keylen, rev, false, true))
 				lt_wait_removed(&k);
 			else if (e->nacq == 0)
 				lt_keep_owed(e, rev);	/* the queue is full: never forget it */
@@ -1086,7 +1098,7 @@ lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
 		if (e == NULL || e->nacq > 0)
 			continue;
 		if (keysent[i] &&
-			!etcd_queue_release(REL_DELETE, lt_lease, ks[i].key, ks[i].keylen,
+			!etcd_queue_release(REL_DELETE, ks[i].kind, lt_lease, ks[i].key, ks[i].keylen,
 								revs[i], false, true))
 			lt_keep_owed(e, revs[i]);
 		if (!e->owed)
@@ -1130,6 +1142,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 		lt_hash_key(pfx, sizeof(pfx), names[i], kinds[i]);
 		e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
 		lt_check_entry(e, names[i], kinds[i], 0);
+		lt_check_key_free(names[i], kinds[i]);
 		already[i] = e != NULL && e->nacq > 0;
 	}
 	lt_ensure_lease();
@@ -1268,7 +1281,7 @@ lt_release_async(LocalLock *e, bool attempted)
 	/* a release that may have been sent stays so: never taken back */
 	attempted = attempted || (e->owed && e->owed_attempted);
 	if (e->lease_id == lt_lease && !lt_lease_lost() &&
-		!etcd_queue_release(REL_DELETE, e->lease_id, e->key, e->keylen, e->token,
+		!etcd_queue_release(REL_DELETE, e->kind, e->lease_id, e->key, e->keylen, e->token,
 							true, attempted))
 	{
 		lt_set_owed(e, true);

@@ -22,6 +22,7 @@
 
 #include "compat.h"
 #include "gateway.h"
+#include "lockops.h"
 #include "shmem.h"
 
 EtcdShared *etcd_shared = NULL;
@@ -326,7 +327,7 @@ etcd_wake_worker(void)
  * the backend's lease is revoked at exit or expires).
  */
 bool
-etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
+etcd_queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id, const char *key,
 				   int keylen, int64 token, bool held, bool attempted)
 {
 	int			i;
@@ -343,6 +344,7 @@ etcd_queue_release(EtcdReleaseKind kind, int64 lease_id, const char *key,
 			continue;
 		r->state = REL_PENDING;
 		r->kind = kind;
+		r->keykind = keykind;
 		r->held = held;
 		r->attempted = attempted;
 		r->lease_id = lease_id;
@@ -395,10 +397,12 @@ etcd_release_settled(const EtcdReleaseRef *ref)
  * holding the lock with *token and sends nothing to etcd. A release that is
  * being sent or may already have reached etcd (a send that failed or timed
  * out, a worker that died mid-send), or of a key that was only a queue
- * place, must finish first: RECLAIM_WAIT.
+ * place, or that was taken as another kind (keykind), or an election's,
+ * must finish first: RECLAIM_WAIT.
  */
 EtcdReclaim
-etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int64 *token)
+etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int keykind,
+					 int64 *token)
 {
 	EtcdReclaim result = RECLAIM_NONE;
 	int			i;
@@ -414,7 +418,14 @@ etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int64 *token)
 				r->lease_id != lease_id || r->keylen != keylen ||
 				memcmp(r->key, key, keylen) != 0)
 				continue;
-			if (r->state == REL_PENDING && r->held && !r->attempted)
+			/*
+			 * Taken back only as what it was: an exclusive lock and an
+			 * election share a key, and an election key carries its
+			 * candidate's value, so neither is adopted by the other kind nor
+			 * by a new campaign (they wait for the delete, then put anew).
+			 */
+			if (r->state == REL_PENDING && r->held && !r->attempted &&
+				r->keykind == keykind && keykind != ETCD_KEY_ELECTION)
 			{
 				*token = r->token;
 				r->state = REL_FREE;

@@ -88,6 +88,8 @@ typedef struct EtcdRelease
 	bool		held;			/* the key was a held lock, not a queue place */
 	bool		attempted;		/* may have reached etcd: never take back */
 	bool		tried;			/* the worker's first attempt has finished */
+	int			keykind;		/* EtcdKeyKind the key was taken as (a lock
+								 * and an election share a key) */
 	uint64		seq;			/* which queuing this is (entries are reused) */
 	int64		lease_id;
 	int64		token;			/* create_revision of the key */
@@ -190,7 +192,7 @@ extern EtcdLeaseSlot *etcd_my_slot(void);
 extern int64 etcd_adopt_pooled_lease(int ttl, int on_loss);
 extern void etcd_wake_worker(void);
 extern void etcd_signal_loss(EtcdLeaseSlot *slot);
-extern bool etcd_queue_release(EtcdReleaseKind kind, int64 lease_id,
+extern bool etcd_queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id,
 							   const char *key, int keylen, int64 token,
 							   bool held, bool attempted);
 
@@ -220,6 +222,6 @@ extern void etcd_lockinfo_remove(EtcdLockInfo *info);
 extern bool etcd_release_pending(int64 lease_id, const char *key, int keylen);
 
 extern EtcdReclaim etcd_reclaim_release(int64 lease_id, const char *key,
-										int keylen, int64 *token);
+										int keylen, int keykind, int64 *token);
 
 #endif

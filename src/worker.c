@@ -731,7 +731,7 @@ refill_pool(EtcdMono now, EtcdMono *next)
 		empty = p->state == LEASE_NONE;
 		LWLockRelease(etcd_shared->lock);
 		if (stale != 0)
-			(void) etcd_queue_release(REL_REVOKE, stale, NULL, 0, 0, false, true);
+			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, stale, NULL, 0, 0, false, true);
 		if (!empty)
 			continue;
 		r = free_req();
@@ -815,7 +815,7 @@ finish_grant(WorkerReq *req, EtcdAsyncResult *res)
 		LWLockRelease(etcd_shared->lock);
 	}
 	if (!placed)
-		(void) etcd_queue_release(REL_REVOKE, req->lease_id, NULL, 0, 0, false, true);
+		(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, req->lease_id, NULL, 0, 0, false, true);
 }
 
 /*
@@ -1127,7 +1127,7 @@ revoke_previous_leases(void)
 			long long	id = strtoll(line, &end, 10);
 
 			if (id > 0 && (*end == '\n' || *end == '\0') &&
-				etcd_queue_release(REL_REVOKE, (int64) id, NULL, 0, 0, false, true))
+				etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, (int64) id, NULL, 0, 0, false, true))
 				n++;
 		}
 	}
@@ -1209,7 +1209,7 @@ worker_may_exit(EtcdMono now)
 		/* the pool's leases: nobody will adopt them now */
 		for (i = 0; i < ETCD_LEASE_POOL; i++)
 			if (w_pool_pending[i] != 0 && !w_pool_granting[i])
-				(void) etcd_queue_release(REL_REVOKE, w_pool_pending[i], NULL, 0, 0, false, true);
+				(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, w_pool_pending[i], NULL, 0, 0, false, true);
 		for (i = etcd_shared->nbackends; i < etcd_shared->nslots; i++)
 		{
 			EtcdLeaseSlot *p = &etcd_shared->slots[i];
@@ -1224,7 +1224,7 @@ worker_may_exit(EtcdMono now)
 			}
 			LWLockRelease(etcd_shared->lock);
 			if (id != 0)
-				(void) etcd_queue_release(REL_REVOKE, id, NULL, 0, 0, false, true);
+				(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, id, NULL, 0, 0, false, true);
 		}
 	}
 	if (now >= w_shutdown_at + MONO_MS(Max(5000, 2L * etcd_lock_request_timeout)))
