@@ -124,6 +124,9 @@ static int64 w_pool_pending[ETCD_LEASE_POOL];	/* a grant not known to be
 												 * applied or not: resent
 												 * with the same ID */
 static int	w_pool_pending_ttl[ETCD_LEASE_POOL];
+static EtcdMono w_pool_pending_sent[ETCD_LEASE_POOL];	/* its first send:
+														 * etcd's TTL may have
+														 * started then */
 static EtcdMono w_pool_retry_at = 0;
 static uint64 w_leases_sig = 0;	/* what LEASES_FILE lists now */
 static int	w_leases_n = -1;
@@ -755,9 +758,16 @@ refill_pool(EtcdMono now, EtcdMono *next)
 				w_reqs[r].lease_id = etcd_new_lease_id(ttl, &body);
 				w_pool_pending[pi] = w_reqs[r].lease_id;
 				w_pool_pending_ttl[pi] = ttl;
+				w_pool_pending_sent[pi] = now;
 			}
+			/*
+			 * The lease's deadline counts from the first send of its ID:
+			 * a resend answered "exists" (or a first grant applied late)
+			 * says nothing of when etcd started the TTL, only that it was
+			 * no earlier than that.
+			 */
+			w_reqs[r].sent = w_pool_pending_sent[pi];
 		}
-		w_reqs[r].sent = now;
 		w_reqs[r].ttl = ttl;
 		w_reqs[r].granted = 0;
 		if (!w_async_start("/v3/lease/grant", body, etcd_parse_lease_grant,
@@ -791,6 +801,14 @@ finish_grant(WorkerReq *req, EtcdAsyncResult *res)
 		w_pool_pending[req->index - etcd_shared->nbackends] = 0;	/* settled */
 	if (!ours)
 	{
+		/*
+		 * etcd refused this attempt (429, permission...), which settles
+		 * it, but an earlier attempt of the same ID (a lost answer) may
+		 * have been applied: revoke the ID rather than forget it ("not
+		 * found" counts as done).
+		 */
+		if (res->st.kind == ETCD_ERROR_REPLY)
+			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, req->lease_id, NULL, 0, 0, false, true);
 		w_pool_retry_at = etcd_mono_now() + MONO_MS(KA_STREAM_RETRY_MS);
 		return;
 	}

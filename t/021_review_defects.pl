@@ -6,6 +6,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 use EtcdLockTest;
+use FaultProxy;
 use JSON::PP;
 use MIME::Base64;
 use PostgreSQL::Test::Cluster;
@@ -19,6 +20,14 @@ my $b = etcd_node('rev_b', $etcd);
 
 # the keys under P (decoded key => value)
 sub keys_under { return etcd_keys($etcd, $_[0]) }
+
+# the IDs of the leases etcd has now
+sub etcd_lease_ids
+{
+	my $j = `curl -s -m 5 $etcd->{endpoint}/v3/lease/leases -d '{}'`;
+	my $r = eval { decode_json($j) } // {};
+	return map { $_->{ID} } @{ $r->{leases} // [] };
+}
 
 # --- issue 22 item 1: a multi-lock on a name this session campaigns for is
 # refused before anything is sent; the election key stays, and nobody else
@@ -75,6 +84,60 @@ sub keys_under { return etcd_keys($etcd, $_[0]) }
 	is(ok_sql($s, "SELECT value FROM etcd_leader('/tb1')"), 'cand1', '22.3: etcd_leader shows the candidate value');
 	ok_sql($s, "SELECT etcd_resign('/tb$_')") for 1 .. $n;
 	$s->quit;
+}
+
+# --- issue 22 item 2: a pool lease confirmed by a resent grant keeps the
+# deadline of its first grant. The four pool grants of a starting instance
+# reach etcd but their answers are lost (the fault proxy holds them); the
+# worker resends the same IDs about request_timeout + 1 s later and etcd
+# answers 412 "exists". A lock taken on such a lease, with the instance cut
+# off from etcd before the first renewal, must be reported lost before
+# etcd expires the lease and another instance gets the name. Before: the
+# deadline came from the resend, and the session still returned its token
+# for seconds after the other instance held the lock.
+{
+	my $fp = FaultProxy->start($etcd->{endpoint});
+	$fp->drop_reply('/v3/lease/grant', 'hold') for 1 .. 4;
+	my %leases_before = map { $_ => 1 } etcd_lease_ids();
+	my $p = etcd_node('rev_pool', { endpoint => $fp->endpoint },
+		'etcd_lock.lease_ttl' => '10s', 'etcd_lock.request_timeout' => '3s');
+	ok(wait_until(sub { $fp->status->{drops_fired} >= 4 }, 20), '22.2: the four pool grants were sent, their answers lost');
+	my $t0 = time;
+	my @pool = grep { !$leases_before{$_} } etcd_lease_ids();
+	is(scalar(@pool), 4, '22.2: etcd granted the four pool leases');
+	# the resends (same IDs, answered 412) come about 3 s + 1 s later
+	usleep(int((4.6 - (time - $t0)) * 1e6)) if time - $t0 < 4.6;
+	my $sa = sess($p);
+	ok_sql($sa, "SELECT etcd_lock('/pool22')");
+	my $lease = ok_sql($sa, "SELECT lease_id FROM etcd_locks WHERE name = '/pool22'");
+	ok((grep { sprintf('%x', $_) eq $lease || $_ eq $lease } @pool), "22.2: the lock is on a pool lease that was granted twice ($lease)");
+	$fp->hold;
+	my $t_hold = time;
+	my $sb = sess($b);
+	my $qb = start_query($sb, "SELECT etcd_lock('/pool22', '40 s')");
+	my ($t_lost, $t_b);
+	while (time - $t_hold < 30 && !(defined $t_lost && defined $t_b))
+	{
+		if (!defined $t_lost)
+		{
+			my ($out, $err) = run($sa, "SELECT etcd_lock_token('/pool22') IS NOT NULL", 10);
+			$t_lost = time if $err =~ /ERROR/ || $out ne 't';
+		}
+		$t_b = time if !defined $t_b && query_done($sb, $qb);
+		usleep(50_000);
+	}
+	ok(defined $t_b, sprintf('22.2: the other instance got the name once etcd expired the lease (%.1f s after the cut)',
+		defined $t_b ? $t_b - $t_hold : -1));
+	ok(defined $t_lost && defined $t_b && $t_lost < $t_b,
+		sprintf('22.2: the session was told it lost the lock before the other instance held it (lost %.1f s, other %.1f s after the cut)',
+			defined $t_lost ? $t_lost - $t_hold : -1, defined $t_b ? $t_b - $t_hold : -1));
+	finish_query($sb, $qb, 30);
+	ok_sql($sb, "SELECT etcd_unlock_all()");
+	$sb->quit;
+	$sa->quit;
+	$fp->pass;
+	$p->stop;
+	$fp->stop;
 }
 
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
