@@ -305,6 +305,8 @@ typedef struct LockKeyScan
 	const char *conflict;		/* the page's first lock key is of another
 								 * kind family */
 	bool		seen_lock_key;
+	int			nties;			/* keys (ours or blocking) at key's revision,
+								 * key included */
 } LockKeyScan;
 
 /*
@@ -376,12 +378,15 @@ scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
 			}
 			out->nblocking++;
 		}
+		if ((mine || blocks) && out->key != NULL && rev == out->rev)
+			out->nties++;
 		if (out->key == NULL && (mine || blocks))
 		{
 			out->key = key;
 			out->keylen = keylen;
 			out->rev = rev;
 			out->modrev = modrev;
+			out->nties = 1;
 		}
 		else
 			pfree(key);
@@ -1296,6 +1301,11 @@ typedef struct PredReply
 	int64		pred_modrev;	/* and mod_revision */
 	int			nread;			/* keys in the page read */
 	int64		last_rev;		/* create_revision of the page's last key */
+	int64		pred_cut;		/* newest-first page cut at this revision:
+								 * read it whole, then page below it */
+	int64		oldest_cut;		/* oldest-first page cut at this revision */
+	int			oldest_ties;	/* keys (ours or blocking) created with the
+								 * oldest blocking one, it included */
 	char	   *oldest;			/* the oldest blocking key below ours, if seen */
 	int			oldestlen;
 	int64		oldest_rev;
@@ -1311,14 +1321,59 @@ typedef struct PredReply
 } PredReply;
 
 /*
+ * page_cut makes a page of keys read with a limit safe to page on from. The
+ * page ends at some create revision L; when it is full, more keys created
+ * at L may lie beyond the limit (one txn creates many keys at one
+ * revision: a multi-lock's, a name's and its nested name's), and paging on
+ * "below L" or "above L" would skip them. So the page's entries at L are
+ * dropped and L is returned: the caller reads every key created at L
+ * (append_rev_range: one revision holds at most one txn's keys) and pages
+ * on past L. Returns 0 when the page is not full (nothing beyond it).
+ */
+static int64
+page_cut(json_t *kvs, int limit)
+{
+	size_t		n;
+	int64		last = 0,
+				rev = 0;
+
+	if (!json_is_array(kvs) || (n = json_array_size(kvs)) < (size_t) limit || n == 0 ||
+		!etcd_json_int64(json_array_get(kvs, n - 1), "create_revision", &last) || last <= 0)
+		return 0;				/* not full (or malformed: the scan says so) */
+	while (n > 0 && etcd_json_int64(json_array_get(kvs, n - 1), "create_revision", &rev) &&
+		   rev == last)
+		json_array_remove(kvs, --n);
+	return last;
+}
+
+/*
+ * append_rev_range appends a range request (JSON object body) of every key
+ * under the name created at revision rev (no limit: one txn's keys).
+ */
+static void
+append_rev_range(StringInfo b, const EtcdLockKeys *k, int64 rev, bool keys_only)
+{
+	appendStringInfoString(b, "{\"key\":\"");
+	etcd_append_b64(b, k->pfx, k->pfxlen);
+	appendStringInfoString(b, "\",\"range_end\":\"");
+	append_range_end(b, k->pfx, k->pfxlen);
+	appendStringInfo(b, "\",%s\"min_create_revision\":\"" INT64_FORMAT "\","
+					 "\"max_create_revision\":\"" INT64_FORMAT "\"}",
+					 keys_only ? "\"keys_only\":true," : "", rev, rev);
+}
+
+/*
  * pred_scan looks through a page of keys (newest first) for the first key
- * that blocks ours: our predecessor.
+ * that blocks ours: our predecessor. A full page is cut at its last
+ * revision (r->pred_cut, see page_cut) unless it is a whole revision.
  */
 static bool
-pred_scan(PredReply *r, json_t *kvs)
+pred_scan(PredReply *r, json_t *kvs, bool whole_rev)
 {
 	LockKeyScan ks = {0};
 
+	if (!whole_rev)
+		r->pred_cut = page_cut(kvs, PRED_PAGE);
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
 	r->nread = ks.nread;
@@ -1338,12 +1393,14 @@ pred_scan(PredReply *r, json_t *kvs)
  * first), or for a semaphore counts the permit keys older than ours.
  */
 static bool
-oldest_scan(PredReply *r, json_t *kvs)
+oldest_scan(PredReply *r, json_t *kvs, bool whole_rev)
 {
 	LockKeyScan ks = {0};
 	int			i;
 
 	ks.keep_max = r->k->kind == ETCD_KEY_SEMAPHORE ? r->k->permits + 1 : 0;
+	if (!whole_rev)
+		r->oldest_cut = page_cut(kvs, PRED_PAGE);
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
 	/* the first page starts at the name's oldest key: it decides */
@@ -1366,8 +1423,41 @@ oldest_scan(PredReply *r, json_t *kvs)
 		r->oldest = ks.key;
 		r->oldestlen = ks.keylen;
 		r->oldest_rev = ks.rev;
+		r->oldest_ties = ks.nties;
 	}
 	return true;
+}
+
+/*
+ * parse_pred_more reads a follow-up txn of a queue read: every key created
+ * at the revision the last page was cut at (responses[0]), then the next
+ * page past it (responses[1]), both in the direction being read.
+ */
+static bool
+parse_pred_more(json_t *root, void *arg)
+{
+	PredReply  *r = arg;
+	json_t	   *responses = json_object_get(root, "responses");
+	json_t	   *r0,
+			   *r1;
+
+	if (!json_is_array(responses) || json_array_size(responses) != 2)
+		return false;
+	r0 = json_object_get(json_array_get(responses, 0), "response_range");
+	r1 = json_object_get(json_array_get(responses, 1), "response_range");
+	if (!json_is_object(r0) || !json_is_object(r1))
+		return false;
+	if (r->counting)
+		return oldest_scan(r, json_object_get(r0, "kvs"), true) &&
+			oldest_scan(r, json_object_get(r1, "kvs"), false);
+	if (!pred_scan(r, json_object_get(r0, "kvs"), true))
+		return false;
+	if (r->pred != NULL)
+	{
+		r->pred_cut = 0;		/* found: the next page does not matter */
+		return true;
+	}
+	return pred_scan(r, json_object_get(r1, "kvs"), false);
 }
 
 static bool
@@ -1380,10 +1470,6 @@ parse_pred(json_t *root, void *arg)
 			   *ro;
 	bool		ok = true;
 
-	if (r->counting)
-		return oldest_scan(r, json_object_get(root, "kvs"));
-	if (!r->with_mine)
-		return pred_scan(r, json_object_get(root, "kvs"));
 	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->header_rev))
 		return false;
 	responses = json_object_get(root, "responses");
@@ -1426,8 +1512,8 @@ parse_pred(json_t *root, void *arg)
 	ro = json_object_get(json_array_get(responses, 2), "response_range");
 	if (!json_is_object(rr) || !json_is_object(ro))
 		return false;
-	return pred_scan(r, json_object_get(rr, "kvs")) &&
-		oldest_scan(r, json_object_get(ro, "kvs"));
+	return pred_scan(r, json_object_get(rr, "kvs"), false) &&
+		oldest_scan(r, json_object_get(ro, "kvs"), false);
 }
 
 /*
@@ -1492,23 +1578,35 @@ read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 	appendStringInfoString(&b, "}]}");
 	etcd_request_or_error("/v3/kv/txn", b.data, parse_pred, r, "read the lock queue");
 	r->with_mine = false;
-	while (r->pred == NULL && r->nread == PRED_PAGE && r->last_rev > 1)
+	/* no predecessor in a full page: the rest of its last revision, on */
+	while (r->pred == NULL && r->pred_cut > 0)
 	{
-		int64		below = r->last_rev;
+		int64		cut = r->pred_cut;
 
-		r->nread = 0;
+		r->pred_cut = 0;
 		resetStringInfo(&b);
-		append_pred_range(&b, k, below, 0, false);
-		etcd_request_or_error("/v3/kv/range", b.data, parse_pred, r, "read the lock queue");
+		appendStringInfoString(&b, "{\"success\":[{\"request_range\":");
+		append_rev_range(&b, k, cut, true);
+		appendStringInfoString(&b, "},{\"request_range\":");
+		append_pred_range(&b, k, cut, 0, false);
+		appendStringInfoString(&b, "}]}");
+		etcd_request_or_error("/v3/kv/txn", b.data, parse_pred_more, r, "read the lock queue");
 	}
 	if (k->kind == ETCD_KEY_SEMAPHORE)
 	{
 		r->counting = true;
-		while (r->nahead <= k->permits && r->oread == PRED_PAGE && r->olast_rev < rev - 1)
+		while (r->nahead <= k->permits && r->oldest_cut > 0 && r->oldest_cut < rev)
 		{
+			int64		cut = r->oldest_cut;
+
+			r->oldest_cut = 0;
 			resetStringInfo(&b);
-			append_pred_range(&b, k, rev, r->olast_rev, true);
-			etcd_request_or_error("/v3/kv/range", b.data, parse_pred, r, "read the semaphore queue");
+			appendStringInfoString(&b, "{\"success\":[{\"request_range\":");
+			append_rev_range(&b, k, cut, true);
+			appendStringInfoString(&b, "},{\"request_range\":");
+			append_pred_range(&b, k, rev, cut, true);
+			appendStringInfoString(&b, "}]}");
+			etcd_request_or_error("/v3/kv/txn", b.data, parse_pred_more, r, "read the semaphore queue");
 		}
 		r->counting = false;
 	}
@@ -1523,7 +1621,8 @@ read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 	 */
 	r->pred_oldest = r->pred != NULL && r->oldest != NULL &&
 		r->oldest_rev == r->pred_rev && r->oldestlen == r->predlen &&
-		memcmp(r->oldest, r->pred, r->predlen) == 0;
+		memcmp(r->oldest, r->pred, r->predlen) == 0 &&
+		r->oldest_ties == 1;	/* and no other created with it */
 }
 
 static void
@@ -2076,18 +2175,58 @@ typedef struct LeaderReply
 	EtcdLeader *out;
 	int			nread;
 	int64		last_rev;
+	int64		cut;			/* the page was cut at this revision */
 } LeaderReply;
+
+static bool leader_scan(LeaderReply *r, json_t *kvs, bool whole_rev);
 
 static bool
 parse_leader(json_t *root, void *arg)
 {
 	LeaderReply *r = arg;
-	json_t	   *kvs = json_object_get(root, "kvs");
-	json_t	   *kv;
-	size_t		i;
 
 	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->out->header_rev))
 		return false;
+	return leader_scan(r, json_object_get(root, "kvs"), false);
+}
+
+/* a follow-up: every key at the cut revision, then the next page */
+static bool
+parse_leader_more(json_t *root, void *arg)
+{
+	LeaderReply *r = arg;
+	json_t	   *responses = json_object_get(root, "responses");
+	json_t	   *r0,
+			   *r1;
+
+	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->out->header_rev) ||
+		!json_is_array(responses) || json_array_size(responses) != 2)
+		return false;
+	r0 = json_object_get(json_array_get(responses, 0), "response_range");
+	r1 = json_object_get(json_array_get(responses, 1), "response_range");
+	if (!json_is_object(r0) || !json_is_object(r1) ||
+		!leader_scan(r, json_object_get(r0, "kvs"), true))
+		return false;
+	if (r->out->exists)
+	{
+		r->cut = 0;
+		return true;
+	}
+	return leader_scan(r, json_object_get(r1, "kvs"), false);
+}
+
+/*
+ * leader_scan takes the first lock key of a page (oldest first) as the
+ * leader; a full page is cut at its last revision first (page_cut).
+ */
+static bool
+leader_scan(LeaderReply *r, json_t *kvs, bool whole_rev)
+{
+	json_t	   *kv;
+	size_t		i;
+
+	if (!whole_rev)
+		r->cut = page_cut(kvs, PRED_PAGE);
 	if (kvs == NULL)
 		return true;
 	if (!json_is_array(kvs))
@@ -2145,6 +2284,13 @@ etcd_election_leader(const EtcdLockKeys *k, EtcdLeader *out)
 	{
 		r.nread = 0;
 		resetStringInfo(&b);
+		if (after > 0)
+		{
+			/* every key at the revision the last page was cut at, then on */
+			appendStringInfoString(&b, "{\"success\":[{\"request_range\":");
+			append_rev_range(&b, k, after, false);
+			appendStringInfoString(&b, "},{\"request_range\":");
+		}
 		appendStringInfoString(&b, "{\"key\":\"");
 		etcd_append_b64(&b, k->pfx, k->pfxlen);
 		appendStringInfoString(&b, "\",\"range_end\":\"");
@@ -2152,11 +2298,14 @@ etcd_election_leader(const EtcdLockKeys *k, EtcdLeader *out)
 		appendStringInfo(&b, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\",\"limit\":\"%d\"",
 						 PRED_PAGE);
 		if (after > 0)
-			appendStringInfo(&b, ",\"min_create_revision\":\"" INT64_FORMAT "\"", after + 1);
+			appendStringInfo(&b, ",\"min_create_revision\":\"" INT64_FORMAT "\"}}]", after + 1);
 		appendStringInfoChar(&b, '}');
-		etcd_request_or_error("/v3/kv/range", b.data, parse_leader, &r, "read the leader");
-		after = r.last_rev;
-	} while (!out->exists && r.nread == PRED_PAGE);
+		if (after > 0)
+			etcd_request_or_error("/v3/kv/txn", b.data, parse_leader_more, &r, "read the leader");
+		else
+			etcd_request_or_error("/v3/kv/range", b.data, parse_leader, &r, "read the leader");
+		after = r.cut;
+	} while (!out->exists && after > 0);
 	pfree(b.data);
 }
 
