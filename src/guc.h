@@ -7,8 +7,13 @@
 
 #define ETCD_MAX_NAME		1024	/* longest lock name, in bytes */
 #define ETCD_MAX_PREFIX		256		/* longest etcd_lock.prefix, in bytes */
-/* prefix + name + "/" + 16 hex digits + NUL */
-#define ETCD_MAX_KEY		(ETCD_MAX_PREFIX + ETCD_MAX_NAME + 1 + 16 + 1)
+/*
+ * the longest mode marker after the lease hex: ".sem" + up to 4 digits
+ * (".shared" is 7); the local table's ".election" suffix replaces the hex
+ */
+#define ETCD_MAX_MARKER		8
+/* prefix + name + "/" + 16 hex digits + marker + NUL: the longest key */
+#define ETCD_MAX_KEY		(ETCD_MAX_PREFIX + ETCD_MAX_NAME + 1 + 16 + ETCD_MAX_MARKER + 1)
 #define ETCD_MAX_ENDPOINTS	16
 
 extern char *etcd_lock_endpoints;

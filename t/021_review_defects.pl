@@ -202,5 +202,23 @@ sub etcd_lease_ids
 	$o->quit;
 }
 
+# --- issue 24 item 2: the longest keys (a 256-byte prefix, a 1024-byte
+# name, a mode marker) are released like any other. Before, their releases
+# did not fit the queue: an xact lock outlived its COMMIT, in etcd_locks and
+# in etcd, until the session ended.
+{
+	my $s = sess($a);
+	my $pfx = '/' . ('p' x 254) . '/';
+	ok_sql($s, "SET etcd_lock.prefix = '$pfx'");
+	ok_sql($s, "BEGIN; SELECT etcd_xact_lock_shared(repeat('n', 1024)); "
+		  . "SELECT etcd_xact_semaphore(repeat('s', 1024), 1000); SELECT etcd_xact_lock(repeat('x', 1024)); COMMIT;");
+	is(ok_sql($s, "SELECT count(*) FROM etcd_locks WHERE pid = pg_backend_pid()"), '0',
+		'24.2: after COMMIT no xact lock with the longest key is left in etcd_locks');
+	is(scalar(keys %{ keys_under($pfx) }), 0, '24.2: ... nor in etcd');
+	ok_sql($s, "SELECT etcd_lock_shared(repeat('n', 1024)), etcd_unlock_shared(repeat('n', 1024))");
+	is(scalar(keys %{ keys_under($pfx) }), 0, '24.2: a session lock with the longest key is released by its unlock');
+	$s->quit;
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 done_testing();
