@@ -42,6 +42,14 @@ my @lic = ref $meta->{license} eq 'ARRAY' ? @{ $meta->{license} }
   : ref $meta->{license} eq 'HASH' ? keys %{ $meta->{license} } : ($meta->{license});
 ok(@lic && !grep({ !defined || !$licenses{$_} && ref $meta->{license} ne 'HASH' } @lic),
 	'license is one the spec knows (or a name => URL map): ' . join(',', map { $_ // 'undef' } @lic));
+is($meta->{license}, 'postgresql', 'license: the PostgreSQL License');
+{
+	my $lic = slurp("$srcdir/LICENSE");
+	like($lic, qr/\APostgreSQL License\n\nCopyright \(c\) \d{4}, The etcd_lock authors\n/, 'LICENSE: the PostgreSQL License, The etcd_lock authors');
+	my $cr = slurp("$srcdir/debian/copyright");
+	like($cr, qr/^License: PostgreSQL$/m, 'debian/copyright: License: PostgreSQL');
+	like($cr, qr/^Copyright: \d{4} The etcd_lock authors$/m, 'debian/copyright: the etcd_lock authors');
+}
 like($meta->{release_status} // '', qr/^(?:stable|testing|unstable)$/, 'release_status is stable, testing or unstable');
 
 # prereqs: phase => relationship => { name => version }
