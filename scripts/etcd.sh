@@ -7,8 +7,12 @@
 # ${ETCD_CACHE:-/var/cache/etcd_lock}/etcd-VERSION, so later runs skip the
 # build (30-80 s each on 2 cores). "3.4" prints Debian's etcd-server
 # directory instead (/usr/bin), which deps.sh installs.
-# The versions CI runs are pinned in scripts/test.sh (ETCD_LINES); the
-# module versions resolved here are written to the cache's go.mod/go.sum.
+# The versions CI runs are pinned in scripts/test.sh (ETCD_36, ETCD_37),
+# and every module they build from is pinned by the go.mod and go.sum
+# committed in scripts/etcd/VERSION/ (built with -mod=readonly). To add or
+# bump a version: run this script with it (it resolves the modules with
+# go get and says so), then copy the cache's etcd.go.mod, etcd.go.sum,
+# etcdctl.go.mod and etcdctl.go.sum into scripts/etcd/VERSION/.
 set -euo pipefail
 ver=${1:?usage: etcd.sh VERSION (3.4 or e.g. 3.7.3)}
 if [ "$ver" = 3.4 ]; then
@@ -55,12 +59,21 @@ import "go.etcd.io/etcd/etcdctl/v3/ctlv3"
 
 func main() { ctlv3.MustStart() }
 EOF
+pins="$(cd "$(dirname "$0")" && pwd)/etcd/$ver"
 for part in server:go.etcd.io/etcd/server/v3:etcd ctl:go.etcd.io/etcd/etcdctl/v3:etcdctl; do
 	sub=${part%%:*}; rest=${part#*:}; mod=${rest%:*}; bin=${rest##*:}
-	(cd "$build/$sub" && "$gobin" mod init "etcdlock$sub" >/dev/null 2>&1 &&
-		"$gobin" get "$mod@v$ver" >"$build/$sub.log" 2>&1 &&
-		"$gobin" build -o "$dir.tmp/$bin" . >>"$build/$sub.log" 2>&1) ||
-		{ echo "etcd.sh: building $bin $ver failed:" >&2; tail -20 "$build/$sub.log" >&2; exit 1; }
+	if [ -f "$pins/$bin.go.mod" ] && [ -f "$pins/$bin.go.sum" ]; then
+		cp "$pins/$bin.go.mod" "$build/$sub/go.mod"
+		cp "$pins/$bin.go.sum" "$build/$sub/go.sum"
+		(cd "$build/$sub" && GOFLAGS=-mod=readonly "$gobin" build -o "$dir.tmp/$bin" . >"$build/$sub.log" 2>&1) ||
+			{ echo "etcd.sh: building $bin $ver (pinned in $pins) failed:" >&2; tail -20 "$build/$sub.log" >&2; exit 1; }
+	else
+		echo "etcd.sh: $ver is not pinned in scripts/etcd/; resolving $mod@v$ver with go get" >&2
+		(cd "$build/$sub" && "$gobin" mod init "etcdlock$sub" >/dev/null 2>&1 &&
+			"$gobin" get "$mod@v$ver" >"$build/$sub.log" 2>&1 &&
+			"$gobin" build -o "$dir.tmp/$bin" . >>"$build/$sub.log" 2>&1) ||
+			{ echo "etcd.sh: building $bin $ver failed:" >&2; tail -20 "$build/$sub.log" >&2; exit 1; }
+	fi
 	cp "$build/$sub/go.mod" "$dir.tmp/$bin.go.mod"
 	cp "$build/$sub/go.sum" "$dir.tmp/$bin.go.sum"
 done
