@@ -1306,7 +1306,6 @@ typedef struct PredReply
 	int64		oldest_cut;		/* oldest-first page cut at this revision */
 	int			oldest_ties;	/* keys (ours or blocking) created with the
 								 * oldest blocking one, it included */
-	bool		oldest_seen;	/* the oldest-first pages reached a lock key */
 	char	   *oldest;			/* the oldest blocking key below ours, if seen */
 	int			oldestlen;
 	int64		oldest_rev;
@@ -1404,16 +1403,9 @@ oldest_scan(PredReply *r, json_t *kvs, bool whole_rev)
 		r->oldest_cut = page_cut(kvs, PRED_PAGE);
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
-	/*
-	 * The name's oldest lock key decides what the name is: the first lock
-	 * key of the oldest-first pages, however many other keys (nested
-	 * names, other data) come before it.
-	 */
-	if (!r->oldest_seen)
-	{
+	/* the first page starts at the name's oldest key: it decides */
+	if (r->conflict == NULL && !r->counting)
 		r->conflict = ks.conflict;
-		r->oldest_seen = ks.seen_lock_key;
-	}
 	r->oread = ks.nread;
 	r->olast_rev = ks.last_rev;
 	if (r->k->kind == ETCD_KEY_SEMAPHORE)
@@ -1600,16 +1592,10 @@ read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 		appendStringInfoString(&b, "}]}");
 		etcd_request_or_error("/v3/kv/txn", b.data, parse_pred_more, r, "read the lock queue");
 	}
-	/*
-	 * The oldest-first pages go on while a semaphore still counts, and
-	 * until the name's oldest lock key is seen (it says what the name is:
-	 * an exclusive key does not block on permit keys, so a lock and a
-	 * semaphore mixed up would both hold).
-	 */
+	if (k->kind == ETCD_KEY_SEMAPHORE)
 	{
 		r->counting = true;
-		while ((k->kind == ETCD_KEY_SEMAPHORE ? r->nahead <= k->permits : !r->oldest_seen) &&
-			   r->oldest_cut > 0 && r->oldest_cut < rev)
+		while (r->nahead <= k->permits && r->oldest_cut > 0 && r->oldest_cut < rev)
 		{
 			int64		cut = r->oldest_cut;
 
@@ -1620,8 +1606,7 @@ read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 			appendStringInfoString(&b, "},{\"request_range\":");
 			append_pred_range(&b, k, rev, cut, true);
 			appendStringInfoString(&b, "}]}");
-			etcd_request_or_error("/v3/kv/txn", b.data, parse_pred_more, r,
-								  k->kind == ETCD_KEY_SEMAPHORE ? "read the semaphore queue" : "read the lock queue");
+			etcd_request_or_error("/v3/kv/txn", b.data, parse_pred_more, r, "read the semaphore queue");
 		}
 		r->counting = false;
 	}
