@@ -1299,8 +1299,6 @@ typedef struct PredReply
 	int			predlen;
 	int64		pred_rev;		/* its create_revision */
 	int64		pred_modrev;	/* and mod_revision */
-	int			nread;			/* keys in the page read */
-	int64		last_rev;		/* create_revision of the page's last key */
 	int64		pred_cut;		/* newest-first page cut at this revision:
 								 * read it whole, then page below it */
 	int64		oldest_cut;		/* oldest-first page cut at this revision */
@@ -1314,8 +1312,6 @@ typedef struct PredReply
 	const char *conflict;		/* a key of another kind family */
 	/* semaphores: permit keys older than ours, counted up to permits + 1 */
 	int			nahead;
-	int			oread;			/* keys in the last oldest-first page */
-	int64		olast_rev;
 	char	  **ahead;			/* the first of them (permits at most) */
 	int		   *aheadlen;
 } PredReply;
@@ -1376,8 +1372,6 @@ pred_scan(PredReply *r, json_t *kvs, bool whole_rev)
 		r->pred_cut = page_cut(kvs, PRED_PAGE);
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
-	r->nread = ks.nread;
-	r->last_rev = ks.last_rev;
 	if (r->pred == NULL && ks.key != NULL)
 	{
 		r->pred = ks.key;
@@ -1406,8 +1400,6 @@ oldest_scan(PredReply *r, json_t *kvs, bool whole_rev)
 	/* the first page starts at the name's oldest key: it decides */
 	if (r->conflict == NULL && !r->counting)
 		r->conflict = ks.conflict;
-	r->oread = ks.nread;
-	r->olast_rev = ks.last_rev;
 	if (r->k->kind == ETCD_KEY_SEMAPHORE)
 	{
 		for (i = 0; i < Min(ks.nblocking, ks.keep_max) &&
@@ -1538,6 +1530,24 @@ append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below, int64 above,
 }
 
 /*
+ * read_past_cut sends the follow-up of a page cut at revision cut
+ * (page_cut): one txn of every key at that revision and the next page
+ * (below/above as append_pred_range), parsed by parse_pred_more.
+ */
+static void
+read_past_cut(StringInfo b, const EtcdLockKeys *k, PredReply *r, int64 cut,
+			  int64 below, int64 above, bool oldest_first, const char *what)
+{
+	resetStringInfo(b);
+	appendStringInfoString(b, "{\"success\":[{\"request_range\":");
+	append_rev_range(b, k, cut, true);
+	appendStringInfoString(b, "},{\"request_range\":");
+	append_pred_range(b, k, below, above, oldest_first);
+	appendStringInfoString(b, "}]}");
+	etcd_request_or_error("/v3/kv/txn", b->data, parse_pred_more, r, what);
+}
+
+/*
  * read_pred reads, in one txn, our key, our predecessor in the queue (the
  * blocking key of the name created last before ours: see key_blocks; keys
  * of nested names and other data under the range are skipped; where they
@@ -1584,13 +1594,7 @@ read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 		int64		cut = r->pred_cut;
 
 		r->pred_cut = 0;
-		resetStringInfo(&b);
-		appendStringInfoString(&b, "{\"success\":[{\"request_range\":");
-		append_rev_range(&b, k, cut, true);
-		appendStringInfoString(&b, "},{\"request_range\":");
-		append_pred_range(&b, k, cut, 0, false);
-		appendStringInfoString(&b, "}]}");
-		etcd_request_or_error("/v3/kv/txn", b.data, parse_pred_more, r, "read the lock queue");
+		read_past_cut(&b, k, r, cut, cut, 0, false, "read the lock queue");
 	}
 	if (k->kind == ETCD_KEY_SEMAPHORE)
 	{
@@ -1600,13 +1604,7 @@ read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 			int64		cut = r->oldest_cut;
 
 			r->oldest_cut = 0;
-			resetStringInfo(&b);
-			appendStringInfoString(&b, "{\"success\":[{\"request_range\":");
-			append_rev_range(&b, k, cut, true);
-			appendStringInfoString(&b, "},{\"request_range\":");
-			append_pred_range(&b, k, rev, cut, true);
-			appendStringInfoString(&b, "}]}");
-			etcd_request_or_error("/v3/kv/txn", b.data, parse_pred_more, r, "read the semaphore queue");
+			read_past_cut(&b, k, r, cut, rev, cut, true, "read the semaphore queue");
 		}
 		r->counting = false;
 	}
@@ -2173,8 +2171,6 @@ typedef struct LeaderReply
 {
 	const EtcdLockKeys *k;
 	EtcdLeader *out;
-	int			nread;
-	int64		last_rev;
 	int64		cut;			/* the page was cut at this revision */
 } LeaderReply;
 
@@ -2242,8 +2238,6 @@ leader_scan(LeaderReply *r, json_t *kvs, bool whole_rev)
 
 		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
 			return false;
-		r->nread++;
-		r->last_rev = rev;
 		if (r->out->exists ||
 			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, &lease, NULL) == ETCD_KEY_NONE)
 		{
@@ -2282,7 +2276,6 @@ etcd_election_leader(const EtcdLockKeys *k, EtcdLeader *out)
 	initStringInfo(&b);
 	do
 	{
-		r.nread = 0;
 		resetStringInfo(&b);
 		if (after > 0)
 		{
