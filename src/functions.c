@@ -726,16 +726,48 @@ etcd_lock_status_sql(PG_FUNCTION_ARGS)
 }
 
 /*
- * holder_jsonb turns a holder's key value into jsonb, or NULL when it is
- * not a JSON object (etcd's Go mutex stores an empty value).
+ * has_wide_escape says whether JSON text has a \u escape of a non-ASCII
+ * code point (conservatively: any "\u" followed by 4 hex digits >= 0x80).
  */
 static bool
-holder_jsonb(const char *value, Datum *out)
+has_wide_escape(const char *v)
+{
+	const char *p;
+
+	for (p = strstr(v, "\\u"); p != NULL; p = strstr(p + 1, "\\u"))
+	{
+		unsigned int c = 0;
+		int			i;
+
+		for (i = 2; i < 6 && isxdigit((unsigned char) p[i]); i++)
+			c = c * 16 + (unsigned int) (isdigit((unsigned char) p[i]) ? p[i] - '0' :
+										 (tolower((unsigned char) p[i]) - 'a' + 10));
+		if (i == 6 && c >= 0x80)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * holder_jsonb turns a holder's key value into jsonb, or NULL when it is
+ * not a JSON object (etcd's Go mutex stores an empty value), or cannot be
+ * one in this database (*unrepresentable): in a database that is not
+ * UTF8, jsonb refuses a \u escape of a character outside the encoding
+ * (22P05), and any etcd client may write such a value - the report must
+ * not fail for it.
+ */
+static bool
+holder_jsonb(const char *value, Datum *out, bool *unrepresentable)
 {
 	JsonLexContext *lex;
 
 	if (value[0] != '{' || strstr(value, "\\u0000") != NULL)
 		return false;
+	if (GetDatabaseEncoding() != PG_UTF8 && has_wide_escape(value))
+	{
+		*unrepresentable = true;
+		return false;
+	}
 	if (pg_verify_mbstr(GetDatabaseEncoding(), value, strlen(value), true) == false)
 		return false;
 	lex = etcd_json_lex(pstrdup(value), strlen(value), GetDatabaseEncoding());
@@ -777,7 +809,8 @@ holders_common(FunctionCallInfo fcinfo, bool v2)
 	EtcdHolder *h;
 	int			n,
 				i,
-				nbad = 0;
+				nbad = 0,
+				nwide = 0;
 	bool		details;
 
 	check_preloaded();
@@ -799,6 +832,7 @@ holders_common(FunctionCallInfo fcinfo, bool v2)
 		Datum		values[8];
 		bool		nulls[8] = {0};
 		char		hex[24];
+		bool		wide = false;
 
 		/*
 		 * Names come from etcd, where any client may write any bytes: one
@@ -814,7 +848,9 @@ holders_common(FunctionCallInfo fcinfo, bool v2)
 		values[1] = Int64GetDatum(h[i].token);
 		snprintf(hex, sizeof(hex), "%llx", (unsigned long long) h[i].lease_id);
 		values[2] = CStringGetTextDatum(hex);
-		nulls[3] = !details || !holder_jsonb(h[i].value, &values[3]);
+		nulls[3] = !details || !holder_jsonb(h[i].value, &values[3], &wide);
+		nwide += wide;
+		wide = false;
 		values[4] = Int32GetDatum(h[i].waiters);
 		values[5] = Int64GetDatum(h[i].ttl);
 		nulls[5] = h[i].ttl < 0;
@@ -826,6 +862,11 @@ holders_common(FunctionCallInfo fcinfo, bool v2)
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+	if (nwide > 0)
+		ereport(NOTICE,
+				(errmsg("etcd_lock_holders: %d holder value(s) shown as NULL: not representable in the database encoding", nwide),
+				 errhint("Some client wrote holder values with characters that %s cannot hold.",
+						 GetDatabaseEncodingName())));
 	if (nbad > 0)
 		ereport(NOTICE,
 				(errmsg("etcd_lock_holders: skipped %d lock name(s) not valid in the database encoding", nbad),

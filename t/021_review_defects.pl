@@ -220,5 +220,23 @@ sub etcd_lease_ids
 	$s->quit;
 }
 
+# --- issue 24 item 3: etcd_lock_holders in a database that is not UTF8,
+# with a holder value any etcd client may write: a \u escape of a character
+# the encoding cannot hold. Before, the whole report failed (22P05).
+{
+	$a->safe_psql('postgres', "CREATE DATABASE l1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0");
+	$a->safe_psql('l1', 'CREATE EXTENSION etcd_lock');
+	my $s = sess($a);
+	ok_sql($s, q{SELECT etcd_campaign('/u8/cand', '{"a":"\u4e2d"}')});
+	ok_sql($s, q{SELECT etcd_lock('/u8/plain')});
+	my ($rc, $out, $err) = $a->psql('l1',
+		"SELECT name, holder IS NULL FROM etcd_lock_holders('/u8/') ORDER BY name");
+	is($rc, 0, '24.3: etcd_lock_holders in a LATIN1 database does not fail') or diag $err;
+	is($out, "/u8/cand|t\n/u8/plain|f", '24.3: the unrepresentable value is NULL, the others are shown');
+	like($err, qr/NOTICE:.*1 holder value\(s\) shown as NULL/, '24.3: a NOTICE says so');
+	ok_sql($s, 'SELECT etcd_resign(\'/u8/cand\'), etcd_unlock_all()');
+	$s->quit;
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 done_testing();
