@@ -649,6 +649,36 @@ ka_stream_fail(const char *why)
 }
 
 /*
+ * ka_stream_reopen closes the keepalive stream after a reload changed
+ * etcd_lock.endpoints, so renewals go to the new list as the backends'
+ * requests do (the next renewal opens a new stream). Renewals sent on it
+ * and not yet answered are retried at once; this is no failure of etcd.
+ */
+static void
+ka_stream_reopen(void)
+{
+	EtcdStatus	st;
+
+	ereport(LOG,
+			(errmsg("etcd_lock worker: etcd_lock.endpoints changed; the keepalive stream reopens on the new endpoints")));
+	if (!etcd_ka_stream_active())
+		return;
+	etcd_ka_stream_close(false);
+	memset(&st, 0, sizeof(st));
+	st.kind = ETCD_UNREACHABLE;
+	snprintf(st.message, sizeof(st.message), "keepalive stream closed: etcd_lock.endpoints changed");
+	while (w_ka_count > 0)
+	{
+		KaSent	   *k = &w_ka_fifo[w_ka_head];
+
+		w_ka_head = (w_ka_head + 1) % etcd_shared->nslots;
+		w_ka_count--;
+		apply_renewal(k->slot, k->lease_id, k->sent, false, 0, &st);
+	}
+	w_ka_stream_retry_at = 0;
+}
+
+/*
  * ka_stream_collect pairs the stream's answers with the renewals sent, in
  * order, and checks that the oldest unanswered one is not overdue.
  */
@@ -1342,8 +1372,13 @@ etcd_lock_worker_main(Datum arg)
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
+			char	   *before = pstrdup(etcd_lock_endpoints ? etcd_lock_endpoints : "");
+
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			if (strcmp(before, etcd_lock_endpoints ? etcd_lock_endpoints : "") != 0)
+				ka_stream_reopen();
+			pfree(before);
 		}
 	}
 	/* exit code 1: restarted unless the server is shutting down */

@@ -238,5 +238,31 @@ sub etcd_lease_ids
 	$s->quit;
 }
 
+# --- issue 24 item 6: a reload that changes etcd_lock.endpoints moves the
+# worker's keepalive stream to the new list. Before, renewals kept going
+# through the old endpoint until it broke: cut off there, the stream
+# stalled and counted failures although the new endpoint answered.
+{
+	my $fp = FaultProxy->start($etcd->{endpoint});
+	my $nr = etcd_node('rev_reload', { endpoint => $fp->endpoint }, 'etcd_lock.lease_ttl' => '6s');
+	my $s = sess($nr);
+	my $tok = ok_sql($s, "SELECT etcd_lock('/reload24')");
+	sleep 3;    # renewals are on the stream through the proxy
+	$nr->safe_psql('postgres', "ALTER SYSTEM SET etcd_lock.endpoints = '$etcd->{endpoint}'; SELECT pg_reload_conf()");
+	ok(wait_until(sub { $nr->log_contains('keepalive stream reopens on the new endpoints') }, 10),
+		'24.6: the worker reopens the keepalive stream after the endpoints reload');
+	my $f0 = $nr->safe_psql('postgres', 'SELECT failures FROM etcd_lock_status');
+	$fp->hold;    # the old endpoint goes silent
+	sleep 8;
+	is(ok_sql($s, "SELECT etcd_lock_token('/reload24')"), $tok, '24.6: the lock is still held after more than a TTL');
+	is($nr->safe_psql('postgres', 'SELECT failures FROM etcd_lock_status'), $f0,
+		'24.6: no failed request: nothing goes to the old endpoint');
+	ok_sql($s, "SELECT etcd_unlock('/reload24')");
+	$s->quit;
+	$fp->pass;
+	$nr->stop;
+	$fp->stop;
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 done_testing();
