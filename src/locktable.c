@@ -1534,6 +1534,18 @@ etcd_release_all(void)
 	{
 		if (lt_filter(e, keep_xact_holds, NULL) > 0)
 			continue;
+		if (e->token == 0)
+		{
+			/*
+			 * An owed queue place whose revision is unknown (its acquire
+			 * was cut short while the queue was full): only the worker
+			 * removes it, reading it first and deleting it by revision. A
+			 * plain delete from here, applied late, could remove a newer
+			 * key of the same name.
+			 */
+			(void) lt_release_async(e, true);	/* stays owed if full */
+			continue;
+		}
 		if (!etcd_down)
 		{
 			if (lt_release_sync(e, &seq))

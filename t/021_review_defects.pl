@@ -238,6 +238,62 @@ sub etcd_lease_ids
 	$s->quit;
 }
 
+# --- issue 22 item 5: an owed queue place of unknown revision (an acquire
+# cut short while the release queue was full) is never removed by a plain
+# delete, which applied late could remove a newer key of the same name.
+# Before, etcd_unlock_all sent it as /v3/kv/deleterange; now the worker
+# reads it and deletes it by revision. Counted by etcd itself (DeleteRange
+# calls; the extension otherwise deletes only inside txns).
+{
+	my $fp = FaultProxy->start($etcd->{endpoint});
+	my $nq = etcd_node('rev_owed', { endpoint => $fp->endpoint },
+		'etcd_lock.lease_ttl' => '30s', 'etcd_lock.request_timeout' => '2s');
+	my $deletes = sub {
+		my $m = `curl -s -m 5 $etcd->{endpoint}/metrics`;
+		my $n = 0;
+		$n += $1 while $m =~ /^grpc_server_handled_total\{[^}]*grpc_method="DeleteRange"[^}]*\} (\d+)/mg;
+		return $n;
+	};
+	my $s = sess($nq);
+	my $slots = $nq->safe_psql('postgres', 'SELECT greatest(256, 4 * (SELECT setting::int FROM pg_settings WHERE name = \'max_connections\') + 64)');
+	# the worker stopped, hold as many xact locks as the queue has
+	# entries and roll back: the queue is full
+	my $wpid = $nq->safe_psql('postgres', 'SELECT worker_pid FROM etcd_lock_status');
+	my @names = map { "'/owed/$_'" } 1 .. $slots;
+	my $sql = 'BEGIN;';
+	while (my @chunk = splice(@names, 0, 128))
+	{
+		$sql .= ' SELECT etcd_xact_lock_many(ARRAY[' . join(',', @chunk) . ']);';
+	}
+	ok_sql($s, $sql);
+	kill 'STOP', $wpid or die "SIGSTOP $wpid: $!";
+	ok_sql($s, 'ROLLBACK');
+	# an acquire whose txn reaches etcd but whose reply never comes, cut
+	# short by its timeout: its queue place (revision unknown) is owed
+	$fp->drop_reply('/v3/kv/txn', 'hold');
+	my ($out, $err) = run($s, "SELECT etcd_lock('/owed/x', '1 s')");
+	note "cut-short acquire: $err";
+	is($fp->status->{drops_fired}, 1, '22.5: the acquire txn reached etcd, its reply lost');
+	ok($nq->safe_psql('postgres', 'SELECT releases_owed FROM etcd_lock_status') >= 1,
+		'22.5: the queue is full: the cut-short acquire\'s queue place is owed');
+	ok(scalar(grep { m{^/owed/x/} } keys %{ keys_under('/owed/') }),
+		'22.5: its key exists in etcd, its revision unknown to the session');
+	my $d0 = $deletes->();
+	($out, $err) = run($s, 'SELECT etcd_unlock_all()');
+	my $d1 = $deletes->();
+	kill 'CONT', $wpid;
+	is($d1 - $d0, 0, '22.5: etcd_unlock_all sends no plain delete for it (before: one DeleteRange)');
+	ok(wait_until(sub { $nq->safe_psql('postgres', 'SELECT releases_queued + releases_attempted FROM etcd_lock_status') eq '0' }, 30),
+		'22.5: the queued releases drain once the worker runs');
+	run($s, 'SELECT 1');    # the owed place is handed on at the next statement
+	ok(wait_until(sub { !grep { m{^/owed/x/} } keys %{ keys_under('/owed/') } }, 20), '22.5: the cut-short queue place is removed');
+	is($deletes->() - $d0, 0, '22.5: ... by the worker, by revision (no DeleteRange call reached etcd)');
+	ok(wait_until(sub { !%{ keys_under('/owed/') } }, 20), '22.5: no key left');
+	$s->quit;
+	$nq->stop;
+	$fp->stop;
+}
+
 # --- issue 24 item 6: a reload that changes etcd_lock.endpoints moves the
 # worker's keepalive stream to the new list. Before, renewals kept going
 # through the old endpoint until it broke: cut off there, the stream
