@@ -345,6 +345,7 @@ etcd_queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id, const char
 		r->state = REL_PENDING;
 		r->kind = kind;
 		r->keykind = keykind;
+		r->alone = false;
 		r->held = held;
 		r->attempted = attempted;
 		r->lease_id = lease_id;

@@ -90,6 +90,8 @@ typedef struct EtcdRelease
 	bool		tried;			/* the worker's first attempt has finished */
 	int			keykind;		/* EtcdKeyKind the key was taken as (a lock
 								 * and an election share a key) */
+	bool		alone;			/* sent in no batch (one batch with it was
+								 * refused as a whole) */
 	uint64		seq;			/* which queuing this is (entries are reused) */
 	int64		lease_id;
 	int64		token;			/* create_revision of the key */

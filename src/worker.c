@@ -108,6 +108,9 @@ static int	w_ka_count = 0;
 static EtcdMono w_ka_stream_retry_at = 0;	/* no new stream before this */
 #define KA_STREAM_RETRY_MS	1000
 static int	w_nreleases_inflight = 0;
+static int	w_batch_max = RELEASE_BATCH;	/* lowered when etcd refuses a
+											 * batch as too many operations
+											 * (its --max-txn-ops) */
 static bool *w_ka_inflight = NULL;	/* per lease slot */
 
 /* etcd reachability as the worker sees it, for state-change logs */
@@ -877,12 +880,12 @@ collect_batch(WorkerReq *req, EtcdMono now)
 	int			i;
 
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-	for (i = req->batch[0] + 1; i < etcd_shared->nrelused && req->nbatch < RELEASE_BATCH; i++)
+	for (i = req->batch[0] + 1; i < etcd_shared->nrelused && req->nbatch < w_batch_max; i++)
 	{
 		EtcdRelease *e = &etcd_shared->releases[i];
 
 		if (e->state != REL_PENDING || e->retry_at > now ||
-			e->kind != REL_DELETE || e->token == 0)
+			e->kind != REL_DELETE || e->token == 0 || e->alone)
 			continue;
 		e->state = REL_BUSY;
 		e->attempted = true;
@@ -937,7 +940,7 @@ start_releases(EtcdMono now, EtcdMono *next)
 		w_reqs[r].kind = WR_RELEASE;
 		w_reqs[r].nbatch = 1;
 		w_reqs[r].batch[0] = idx;
-		if (rel.kind == REL_DELETE && rel.token != 0)
+		if (rel.kind == REL_DELETE && rel.token != 0 && !rel.alone)
 			collect_batch(&w_reqs[r], now);
 		if (w_reqs[r].nbatch > 1)
 		{
@@ -1023,6 +1026,42 @@ finish_release(WorkerReq *req, EtcdAsyncResult *res)
 	w_nreleases_inflight--;
 	note_result(&res->st, res->ok ||
 				(res->st.kind == ETCD_ERROR_REPLY && res->st.grpc_code == GRPC_NOT_FOUND));
+	if (!res->ok && req->nbatch > 1 && res->st.kind == ETCD_ERROR_REPLY &&
+		(res->st.grpc_code == GRPC_INVALID_ARGUMENT ||
+		 res->st.grpc_code == GRPC_PERMISSION_DENIED))
+	{
+		bool		too_big = res->st.grpc_code == GRPC_INVALID_ARGUMENT;
+
+		/*
+		 * etcd refused the batch as a whole, which says nothing of each
+		 * release in it: more nested txns than its --max-txn-ops
+		 * (configurable below our batch size), or one key under a prefix
+		 * whose write permission was taken away (the batch mixes every
+		 * backend's releases). Too big: send smaller batches from now on,
+		 * halving down to single releases, which any etcd takes.
+		 * Permission: these entries go alone, so only the refused one is
+		 * given up (as a single release is). Each is retried at once.
+		 */
+		if (too_big)
+			w_batch_max = Max(1, Min(w_batch_max, req->nbatch) / 2);
+		ereport(LOG,
+				(errmsg("etcd_lock worker: etcd refused a batch of %d releases (%s); %s",
+						req->nbatch, res->st.message,
+						too_big ? psprintf("sending at most %d per request", w_batch_max) :
+						"sending them one at a time")));
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		for (i = 0; i < req->nbatch; i++)
+		{
+			EtcdRelease *e = &etcd_shared->releases[req->batch[i]];
+
+			e->state = REL_PENDING;
+			e->retry_at = 0;
+			e->alone = e->alone || !too_big;
+		}
+		LWLockRelease(etcd_shared->lock);
+		ConditionVariableBroadcast(&etcd_shared->release_cv);
+		return;
+	}
 	for (i = 0; i < req->nbatch; i++)
 		finish_release_entry(req->batch[i], res);
 	ConditionVariableBroadcast(&etcd_shared->release_cv);
