@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what building and testing etcd_lock needs on Debian 12, if missing:
 # PostgreSQL 15 server + headers, libcurl, jansson, etcd, IPC::Run for TAP,
-# Go + etcd's Go client sources for the reference mutex, pgbench/contrib,
-# clang + its sanitizer/libFuzzer runtime for the fuzz target.
+# pgbench/contrib, clang + its sanitizer/libFuzzer runtime for the fuzz
+# target. Go comes from /usr/local/go (1.26; etcd 3.5+, etcd's current Go
+# client and our Go test clients need >= 1.22): Debian's golang-go (1.19)
+# is too old and is not installed, so that it cannot shadow it on PATH.
 set -euo pipefail
 pkgs=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libcurl4-openssl-dev
       libjansson-dev etcd-server etcd-client libipc-run-perl make gcc
-      golang-go golang-etcd-server-dev clang-14 libclang-rt-14-dev
+      clang-14 libclang-rt-14-dev
       curl openssl iproute2 procps python3)
 missing=()
 for p in "${pkgs[@]}"; do
@@ -21,4 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [ ! -x /usr/local/go/bin/go ]; then
+	echo "deps.sh: /usr/local/go/bin/go (Go >= 1.22) is missing: etcd 3.5+ and the Go clients cannot be built" >&2
+	exit 1
 fi

@@ -24,6 +24,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/scripts/lib.sh"
 
 bash "$here/scripts/deps.sh"
+# Go 1.26 ahead of anything older on PATH (etcd.sh, the Go clients)
+export PATH=/usr/local/go/bin:$PATH
 cd "$here"
 majors=${PG_MAJORS:-15 18}
 lines15=${ETCD_LINES:-3.4 3.7}

@@ -40,14 +40,14 @@ use Time::HiRes qw(time usleep);
 
 my $t_begin = time;
 
-# --- the Go election client: $ENV{GO_ELECTION}, else built here if Go and
-# Debian's etcd client sources are present; skipped otherwise (not under CI)
+# --- the Go election client (etcd's go.etcd.io/etcd/client/v3):
+# $ENV{GO_ELECTION}, else built here if Go 1.26 is present; skipped
+# otherwise (not under CI)
 my $go = $ENV{GO_ELECTION};
 my $go_skip;
 if (!$go)
 {
-	if (system('command -v go >/dev/null 2>&1') == 0
-		&& -d '/usr/share/gocode/src/go.etcd.io/etcd/clientv3')
+	if (-x '/usr/local/go/bin/go')
 	{
 		my $dir = PostgreSQL::Test::Utils::tempdir('go_election');
 		$go = "$dir/go-election";
@@ -60,7 +60,7 @@ if (!$go)
 	}
 	else
 	{
-		$go_skip = 'GO_ELECTION is not set and there is no Go toolchain with etcd client sources to build t/go_election';
+		$go_skip = 'GO_ELECTION is not set and there is no /usr/local/go/bin/go to build t/go_election';
 	}
 }
 elsif (!-x $go)
