@@ -1291,7 +1291,7 @@ typedef struct PredReply
 {
 	const EtcdLockKeys *k;
 	bool		with_mine;		/* responses[0] is our key (a txn) */
-	bool		counting;		/* a page of the oldest keys (semaphore) */
+	bool		counting;		/* a follow-up page of the oldest keys */
 	bool		with_holder;	/* responses[3]: the oldest key, with value */
 	int64		header_rev;		/* the revision the txn read at */
 	int64		my_rev;			/* create_revision of our key now, 0 if gone */
@@ -1304,6 +1304,7 @@ typedef struct PredReply
 	int64		oldest_cut;		/* oldest-first page cut at this revision */
 	int			oldest_ties;	/* keys (ours or blocking) created with the
 								 * oldest blocking one, it included */
+	bool		oldest_seen;	/* the oldest-first pages reached a lock key */
 	char	   *oldest;			/* the oldest blocking key below ours, if seen */
 	int			oldestlen;
 	int64		oldest_rev;
@@ -1397,9 +1398,18 @@ oldest_scan(PredReply *r, json_t *kvs, bool whole_rev)
 		r->oldest_cut = page_cut(kvs, PRED_PAGE);
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
-	/* the first page starts at the name's oldest key: it decides */
-	if (r->conflict == NULL && !r->counting)
-		r->conflict = ks.conflict;
+	/*
+	 * The name's oldest lock key decides what the name is: the first lock
+	 * key of the oldest-first pages, however many other keys (nested
+	 * names, other data) come before it. A conflict already found (the
+	 * holder's value, with_holder) stays.
+	 */
+	if (!r->oldest_seen)
+	{
+		if (r->conflict == NULL)
+			r->conflict = ks.conflict;
+		r->oldest_seen = ks.seen_lock_key;
+	}
 	if (r->k->kind == ETCD_KEY_SEMAPHORE)
 	{
 		for (i = 0; i < Min(ks.nblocking, ks.keep_max) &&
@@ -1596,18 +1606,24 @@ read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 		r->pred_cut = 0;
 		read_past_cut(&b, k, r, cut, cut, 0, false, "read the lock queue");
 	}
-	if (k->kind == ETCD_KEY_SEMAPHORE)
+	/*
+	 * The oldest-first pages go on while a semaphore still counts, and for
+	 * every kind until the name's oldest lock key is seen (it says what
+	 * the name is: an exclusive key does not block on permit keys, so a
+	 * lock and a semaphore mixed up would both hold). Each page starts
+	 * past the last one's cut: the loop ends below rev.
+	 */
+	r->counting = true;
+	while ((k->kind == ETCD_KEY_SEMAPHORE ? r->nahead <= k->permits : !r->oldest_seen) &&
+		   r->oldest_cut > 0 && r->oldest_cut < rev)
 	{
-		r->counting = true;
-		while (r->nahead <= k->permits && r->oldest_cut > 0 && r->oldest_cut < rev)
-		{
-			int64		cut = r->oldest_cut;
+		int64		cut = r->oldest_cut;
 
-			r->oldest_cut = 0;
-			read_past_cut(&b, k, r, cut, rev, cut, true, "read the semaphore queue");
-		}
-		r->counting = false;
+		r->oldest_cut = 0;
+		read_past_cut(&b, k, r, cut, rev, cut, true,
+					  k->kind == ETCD_KEY_SEMAPHORE ? "read the semaphore queue" : "read the lock queue");
 	}
+	r->counting = false;
 	pfree(b.data);
 	raise_conflict(k, r->conflict);
 

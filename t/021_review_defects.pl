@@ -389,5 +389,27 @@ sub etcd_lease_ids
 	$fp->stop;
 }
 
+# --- issue 22 item 7: the lock/semaphore mix-up is found behind any
+# number of older keys of nested names. Before, with 64 of them first, the
+# first page held no lock key, no conflict was raised, and an exclusive
+# lock held beside the semaphore's permits (an exclusive key does not
+# block on permit keys).
+{
+	my $s = sess($a);
+	my $o = sess($b);
+	etcd_put($etcd, "/mix/zz/$_", 'older') for 1 .. 70;
+	ok_sql($s, "SELECT etcd_semaphore('/mix', 2)");
+	my ($out, $err) = run($o, "SELECT etcd_lock('/mix', '1 s')");
+	like($err, qr/42809/, '22.7: a lock on a semaphore name behind 70 nested keys: 42809');
+	($out, $err) = run($o, "SELECT etcd_lock_shared('/mix', '1 s')");
+	like($err, qr/42809/, '22.7: ... a shared lock too');
+	($out, $err) = run($o, "SELECT etcd_semaphore('/mix', 3, '1 s')");
+	like($err, qr/22023/, '22.7: ... and a semaphore of another size: 22023');
+	is(scalar(grep { m{^/mix/[0-9a-f]+} } keys %{ keys_under('/mix/') }), 1, '22.7: only the permit key is left');
+	ok_sql($s, "SELECT etcd_unlock_all()");
+	$s->quit;
+	$o->quit;
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 done_testing();
