@@ -346,6 +346,7 @@ etcd_queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id, const char
 		r->kind = kind;
 		r->keykind = keykind;
 		r->alone = false;
+		r->settle_at = 0;
 		r->held = held;
 		r->attempted = attempted;
 		r->lease_id = lease_id;

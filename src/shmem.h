@@ -97,6 +97,9 @@ typedef struct EtcdRelease
 	int64		token;			/* create_revision of the key */
 	EtcdMono	queued_at;
 	EtcdMono	retry_at;		/* after a failure: not before this */
+	EtcdMono	settle_at;		/* a queue place of unknown revision found
+								 * gone: read again at this time, as its
+								 * acquire may still be applied late */
 	int			keylen;
 	char		key[ETCD_MAX_KEY];
 } EtcdRelease;

@@ -108,6 +108,8 @@ static int	w_ka_count = 0;
 static EtcdMono w_ka_stream_retry_at = 0;	/* no new stream before this */
 #define KA_STREAM_RETRY_MS	1000
 static int	w_nreleases_inflight = 0;
+/* a queue place of unknown revision found gone is read again this late */
+#define RESOLVE_SETTLE_MS	(2L * etcd_lock_request_timeout + 7000L)
 static int	w_batch_max = RELEASE_BATCH;	/* lowered when etcd refuses a
 											 * batch as too many operations
 											 * (its --max-txn-ops) */
@@ -1257,12 +1259,32 @@ static void
 finish_resolve(WorkerReq *req, EtcdAsyncResult *res)
 {
 	EtcdRelease *e = &etcd_shared->releases[req->index];
+	bool		live;
 
 	w_nreleases_inflight--;
 	note_result(&res->st, res->ok);
+	live = res->ok && req->granted == 0 && lease_in_use(e->lease_id);
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-	if ((res->ok && req->granted == 0) ||
-		(res->st.kind == ETCD_ERROR_REPLY && res->st.grpc_code == GRPC_PERMISSION_DENIED))
+	if (live &&
+		(e->settle_at == 0 || etcd_mono_now() < e->settle_at))
+	{
+		/*
+		 * Not there (yet). The acquire cut short may still be on its way
+		 * (delayed in the network, or proposed and not yet applied) and
+		 * create the key later under a lease that lives on: read again
+		 * once it must have been applied or failed (etcd gives a proposal
+		 * 5 s plus two election timeouts, 7 s by default; the backend's
+		 * request lasted request_timeout at most), and only then let it
+		 * go. A lease no longer in use needs no wait: a late put under it
+		 * fails.
+		 */
+		if (e->settle_at == 0)
+			e->settle_at = e->queued_at + MONO_MS(RESOLVE_SETTLE_MS);
+		e->state = REL_PENDING;
+		e->retry_at = e->settle_at;
+	}
+	else if ((res->ok && req->granted == 0) ||
+			 (res->st.kind == ETCD_ERROR_REPLY && res->st.grpc_code == GRPC_PERMISSION_DENIED))
 	{
 		e->tried = true;
 		e->state = REL_FREE;

@@ -389,6 +389,34 @@ sub etcd_lease_ids
 	$fp->stop;
 }
 
+# --- issue 22 item 4: an acquire cut short whose txn reaches etcd only
+# after the worker's read found no key. Before, that read let the queue
+# place go: the key, under the session's live lease, blocked the name
+# until the session ended. Now the place is read again once a late
+# request must have been applied, and the key is removed.
+{
+	my $fp = FaultProxy->start($etcd->{endpoint});
+	my $nl = etcd_node('rev_late', { endpoint => $fp->endpoint },
+		'etcd_lock.lease_ttl' => '30s', 'etcd_lock.request_timeout' => '2s');
+	my $s = sess($nl);
+	my $o = sess($b);
+	ok_sql($s, "SELECT etcd_lock('/late/warm'); SELECT etcd_unlock('/late/warm')");    # the session's lease
+	$fp->drop_reply('/v3/kv/txn', 'late=4000');
+	my ($out, $err) = run($s, "SELECT etcd_lock('/late/x', '1 s')");
+	like($err, qr/55P03/, '22.4: the acquire is cut short by its timeout');
+	ok(wait_until(sub { $fp->log_text =~ /late request forwarded/ }, 15), '22.4: its txn reaches etcd 4 s late');
+	ok(wait_until(sub { scalar(grep { m{^/late/x/} } keys %{ keys_under('/late/') }) }, 5),
+		'22.4: ... and creates the key under the session\'s live lease');
+	ok(wait_until(sub { !grep { m{^/late/x/} } keys %{ keys_under('/late/') } }, 30),
+		'22.4: the worker removes the late key while the session lives (before: it stayed)');
+	is(ok_sql($o, "SELECT etcd_try_lock('/late/x')"), 't', '22.4: another session takes the name');
+	ok_sql($o, "SELECT etcd_unlock_all()");
+	$s->quit;
+	$o->quit;
+	$nl->stop;
+	$fp->stop;
+}
+
 # --- issue 22 item 7: the lock/semaphore mix-up is found behind any
 # number of older keys of nested names. Before, with 64 of them first, the
 # first page held no lock key, no conflict was raised, and an exclusive

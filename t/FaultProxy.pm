@@ -149,7 +149,9 @@ sub cut
 
 # drop_reply(re, how): the next request matching re (a Python RE) reaches
 # etcd but its reply is lost; how: cut (default, the client gets an RST)
-# or hold (the client hears nothing more)
+# or hold (the client hears nothing more); or late=MS: as hold, and the
+# request itself reaches etcd only MS ms after it arrived (the client has
+# long given up; the connection to etcd stays open, so etcd applies it)
 sub drop_reply
 {
 	my ($self, $re, $how) = @_;

@@ -20,12 +20,15 @@ Control commands (one per line; each answered with one line "ok ..." or
   cut                    close every current connection on both sides at
                          once (RST: SO_LINGER 0), dropping buffered bytes;
                          new connections get the current mode
-  drop_reply RE [cut|hold]
+  drop_reply RE [cut|hold|late=MS]
                          the next request matching RE is forwarded but the
                          target's reply on that connection is discarded;
                          cut (default): the client is reset when the reply
                          arrives (at most 200 ms after the request went
-                         out); hold: the client is kept open and silent
+                         out); hold: the client is kept open and silent;
+                         late=MS: as hold, and the request is forwarded MS
+                         ms late (the target side stays open if the
+                         client closes, so the target still applies it)
   delay MS               delay every forwarded chunk, both directions, by
                          MS ms (0 = off), order preserved
   dup RE                 the next request matching RE is forwarded, and sent
@@ -403,6 +406,7 @@ class Conn:
         self.up_done = False
         self.down_done = False
         self.dropped = None         # 'cut' or 'hold' once a drop_reply fired
+        self.late = 0.0             # seconds the dropped request waits (late=MS)
         self.drop_pending = False   # the dropped request is not complete yet
         self.swallow = False        # client bytes after the dropped request
         self.mirror = None          # the Dup of a chunked request in progress
@@ -485,6 +489,11 @@ class Conn:
             if self.swallow:
                 continue
             self.before_forward(unit)
+            if self.late > 0:
+                # a request that reaches etcd late, after its client gave up
+                late, self.late = self.late, 0.0
+                await asyncio.sleep(late)
+                self.proxy.logline('late request forwarded conn=%d' % self.id)
             self.sw.write(data)
             await self.sw.drain()
             self.after_forward(unit)
@@ -499,6 +508,9 @@ class Conn:
             p.stats['drops_fired'] += 1
             p.logline('fired drop_reply %s conn=%d %s' % (rule[1], self.id, unit.line))
             self.dropped = rule[1]
+            if self.dropped.startswith('late='):
+                self.late = int(self.dropped[5:]) / 1000.0
+                self.dropped = 'hold'
             self.drop_pending = True
         rule = p.take_rule(p.dup_rules, unit.text) if unit.req is not None else None
         if rule is not None:
@@ -662,7 +674,7 @@ class Proxy:
             return 'ok cut %d' % n
         if cmd == 'drop_reply':
             how = 'cut'
-            m = re.match(r'^(.*?)\s+(cut|hold)$', rest, re.S)
+            m = re.match(r'^(.*?)\s+(cut|hold|late=\d+)$', rest, re.S)
             if m:
                 rest, how = m.group(1), m.group(2)
             rx = self.compile(rest)
