@@ -324,7 +324,12 @@ sub etcd_lease_ids
 		return $n;
 	};
 	my $s = sess($nq);
-	my $slots = $nq->safe_psql('postgres', 'SELECT greatest(256, 4 * (SELECT setting::int FROM pg_settings WHERE name = \'max_connections\') + 64)');
+	# at least the queue's size (4 x MaxBackends, at least 256; MaxBackends
+	# counts connections, autovacuum, special and other workers, WAL
+	# senders): more is fine, the rest is released by the backend itself
+	my $slots = $nq->safe_psql('postgres', q{SELECT greatest(256, 4 * (current_setting('max_connections')::int
+		+ coalesce(current_setting('autovacuum_worker_slots', true), current_setting('autovacuum_max_workers'))::int
+		+ 2 + current_setting('max_worker_processes')::int + current_setting('max_wal_senders')::int) + 64)});
 	# the worker stopped, hold as many xact locks as the queue has
 	# entries and roll back: the queue is full
 	my $wpid = $nq->safe_psql('postgres', 'SELECT worker_pid FROM etcd_lock_status');
