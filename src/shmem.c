@@ -421,6 +421,20 @@ etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int keykind,
 				memcmp(r->key, key, keylen) != 0)
 				continue;
 			/*
+			 * A queue place found gone, kept only in case its cut-short
+			 * acquire lands late (settle_at): a new acquire of the key by
+			 * this session handles that key either way (its txn creates it,
+			 * or finds it as its own), so it goes ahead. Not for elections:
+			 * a late key would carry the old candidate's value.
+			 */
+			if (r->state == REL_PENDING && r->token == 0 && r->settle_at != 0 &&
+				r->keykind == keykind && keykind != ETCD_KEY_ELECTION)
+			{
+				r->state = REL_FREE;
+				etcd_shared->npending--;
+				break;
+			}
+			/*
 			 * Taken back only as what it was: an exclusive lock and an
 			 * election share a key, and an election key carries its
 			 * candidate's value, so neither is adopted by the other kind nor
@@ -459,6 +473,7 @@ etcd_release_pending(int64 lease_id, const char *key, int keylen)
 		EtcdRelease *r = &etcd_shared->releases[i];
 
 		if (r->state != REL_FREE && r->kind == REL_DELETE &&
+			!(r->state == REL_PENDING && r->settle_at != 0) &&	/* found gone */
 			r->lease_id == lease_id && r->keylen == keylen &&
 			memcmp(r->key, key, keylen) == 0)
 		{

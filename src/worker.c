@@ -1280,6 +1280,7 @@ finish_resolve(WorkerReq *req, EtcdAsyncResult *res)
 		 */
 		if (e->settle_at == 0)
 			e->settle_at = e->queued_at + MONO_MS(RESOLVE_SETTLE_MS);
+		e->tried = true;		/* nobody waits for the second read */
 		e->state = REL_PENDING;
 		e->retry_at = e->settle_at;
 	}
