@@ -41,8 +41,8 @@ static const struct config_enum_entry on_lease_loss_options[] = {
 /*
  * etcd_lock_parse_endpoints splits a comma-separated endpoint list into
  * malloc'd URL strings without trailing slashes. It checks each one: an
- * http:// or https:// scheme, a non-empty host and, if present, a port in
- * 1..65535. Returns the number of endpoints, or -1 with a message in errbuf.
+ * http:// or https:// scheme, a non-empty host, if present a port in
+ * 1..65535, and no path (a trailing slash is dropped). Returns the number of endpoints, or -1 with a message in errbuf.
  * On success the caller owns out[0..n-1] (free them with free()).
  */
 int
@@ -58,6 +58,7 @@ etcd_lock_parse_endpoints(const char *list, char **out, int max,
 				   *end,
 				   *host,
 				   *hostend,
+				   *tail,
 				   *q;
 		size_t		len;
 		char	   *url;
@@ -101,6 +102,7 @@ etcd_lock_parse_endpoints(const char *list, char **out, int max,
 					 (int) Min(len, 200), start);
 			goto fail;
 		}
+		tail = hostend;
 		if (hostend < end && *hostend == ':')
 		{
 			long		port = 0;
@@ -127,6 +129,14 @@ etcd_lock_parse_endpoints(const char *list, char **out, int max,
 						 (int) Min(len, 200), start);
 				goto fail;
 			}
+			tail = q;
+		}
+		if (tail < end)
+		{
+			/* etcd's API is at /v3/... of every member: no path to give */
+			snprintf(errbuf, errlen, "endpoint \"%.*s\" has a path: give the scheme, host and port only",
+					 (int) Min(len, 200), start);
+			goto fail;
 		}
 		for (q = host; q < end; q++)
 			if (isspace((unsigned char) *q))

@@ -133,6 +133,18 @@ END$$;}), 120);
 	}
 	ok(!$bad->log_contains('terminated by signal') && !$bad->log_contains('exited with exit code 1'),
 		'bad endpoint at startup: no crash, no worker restart loop');
+	# issue 23 item 4: an endpoint with a path is refused at reload with a
+	# WARNING (the README says so); before, it was taken, shown by SHOW,
+	# and every request went to /v3/v3/...
+	my ($arc, $aout, $aerr) = $bad->psql('postgres', "ALTER SYSTEM SET etcd_lock.endpoints = 'http://127.0.0.1:2379/v3'");
+	like($aerr, qr/invalid value for parameter "etcd_lock.endpoints".*has a path/s,
+		'endpoint with a path: ALTER SYSTEM refuses it');
+	$bad->append_conf('postgresql.conf', "etcd_lock.endpoints = 'http://127.0.0.1:2379/v3'\n");
+	$bad->reload;
+	ok(wait_until(sub { $bad->log_contains('endpoint "http://127.0.0.1:2379/v3" has a path') }, 10),
+		'endpoint with a path in postgresql.conf: refused at reload, the log says why');
+	is($bad->safe_psql('postgres', 'SHOW etcd_lock.endpoints'), 'htp://127.0.0.1:2379',
+		'endpoint with a path at reload: the previous value stays');
 	$bad->stop;
 }
 
