@@ -320,9 +320,14 @@ note_result(const EtcdStatus *st, bool ok)
 	}
 
 	publish_endpoint();
-	if (ok || st->kind == ETCD_ERROR_REPLY)
+	/*
+	 * etcd answered: a result, or an error of etcd's. An HTTP 404/405
+	 * without etcd's error body comes from something that is not etcd's
+	 * client API (its peer port, a path in the URL): not reachable.
+	 */
+	if (ok || (st->kind == ETCD_ERROR_REPLY &&
+			   !(st->grpc_code == 0 && (st->http_status == 404 || st->http_status == 405))))
 	{
-		/* etcd answered */
 		if (!w_reachable)
 		{
 			int			i;

@@ -148,6 +148,21 @@ END$$;}), 120);
 	$bad->stop;
 }
 
+# --- issue 23 item 3: pointed at etcd's peer port, every request gets
+# HTTP 404 (not etcd's client API). Before, etcd_lock_status said
+# etcd_reachable = t while every lock failed.
+{
+	my $np = etcd_node('peerport', { endpoint => $etcd->{peer} });
+	my ($rc, $out, $err) = $np->psql('postgres', "SELECT etcd_lock('/pp', '1 s')");
+	like($err, qr/not etcd's client API/, 'peer port: a lock fails saying this is not the client API');
+	ok(wait_until(sub { $np->safe_psql('postgres', 'SELECT etcd_reachable IS FALSE FROM etcd_lock_status') eq 't' }, 15),
+		'peer port: etcd_lock_status says etcd is not reachable');
+	sleep 2;
+	is($np->safe_psql('postgres', 'SELECT etcd_reachable FROM etcd_lock_status'), 'f',
+		'peer port: ... and keeps saying so');
+	$np->stop;
+}
+
 # --- independent names: data under a name's range that is not a lock key
 # of that name (another application's keys, nested names) neither holds
 # nor queues; a key with a lock-mode marker this version does not know

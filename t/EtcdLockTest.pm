@@ -31,6 +31,7 @@ sub start_etcd
 	my $ep = ($opt{scheme} // 'http') . "://127.0.0.1:$cport";
 	my $etcd = {
 		endpoint => $ep,
+		peer => "http://127.0.0.1:$pport",    # not the client API
 		dir => $dir,
 		args => [
 			'--name', 'tap', '--data-dir', "$dir/data",
