@@ -2434,8 +2434,25 @@ parse_ttl(json_t *root, void *arg)
 }
 
 /*
- * etcd_lock_holders reads every lock key whose name starts with name_prefix
- * (under etcd_lock.prefix) and returns one entry per holder (kinds_block;
+ * holders_match: name is the name asked for (arg), or nested under it
+ * (arg/...), or arg ends with '/' and name is under it; '' is every name.
+ * Whole path components: '/sw' is not '/swx'.
+ */
+static bool
+holders_match(const char *name, const char *arg)
+{
+	size_t		alen = strlen(arg);
+
+	if (alen == 0)
+		return true;
+	if (strncmp(name, arg, alen) != 0)
+		return false;
+	return arg[alen - 1] == '/' || name[alen] == '\0' || name[alen] == '/';
+}
+
+/*
+ * etcd_lock_holders reads every lock key of the name name_prefix and of the
+ * names nested under it (holders_match; under etcd_lock.prefix) and returns one entry per holder (kinds_block;
  * a shared lock or a semaphore has several): its key's token, lease and
  * value, its name's number of keys that do not hold, and the lease's
  * remaining TTL. One range read plus one lease lookup per distinct lease.
@@ -2482,6 +2499,11 @@ etcd_lock_holders(const char *prefix, const char *name_prefix, int *nholders)
 
 		while (end < r.n && strcmp(r.keys[end].name, r.keys[i].name) == 0)
 			end++;
+		if (!holders_match(r.keys[i].name, name_prefix))
+		{
+			i = end;
+			continue;
+		}
 		for (j = i; j < end; j++)
 		{
 			ListedKey  *h = &r.keys[j];

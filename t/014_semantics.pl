@@ -163,6 +163,23 @@ END$$;}), 120);
 	$np->stop;
 }
 
+# --- issue 23 item 5: etcd_lock_holders(name) matches whole path
+# components: the name and the names nested under it, not every name that
+# starts with the same characters. Before, '/sw' also returned '/swx'.
+{
+	my $sa = session($a);
+	$sa->query_safe("SELECT etcd_lock('/sw'), etcd_lock('/swx'), etcd_lock('/sw/a')");
+	my $names = sub {
+		join(',', sort split /\n/, $sa->query_safe("SELECT name FROM etcd_lock_holders('$_[0]')"));
+	};
+	is($names->('/sw'), '/sw,/sw/a', "etcd_lock_holders('/sw'): the name and its nested names, not /swx");
+	is($names->('/sw/'), '/sw/a', "etcd_lock_holders('/sw/'): the names nested under /sw");
+	is($names->('/swx'), '/swx', "etcd_lock_holders('/swx'): that name");
+	like($names->(''), qr{^(.*,)?/sw,/sw/a,/swx(,.*)?$}, "etcd_lock_holders(''): every name");
+	$sa->query_safe("SELECT etcd_unlock_all()");
+	$sa->quit;
+}
+
 # --- independent names: data under a name's range that is not a lock key
 # of that name (another application's keys, nested names) neither holds
 # nor queues; a key with a lock-mode marker this version does not know
