@@ -760,6 +760,8 @@ refill_pool(EtcdMono now, EtcdMono *next)
 		bool		empty;
 		int			r;
 		char	   *body;
+		int			gttl;		/* this grant's TTL: a resend keeps its
+								 * own, ttl stays the setting's */
 		EtcdStatus	st;
 
 		if (w_pool_granting[i - etcd_shared->nbackends] || w_ka_inflight[i])
@@ -789,15 +791,16 @@ refill_pool(EtcdMono now, EtcdMono *next)
 			if (w_pool_pending[pi] != 0)
 			{
 				w_reqs[r].lease_id = w_pool_pending[pi];
-				ttl = w_pool_pending_ttl[pi];
+				gttl = w_pool_pending_ttl[pi];
 				body = psprintf("{\"ID\":\"" INT64_FORMAT "\",\"TTL\":\"%d\"}",
-								w_pool_pending[pi], ttl);
+								w_pool_pending[pi], gttl);
 			}
 			else
 			{
-				w_reqs[r].lease_id = etcd_new_lease_id(ttl, &body);
+				gttl = ttl;
+				w_reqs[r].lease_id = etcd_new_lease_id(gttl, &body);
 				w_pool_pending[pi] = w_reqs[r].lease_id;
-				w_pool_pending_ttl[pi] = ttl;
+				w_pool_pending_ttl[pi] = gttl;
 				w_pool_pending_sent[pi] = now;
 			}
 			/*
@@ -808,7 +811,7 @@ refill_pool(EtcdMono now, EtcdMono *next)
 			 */
 			w_reqs[r].sent = w_pool_pending_sent[pi];
 		}
-		w_reqs[r].ttl = ttl;
+		w_reqs[r].ttl = gttl;
 		w_reqs[r].granted = 0;
 		if (!w_async_start("/v3/lease/grant", body, etcd_parse_lease_grant,
 							  &w_reqs[r].granted, etcd_lock_request_timeout, r, &st))
