@@ -357,8 +357,18 @@ ok($nclean_a > 0 && $nclean_b > 0, 'both nodes completed critical sections not t
 ok($nlong_ok_b > 0, 'sections longer than the lease TTL complete (the worker renews)');
 is(q1(q{SELECT count(*) FROM nm_log WHERE kind = 'S' AND lost AND who LIKE 'b%'}), '0',
 	'node B (direct to a healthy etcd) was never told a lock was lost');
-ok(q1("SELECT count(*) FROM nm_log WHERE kind = 'S' AND NOT lost AND who LIKE 'a%' AND t_in > to_timestamp($t_calm)") > 0,
-	'node A takes locks again once the faults stop');
+# Node A recovered: once the faults stopped and the sessions ended, it
+# takes every name (a key left by a lease lost in the faults can only delay
+# this by the lease TTL). How many sections node A's own sessions completed
+# in the calm seconds depends on node B's long sections ahead of them in
+# the queue (three 4 s sections in a row outlast a 10 s wait), so it is
+# only reported.
+note "node A sections begun after the faults stopped: "
+  . q1("SELECT count(*) FROM nm_log WHERE kind = 'S' AND NOT lost AND who LIKE 'a%' AND t_in > to_timestamp($t_calm)");
+is($na->safe_psql('postgres', join('', map {
+		"SELECT etcd_lock('/nm/$_', '20 s') > 0; SELECT etcd_unlock('/nm/$_');" } 0 .. $NAMES - 1)),
+	join("\n", ('t') x (2 * $NAMES)),
+	'node A takes every lock again once the faults stop');
 
 # sections told lost must have been told so by etcd_lock: a lease-loss
 # error (57014 is the cancel as PL/pgSQL sees it; 55000 the loss itself) or
