@@ -112,6 +112,16 @@ static char *gw_rejected = NULL;	/* the token etcd rejected last (malloc'd) */
 static bool gw_watch_unauth;	/* the watch stream said: bad token */
 
 /*
+ * The worker authenticates as one more asynchronous request
+ * (etcd_gateway_async_auth): requests that need a token meanwhile are not
+ * sent (ETCD_AUTH_PENDING) and the worker's loop goes on.
+ */
+static bool gw_auth_async = false;
+static bool gw_auth_inflight = false;
+static char *gw_auth_new_token = NULL;	/* parse_token's, malloc'd */
+static char *gw_auth_for_user = NULL;	/* the user it was asked for */
+
+/*
  * Asynchronous requests (the worker): each has its own easy handle, kept
  * for reuse, and its own answer buffer; all run on gw_multi at once.
  */
@@ -1387,23 +1397,63 @@ parse_token(json_t *root, void *arg)
  * gw_authenticate gets a token for etcd_lock.username. Neither the password
  * nor the token ever enters a message.
  */
+static void
+gw_auth_body(StringInfo b)
+{
+	char	   *password = gw_read_password();
+
+	initStringInfo(b);
+	appendStringInfoString(b, "{\"name\":");
+	escape_json(b, etcd_lock_username);
+	appendStringInfoString(b, ",\"password\":");
+	escape_json(b, password);
+	appendStringInfoChar(b, '}');
+	explicit_bzero(password, strlen(password));
+	pfree(password);
+}
+
+/*
+ * gw_auth_failed words a failed authentication; never echoes the answer
+ * (it may hold a token).
+ */
+static void
+gw_auth_failed(EtcdStatus *st, const char *user)
+{
+	char		why[sizeof(st->message)];
+
+	if (st->kind == ETCD_BAD_REPLY)
+		snprintf(st->message, sizeof(st->message), "unexpected answer");
+	snprintf(why, sizeof(why), "%s", st->message);
+	snprintf(st->message, sizeof(st->message), "authentication as etcd user \"%s\" failed: %s",
+			 user, why);
+	st->log_message[0] = '\0';
+}
+
+/*
+ * gw_install_token makes token (malloc'd, taken over) this process's, for
+ * user, and publishes it for the instance's other processes.
+ */
+static void
+gw_install_token(char *token, const char *user)
+{
+	gw_drop_token();
+	gw_token = token;
+	if (gw_token_user)
+		free(gw_token_user);
+	gw_token_user = strdup(user);
+	gw_set_headers();
+	if (gw_hooks && gw_hooks->token_put)
+		gw_hooks->token_put(user, gw_token);
+}
+
 static bool
 gw_authenticate(EtcdStatus *st, int timeout_ms)
 {
-	char	   *password = gw_read_password();
 	StringInfoData b;
 	char	   *token = NULL;
 	bool		ok;
 
-	initStringInfo(&b);
-	appendStringInfoString(&b, "{\"name\":");
-	escape_json(&b, etcd_lock_username);
-	appendStringInfoString(&b, ",\"password\":");
-	escape_json(&b, password);
-	appendStringInfoChar(&b, '}');
-	explicit_bzero(password, strlen(password));
-	pfree(password);
-
+	gw_auth_body(&b);
 	gw_drop_token();
 	GW_COUNT(GW_EV_AUTHENTICATE);
 	ok = gw_request("/v3/auth/authenticate", b.data, parse_token, &token, st, timeout_ms);
@@ -1411,25 +1461,95 @@ gw_authenticate(EtcdStatus *st, int timeout_ms)
 	pfree(b.data);
 	if (!ok)
 	{
-		char		why[sizeof(st->message)];
-
-		/* never echo an authenticate answer: it may hold a token */
-		if (st->kind == ETCD_BAD_REPLY)
-			snprintf(st->message, sizeof(st->message), "unexpected answer");
-		snprintf(why, sizeof(why), "%s", st->message);
-		snprintf(st->message, sizeof(st->message), "authentication as etcd user \"%s\" failed: %s",
-				 etcd_lock_username, why);
-		st->log_message[0] = '\0';
+		gw_auth_failed(st, etcd_lock_username);
 		return false;
 	}
-	gw_token = token;
-	if (gw_token_user)
-		free(gw_token_user);
-	gw_token_user = strdup(etcd_lock_username);
-	gw_set_headers();
-	if (gw_hooks && gw_hooks->token_put)
-		gw_hooks->token_put(etcd_lock_username, gw_token);
+	gw_install_token(token, etcd_lock_username);
 	return true;
+}
+
+static bool gw_async_begin(const char *path, const char *body, EtcdParseFn parse,
+						   void *arg, int timeout_ms, int tag, EtcdStatus *st);
+
+/*
+ * gw_auth_async_start starts the worker's authentication as a request in
+ * flight, unless one is. Always false: st says ETCD_AUTH_PENDING, or why
+ * it could not start.
+ */
+static bool
+gw_auth_async_start(EtcdStatus *st)
+{
+	StringInfoData b;
+	bool		started;
+
+	if (!gw_auth_inflight)
+	{
+		gw_auth_body(&b);
+		gw_drop_token();
+		if (gw_auth_for_user)
+			free(gw_auth_for_user);
+		gw_auth_for_user = strdup(etcd_lock_username);
+		if (gw_auth_for_user == NULL)
+			elog(ERROR, "etcd_lock: out of memory");
+		GW_COUNT(GW_EV_AUTHENTICATE);
+		started = gw_async_begin("/v3/auth/authenticate", b.data, parse_token,
+								 &gw_auth_new_token, etcd_lock_request_timeout,
+								 ETCD_ASYNC_AUTH_TAG, st);
+		explicit_bzero(b.data, b.len);
+		pfree(b.data);
+		if (!started)
+			return false;
+		gw_auth_inflight = true;
+	}
+	memset(st, 0, sizeof(*st));
+	st->kind = ETCD_AUTH_PENDING;
+	snprintf(st->message, sizeof(st->message), "waiting for the authentication as etcd user \"%s\"",
+			 gw_auth_for_user ? gw_auth_for_user : "");
+	return false;
+}
+
+/*
+ * gw_auth_async_finish takes the answer of the worker's authentication:
+ * the token becomes the process's (and the instance's), unless the user
+ * changed meanwhile; a failure is worded as gw_authenticate words it.
+ */
+static void
+gw_auth_async_finish(EtcdAsyncResult *r)
+{
+	char	   *token = gw_auth_new_token;
+
+	gw_auth_new_token = NULL;
+	gw_auth_inflight = false;
+	if (!r->ok)
+	{
+		if (token)
+		{
+			explicit_bzero(token, strlen(token));
+			free(token);
+		}
+		gw_auth_failed(&r->st, gw_auth_for_user ? gw_auth_for_user : "");
+		return;
+	}
+	if (token && gw_auth_for_user && etcd_lock_username &&
+		strcmp(gw_auth_for_user, etcd_lock_username) == 0)
+		gw_install_token(token, gw_auth_for_user);
+	else if (token)
+	{
+		explicit_bzero(token, strlen(token));
+		free(token);
+	}
+}
+
+/*
+ * etcd_gateway_async_auth makes this process (the worker) authenticate as
+ * a request in flight among the others, its answer returned by
+ * etcd_async_wait under ETCD_ASYNC_AUTH_TAG, instead of waiting for it
+ * wherever a token is missing.
+ */
+void
+etcd_gateway_async_auth(void)
+{
+	gw_auth_async = true;
 }
 
 /*
@@ -1593,9 +1713,13 @@ gw_auth_ready(EtcdStatus *st, int timeout_ms)
 		gw_drop_token();
 	if (auth && gw_token && (!gw_token_user || strcmp(gw_token_user, etcd_lock_username) != 0))
 		gw_drop_token();
-	if (auth && !gw_token && !gw_adopt_shared_token(gw_rejected) &&
-		!gw_authenticate(st, timeout_ms))
-		return false;
+	if (auth && !gw_token && !gw_adopt_shared_token(gw_rejected))
+	{
+		if (gw_auth_async)
+			return gw_auth_async_start(st);
+		if (!gw_authenticate(st, timeout_ms))
+			return false;
+	}
 	return true;
 }
 
@@ -1613,17 +1737,27 @@ bool
 etcd_async_start(const char *path, const char *body, EtcdParseFn parse,
 				 void *arg, int timeout_ms, int tag, EtcdStatus *st)
 {
-	GwAsync    *a = NULL;
-	char		url[1024];
-	int			neps,
-				i;
-
 	gw_init();
 	gw_apply_tls();
-	neps = gw_endpoints();
 	memset(st, 0, sizeof(*st));
 	if (!gw_auth_ready(st, timeout_ms))
 		return false;
+	return gw_async_begin(path, body, parse, arg, timeout_ms, tag, st);
+}
+
+/*
+ * gw_async_begin puts one request on gw_multi (etcd_async_start without
+ * the token check).
+ */
+static bool
+gw_async_begin(const char *path, const char *body, EtcdParseFn parse,
+			   void *arg, int timeout_ms, int tag, EtcdStatus *st)
+{
+	GwAsync    *a = NULL;
+	char		url[1024];
+	int			neps = gw_endpoints(),
+				i;
+
 	for (i = 0; i < GW_ASYNC_MAX; i++)
 		if (!gw_async[i].used)
 		{
@@ -1724,7 +1858,10 @@ gw_async_finish(GwAsync *a, EtcdAsyncResult *r)
 		{
 			char		clean[201];
 
-			gw_excerpt(clean, sizeof(clean), a->body.data, 200);
+			if (a->tag == ETCD_ASYNC_AUTH_TAG)
+				clean[0] = '\0';	/* gw_auth_failed words it */
+			else
+				gw_excerpt(clean, sizeof(clean), a->body.data, 200);
 			st->kind = ETCD_BAD_REPLY;
 			snprintf(st->message, sizeof(st->message), "%s answered an unexpected answer: %s",
 					 gw_eps[a->ep % neps], clean);
@@ -1754,6 +1891,14 @@ gw_async_finish(GwAsync *a, EtcdAsyncResult *r)
 			gw_cur = (gw_cur + 1) % neps;	/* next requests: next endpoint */
 			GW_COUNT(GW_EV_FAILOVER);
 		}
+	}
+	if (a->tag == ETCD_ASYNC_AUTH_TAG)
+	{
+		/* the password went out, the token came back: neither stays */
+		explicit_bzero(a->post, strlen(a->post));
+		if (a->body.data)
+			explicit_bzero(a->body.data, a->body.len);
+		gw_auth_async_finish(r);
 	}
 	free(a->post);
 	a->post = NULL;

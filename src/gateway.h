@@ -19,7 +19,9 @@ typedef enum EtcdStatusKind
 	ETCD_OK = 0,
 	ETCD_UNREACHABLE,			/* no endpoint answered in time */
 	ETCD_ERROR_REPLY,			/* etcd answered with an error */
-	ETCD_BAD_REPLY				/* the answer was not what etcd sends */
+	ETCD_BAD_REPLY,				/* the answer was not what etcd sends */
+	ETCD_AUTH_PENDING			/* not sent: waits for the authentication in
+								 * flight (etcd_gateway_async_auth) */
 } EtcdStatusKind;
 
 typedef struct EtcdStatus
@@ -87,11 +89,16 @@ typedef struct EtcdGatewayHooks
 extern void etcd_gateway_set_hooks(const EtcdGatewayHooks *hooks);
 extern void etcd_gateway_preload(void);
 extern bool etcd_gateway_authenticate(EtcdStatus *st);
+extern void etcd_gateway_async_auth(void);
 
 /* Requests in flight while the caller goes on (the worker). */
+/* the tag of an authentication's result (etcd_gateway_async_auth) */
+#define ETCD_ASYNC_AUTH_TAG		(-1)
+
 typedef struct EtcdAsyncResult
 {
-	int			tag;			/* as given to etcd_async_start */
+	int			tag;			/* as given to etcd_async_start, or
+								 * ETCD_ASYNC_AUTH_TAG */
 	bool		ok;				/* a 200 answer the parse callback accepted */
 	EtcdStatus	st;
 } EtcdAsyncResult;

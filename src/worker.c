@@ -307,6 +307,28 @@ publish_endpoint(void)
  * changes once (unreachable, reachable again), plus a summary every 30 s
  * of an outage: never a line per failed request.
  */
+/*
+ * retry_now lets everything that waits for a retry go at once: what waited
+ * out an outage, or the authentication.
+ */
+static void
+retry_now(EtcdMono now)
+{
+	int			i;
+
+	w_ka_stream_retry_at = 0;
+	w_pool_retry_at = 0;
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < etcd_shared->nrelused; i++)
+		if (etcd_shared->releases[i].state == REL_PENDING)
+			etcd_shared->releases[i].retry_at = 0;
+	for (i = 0; i < etcd_shared->nslots; i++)
+		if (etcd_shared->slots[i].state == LEASE_LIVE)
+			etcd_shared->slots[i].next_keepalive =
+				Min(etcd_shared->slots[i].next_keepalive, now);
+	LWLockRelease(etcd_shared->lock);
+}
+
 static void
 note_result(const EtcdStatus *st, bool ok)
 {
@@ -318,6 +340,9 @@ note_result(const EtcdStatus *st, bool ok)
 		memset(&okst, 0, sizeof(okst));
 		st = &okst;
 	}
+	/* not sent: it waits for the authentication in flight */
+	if (!ok && st->kind == ETCD_AUTH_PENDING)
+		return;
 
 	publish_endpoint();
 	/*
@@ -330,25 +355,17 @@ note_result(const EtcdStatus *st, bool ok)
 	{
 		if (!w_reachable)
 		{
-			int			i;
-
 			ereport(LOG,
 					(errmsg("etcd_lock worker: etcd is reachable again after %.1f s (%lld requests failed meanwhile)",
 							(double) (now - w_down_since) / 1000000.0, (long long) w_failed)));
 			w_reachable = true;
 			w_failed = 0;
-			/* what waited out the outage goes now, not at its retry time */
 			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 			etcd_shared->etcd_reachable = true;
 			etcd_shared->reachable_since = GetCurrentTimestamp();
-			for (i = 0; i < etcd_shared->nrelused; i++)
-				if (etcd_shared->releases[i].state == REL_PENDING)
-					etcd_shared->releases[i].retry_at = 0;
-			for (i = 0; i < etcd_shared->nslots; i++)
-				if (etcd_shared->slots[i].state == LEASE_LIVE)
-					etcd_shared->slots[i].next_keepalive =
-						Min(etcd_shared->slots[i].next_keepalive, now);
 			LWLockRelease(etcd_shared->lock);
+			/* what waited out the outage goes now, not at its retry time */
+			retry_now(now);
 		}
 		if (!ok && now >= w_next_error_log)
 		{
@@ -1388,8 +1405,11 @@ etcd_lock_worker_main(Datum arg)
 
 	/*
 	 * With etcd auth on, authenticate once for the instance: backends take
-	 * the shared token instead of each authenticating.
+	 * the shared token instead of each authenticating. The worker's
+	 * authentication is a request in flight like the others: its loop
+	 * goes on meanwhile (deadlines, renewals that need no token).
 	 */
+	etcd_gateway_async_auth();
 	if (etcd_lock_username && etcd_lock_username[0] && endpoints_usable())
 	{
 		EtcdStatus	st;
@@ -1423,7 +1443,17 @@ etcd_lock_worker_main(Datum arg)
 		n = etcd_async_wait((long) Max(0, (next - now + 999) / 1000), res, MAX_INFLIGHT);
 		for (i = 0; i < n; i++)
 		{
-			WorkerReq  *req = &w_reqs[res[i].tag];
+			WorkerReq  *req;
+
+			if (res[i].tag == ETCD_ASYNC_AUTH_TAG)
+			{
+				/* a token at hand: what waited for it goes now */
+				note_result(&res[i].st, res[i].ok);
+				if (res[i].ok)
+					retry_now(etcd_mono_now());
+				continue;
+			}
+			req = &w_reqs[res[i].tag];
 
 			if (req->kind == WR_KEEPALIVE)
 				finish_keepalive(req, &res[i]);

@@ -444,5 +444,79 @@ sub etcd_lease_ids
 	$o->quit;
 }
 
+# --- issue 24 item 4: authentication is one more request in flight, not
+# a wait that stops the worker. A holds a lock, B a transaction lock; etcd
+# restarts (its tokens are gone); B's ROLLBACK has the worker release with
+# its old token, refused, and the worker's next authentication is held
+# unanswered by the proxy. Meanwhile the worker goes on with A's lease:
+# where etcd renews a lease without a token (3.4 before 3.4.42) A keeps its
+# lock; where it does not, A's lease is lost at its deadline and the worker
+# says so then. Before, the worker sat in the authentication for
+# request_timeout (40 s here): no renewal, no deadline checked.
+{
+	my $ea = start_etcd();
+	my $ctl = "ETCDCTL_API=3 etcdctl --endpoints $ea->{endpoint}";
+	my $password = 'pw-' . int(rand(1e9));
+	my $sh = sub { my $c = shift; system("$c >/dev/null 2>&1") == 0 or die "failed: $c" };
+	$sh->("$ctl user add root --new-user-password=rootpw");
+	$sh->("$ctl role add lockrole");
+	$sh->("$ctl role grant-permission lockrole --prefix=true readwrite /au/");
+	$sh->("$ctl user add locker --new-user-password='$password'");
+	$sh->("$ctl user grant-role locker lockrole");
+	$sh->("$ctl auth enable");
+	my $pwdir = PostgreSQL::Test::Utils::tempdir('pw');
+	chmod 0755, $pwdir;
+	my $pwfile = "$pwdir/locker.pw";
+	open(my $pf, '>', $pwfile) or die;
+	print $pf "$password\n";
+	close $pf;
+	chmod 0600, $pwfile;
+	# does this etcd renew a lease for a request without a token?
+	my $root = decode_json(`curl -s -m 5 $ea->{endpoint}/v3/auth/authenticate -d '{"name":"root","password":"rootpw"}'`)->{token};
+	my $lid = decode_json(`curl -s -m 5 -H 'Authorization: $root' $ea->{endpoint}/v3/lease/grant -d '{"TTL":30}'`)->{ID};
+	my $bare = `curl -s -m 5 $ea->{endpoint}/v3/lease/keepalive -d '{"ID":$lid}'`;
+	my $renews_bare = $bare =~ /"TTL"/ ? 1 : 0;
+	note "a keepalive without a token: $bare";
+
+	my $fp = FaultProxy->start($ea->{endpoint});
+	my $nh = etcd_node('rev_authhold', { endpoint => $fp->endpoint },
+		'etcd_lock.username' => 'locker', 'etcd_lock.password_file' => $pwfile,
+		'etcd_lock.lease_ttl' => '4s', 'etcd_lock.request_timeout' => '40s');
+	my $sa = sess($nh);
+	my $sb = sess($nh);
+	my $tok = ok_sql($sa, "SELECT etcd_lock('/au/1')");
+	ok_sql($sb, "BEGIN; SELECT etcd_xact_lock('/au/2')");
+	stop_etcd($ea);
+	$fp->drop_reply('/v3/auth/authenticate', 'hold');
+	run_etcd($ea);
+	my $t0 = time;
+	my $mb = start_query($sb, 'ROLLBACK');
+	ok(wait_until(sub { $fp->status->{drops_fired} >= 1 }, 20),
+		'24.4: after the restart the worker authenticates again (held unanswered)');
+	if ($renews_bare)
+	{
+		sleep 10;    # 2.5 TTLs
+		my ($out, $err) = run($sa, "SELECT etcd_lock_token('/au/1')");
+		is($out, $tok, '24.4: A keeps its lock while the authentication is unanswered: renewals go on (before: lost)')
+		  or diag $err;
+	}
+	else
+	{
+		ok(wait_until(sub { $nh->log_contains('is lost: no successful renewal before its deadline') }, 25),
+			'24.4: A\'s lease is lost at its deadline while the authentication is unanswered (before: not for request_timeout)');
+		my ($out, $err) = run($sa, "SELECT etcd_lock_token('/au/1')");
+		like($err, qr/lease of this session expired|^$/, '24.4: A no longer claims the lock');
+		is($out, '', '24.4: ... its token is gone');
+	}
+	note sprintf('checked %.1f s after the restart', time - $t0);
+	ok(time - $t0 < 35, '24.4: ... all before the authentication timed out');
+	$fp->pass;
+	$sa->quit;
+	$sb->quit;
+	$nh->stop('immediate');
+	$fp->stop;
+	stop_etcd($ea);
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 done_testing();
