@@ -1069,8 +1069,12 @@ finish_release(WorkerReq *req, EtcdAsyncResult *res)
 		 * Permission: these entries go alone, so only the refused one is
 		 * given up (as a single release is). Each is retried at once.
 		 */
-		if (too_big)
-			w_batch_max = Max(1, Min(w_batch_max, req->nbatch) / 2);
+		/*
+		 * Only a batch within the current limit lowers it: one sent before
+		 * an earlier refusal lowered the limit says nothing new.
+		 */
+		if (too_big && req->nbatch <= w_batch_max)
+			w_batch_max = Max(1, req->nbatch / 2);
 		ereport(LOG,
 				(errmsg("etcd_lock worker: etcd refused a batch of %d releases (%s); %s",
 						req->nbatch, res->st.message,
