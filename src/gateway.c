@@ -167,6 +167,77 @@ static int	gw_ka_nresults = 0;
 static bool gw_ka_unauth = false;	/* the stream said: bad token */
 static int	gw_async_inflight = 0;
 static bool gw_latch_seen = false;	/* gw_drive saw the latch set */
+static int	gw_wait_kind = ETCD_WAIT_REQUEST;	/* what waits here are for */
+
+/*
+ * Postmaster death: every process exits at its next wait
+ * (WL_EXIT_ON_PM_DEATH), but the worker (etcd_gateway_watch_postmaster)
+ * is told instead, to send what the exiting backends handed it first.
+ */
+static bool gw_pm_watch = false;
+static bool gw_pm_dead = false;
+static int	gw_set_pm = 0;		/* the postmaster event gw_set was made with */
+
+static int
+gw_pm_events(void)
+{
+	if (!gw_pm_watch)
+		return WL_EXIT_ON_PM_DEATH;
+	return gw_pm_dead ? 0 : WL_POSTMASTER_DEATH;
+}
+
+/*
+ * gw_wait_latch is WaitLatch(latch, timeout) with postmaster death handled
+ * as above; once it is known, a set of the latch alone (WaitLatch would
+ * report it again at once).
+ */
+static int
+gw_wait_latch(long ms)
+{
+	int			pm = gw_pm_events();
+	int			rc;
+
+	if (pm == 0)
+	{
+		WaitEventSet *set = etcd_create_wait_event_set(1);
+		WaitEvent	ev;
+
+		PG_TRY();
+		{
+			AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+			rc = WaitEventSetWait(set, ms, &ev, 1, etcd_wait_event(gw_wait_kind)) > 0 ?
+				(int) ev.events : WL_TIMEOUT;
+		}
+		PG_CATCH();
+		{
+			FreeWaitEventSet(set);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		FreeWaitEventSet(set);
+		return rc;
+	}
+	rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | pm, ms, etcd_wait_event(gw_wait_kind));
+	if (rc & WL_POSTMASTER_DEATH)
+		gw_pm_dead = true;
+	return rc;
+}
+
+/*
+ * etcd_gateway_watch_postmaster: this process (the worker) is told of
+ * postmaster death by etcd_gateway_postmaster_died instead of exiting.
+ */
+void
+etcd_gateway_watch_postmaster(void)
+{
+	gw_pm_watch = true;
+}
+
+bool
+etcd_gateway_postmaster_died(void)
+{
+	return gw_pm_dead;
+}
 
 /* pauses between rounds over the endpoints while etcd elects a leader */
 #define GW_ELECTION_BACKOFF_MIN	50	/* ms */
@@ -179,7 +250,6 @@ static int	gw_nretired = 0;
 static bool gw_auth_ready(EtcdStatus *st, int timeout_ms);
 
 static const EtcdGatewayHooks *gw_hooks = NULL;
-static int	gw_wait_kind = ETCD_WAIT_REQUEST;	/* what waits here are for */
 static TimestampTz gw_call_deadline = 0;	/* the caller's limit, 0: none */
 
 /*
@@ -888,7 +958,8 @@ gw_wait_all(long timeout, WaitEvent *evs, int nevs)
 	PG_TRY();
 	{
 		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		if (gw_pm_events())
+			AddWaitEventToSet(set, gw_pm_events(), PGINVALID_SOCKET, NULL, NULL);
 		for (i = 0; i < gw_nsocks; i++)
 			if (gw_sock_events(i))
 				AddWaitEventToSet(set, gw_sock_events(i), gw_socks[i].fd, NULL, NULL);
@@ -940,7 +1011,8 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 			struct stat sb;
 			ino_t		ino = fstat(gw_socks[0].fd, &sb) == 0 ? sb.st_ino : 0;
 
-			if (gw_set == NULL || gw_set_fd != gw_socks[0].fd || gw_set_ino != ino || ino == 0)
+			if (gw_set == NULL || gw_set_fd != gw_socks[0].fd || gw_set_ino != ino || ino == 0 ||
+				gw_set_pm != gw_pm_events())
 			{
 				if (gw_set)
 					FreeWaitEventSet(gw_set);
@@ -948,7 +1020,9 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 				gw_set_fd = CURL_SOCKET_BAD;
 				gw_set = etcd_create_wait_event_set(3);
 				AddWaitEventToSet(gw_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-				AddWaitEventToSet(gw_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+				gw_set_pm = gw_pm_events();
+				if (gw_set_pm)
+					AddWaitEventToSet(gw_set, gw_set_pm, PGINVALID_SOCKET, NULL, NULL);
 				gw_set_pos = AddWaitEventToSet(gw_set, ev, gw_socks[0].fd, NULL, NULL);
 				gw_set_fd = gw_socks[0].fd;
 				gw_set_ino = ino;
@@ -972,6 +1046,12 @@ gw_drive(bool (*cond) (void), TimestampTz deadline)
 			if (evs[i].events & WL_LATCH_SET)
 			{
 				latch = true;
+				gw_latch_seen = true;
+				continue;
+			}
+			if (evs[i].events & WL_POSTMASTER_DEATH)
+			{
+				gw_pm_dead = true;	/* the caller looks (the worker) */
 				gw_latch_seen = true;
 				continue;
 			}
@@ -1090,8 +1170,7 @@ gw_error_reply(EtcdStatus *st, long http)
 static void
 gw_pause(long ms)
 {
-	int			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							   ms, etcd_wait_event(gw_wait_kind));
+	int			rc = gw_wait_latch(ms);
 
 	if (rc & WL_LATCH_SET)
 	{
@@ -1925,8 +2004,7 @@ etcd_async_wait(long timeout_ms, EtcdAsyncResult *out, int max)
 	gw_latch_seen = false;
 	if (gw_async_inflight == 0 && !gw_ka_active)
 	{
-		int			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								   Max(0, timeout_ms), etcd_wait_event(gw_wait_kind));
+		int			rc = gw_wait_latch(Max(0, timeout_ms));
 
 		if (rc & WL_LATCH_SET)
 			ResetLatch(MyLatch);

@@ -90,6 +90,8 @@ extern void etcd_gateway_set_hooks(const EtcdGatewayHooks *hooks);
 extern void etcd_gateway_preload(void);
 extern bool etcd_gateway_authenticate(EtcdStatus *st);
 extern void etcd_gateway_async_auth(void);
+extern void etcd_gateway_watch_postmaster(void);
+extern bool etcd_gateway_postmaster_died(void);
 
 /* Requests in flight while the caller goes on (the worker). */
 /* the tag of an authentication's result (etcd_gateway_async_auth) */

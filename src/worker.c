@@ -1414,6 +1414,7 @@ etcd_lock_worker_main(Datum arg)
 	 * goes on meanwhile (deadlines, renewals that need no token).
 	 */
 	etcd_gateway_async_auth();
+	etcd_gateway_watch_postmaster();
 	if (etcd_lock_username && etcd_lock_username[0] && endpoints_usable())
 	{
 		EtcdStatus	st;
@@ -1472,6 +1473,19 @@ etcd_lock_worker_main(Datum arg)
 
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(cxt);
+
+		/*
+		 * The postmaster died: its backends exit at their next wait, each
+		 * handing its lease to us for revocation. Send those (and revoke
+		 * the pool's), then exit, as at a shutdown; a backend still running
+		 * keeps its lease, renewed until we exit, then left to expire.
+		 */
+		if (etcd_gateway_postmaster_died() && !w_shutdown)
+		{
+			ereport(LOG,
+					(errmsg("etcd_lock worker: the postmaster died; revoking the leases of the backends as they exit")));
+			w_shutdown = true;
+		}
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

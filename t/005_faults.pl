@@ -6,6 +6,7 @@ use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
 use EtcdLockTest;
+use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -175,6 +176,45 @@ sub freeze
 	my $n = `ps -o pid= --ppid $node->{_pid} -o cmd= | grep -c 'etcd_lock worker'`;
 	chomp $n;
 	is($n, '1', 'the worker is back after the crash restart');
+}
+
+# --- the postmaster dies (SIGKILL, as an OOM kill or an operator would):
+# the backends that exit hand their leases to the worker, which revokes
+# them and the pool's before it exits, so their locks free at once; a
+# backend still running keeps its lease (never revoked under a live
+# session), left to expire once the worker is gone. Before, the worker
+# exited with the postmaster: every lock stayed for the lease TTL (30 s).
+{
+	my $e = start_etcd();
+	my $n = etcd_node('pmdeath', $e, 'etcd_lock.lease_ttl' => '30s');
+	my $leases = sub {
+		my $j = `curl -s -m 5 $e->{endpoint}/v3/lease/leases -d '{}'`;
+		return scalar @{ (eval { JSON::PP::decode_json($j) } // {})->{leases} // [] };
+	};
+	my $idle = sess($n);
+	ok_sql($idle, "SELECT etcd_lock('/pm/idle')");
+	my $busy = sess($n);
+	my $busy_pid = $busy->{pid};
+	ok_sql($busy, "SELECT etcd_lock('/pm/busy')");
+	# runs for minutes without waiting on its latch: alive after the postmaster
+	start_query($busy, 'SELECT count(*) FROM generate_series(1, 4000000000)');
+	my $wpid = $n->safe_psql('postgres', 'SELECT worker_pid FROM etcd_lock_status');
+	ok(wait_until(sub { $leases->() >= 2 }, 10), 'postmaster death: the two sessions have leases');
+	my $t0 = time;
+	kill 'KILL', $n->{_pid};
+	$n->{_pid} = undef;    # nothing to stop
+	ok(wait_until(sub { !%{ etcd_keys($e, '/pm/idle') } }, 20),
+		'postmaster death: the idle session\'s lock frees at once (before: after the lease TTL, 30 s)');
+	note sprintf('freed %.1f s after the SIGKILL', time - $t0);
+	ok(kill(0, $busy_pid), 'postmaster death: the busy session is still running');
+	is(scalar keys %{ etcd_keys($e, '/pm/busy') }, 1, 'postmaster death: ... and its lock is not revoked under it');
+	ok(wait_until(sub { !kill(0, $wpid) }, 30), 'postmaster death: the worker exits');
+	is($leases->(), 1, 'postmaster death: the pool\'s leases are revoked; only the running session\'s is left');
+	like(slurp_file($n->logfile), qr/the postmaster died/, 'postmaster death: the worker says so');
+	kill 'KILL', $busy_pid;
+	eval { $idle->quit };
+	eval { $busy->quit };
+	stop_etcd($e);
 }
 
 done_testing();
