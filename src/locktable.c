@@ -242,6 +242,13 @@ lt_lease_lost(void)
  * lease meanwhile, it re-arms at the new deadline; otherwise the lease
  * counts as lost and the owner is signalled as on_lease_loss says, even if
  * the worker is dead, stuck or restarting.
+ *
+ * Re-arming from inside the handler is safe on 15-18 (timeout.c, the same
+ * there): handle_sig_alarm calls a handler with the alarm disabled, after
+ * removing its timeout from the active list, and reschedules after every
+ * handler; enable_timeout_after inserts the timeout again and sets the
+ * timer, as handle_sig_alarm itself does for periodic timeouts. SIGALRM
+ * is blocked while its handler runs, so this cannot nest.
  */
 static void
 lt_deadline_timeout(void)
