@@ -155,7 +155,8 @@ etcd_new_lease_id(int ttl, char **body)
 }
 
 /*
- * etcd_lease_grant asks etcd for a new lease of ttl seconds; returns its ID.
+ * etcd_lease_grant asks etcd for the lease id (from etcd_new_lease_id, with
+ * its body); returns its ID.
  *
  * The ID is chosen here (63 random bits), not by etcd, so the grant is safe
  * to resend: a grant applied once whose answer was lost, then resent (by
@@ -165,11 +166,9 @@ etcd_new_lease_id(int ttl, char **body)
  * client's lease is a 2^-63 chance per grant.
  */
 int64
-etcd_lease_grant(int ttl)
+etcd_lease_grant(int64 id, const char *body)
 {
 	LeaseReply	r = {0};
-	char	   *body;
-	int64		id = etcd_new_lease_id(ttl, &body);
 	EtcdStatus	st;
 
 	if (etcd_request("/v3/lease/grant", body, parse_lease_grant, &r, &st))

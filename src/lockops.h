@@ -46,7 +46,7 @@ extern void etcd_lock_keys(EtcdLockKeys *k, const char *prefix,
 extern const char *etcd_key_marker(EtcdKeyKind kind, int permits);
 extern const char *etcd_kind_name(EtcdKeyKind kind);
 
-extern int64 etcd_lease_grant(int ttl);
+extern int64 etcd_lease_grant(int64 id, const char *body);
 extern char *etcd_lease_body(int64 lease_id);
 extern int64 etcd_new_lease_id(int ttl, char **body);
 extern bool etcd_parse_lease_grant(struct json_t *root, void *arg);

@@ -528,10 +528,37 @@ lt_ensure_lease(void)
 	id = etcd_adopt_pooled_lease(ttl, etcd_lock_on_lease_loss);
 	if (id == 0)
 	{
-		sent = etcd_mono_now();
-		id = etcd_lease_grant(ttl);
+		char	   *body;
+		int64		want = etcd_new_lease_id(ttl, &body);
+
+		/*
+		 * The ID goes into the worker's lease file before the grant is
+		 * sent (the worker is woken for it): a crash restart revokes it
+		 * even if this backend dies before it knows the grant's outcome.
+		 * A grant that failed may still have reached etcd: it is handed
+		 * to the worker for revocation, never forgotten.
+		 */
 		slot = etcd_my_slot();
 		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		slot->granting_id = want;
+		LWLockRelease(etcd_shared->lock);
+		etcd_wake_worker();
+		sent = etcd_mono_now();
+		PG_TRY();
+		{
+			id = etcd_lease_grant(want, body);
+		}
+		PG_CATCH();
+		{
+			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+			slot->granting_id = 0;
+			LWLockRelease(etcd_shared->lock);
+			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, want, NULL, 0, 0, false, true);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+		slot->granting_id = 0;
 		slot->pid = MyProcPid;
 		slot->lease_id = id;
 		slot->ttl = ttl;

@@ -55,6 +55,8 @@ typedef struct EtcdLeaseSlot
 	int			nheld;			/* locks the owner holds on this lease */
 	bool		loss_expired;	/* lost because the local deadline passed */
 	pg_atomic_uint32 loss_signalled;	/* the owner was told (once) */
+	int64		granting_id;	/* a grant the owner sent, not answered yet:
+								 * listed in the lease file all the same */
 } EtcdLeaseSlot;
 
 /*

@@ -1166,18 +1166,29 @@ record_leases(void)
 	uint64		sig = 0;
 	int			n = 0,
 				i;
-	int64	   *ids = palloc(sizeof(int64) * etcd_shared->nslots);
+	/* a lease and a grant in flight per slot, and the pool's grants */
+	int64	   *ids = palloc(sizeof(int64) * (2 * etcd_shared->nslots + ETCD_LEASE_POOL));
 	StringInfoData b;
 	FILE	   *f;
 
-	ids = repalloc(ids, sizeof(int64) * (etcd_shared->nslots + ETCD_LEASE_POOL));
 	LWLockAcquire(etcd_shared->lock, LW_SHARED);
 	for (i = 0; i < etcd_shared->nslots; i++)
-		if (etcd_shared->slots[i].state != LEASE_NONE)
+	{
+		EtcdLeaseSlot *slot = &etcd_shared->slots[i];
+
+		if (slot->state != LEASE_NONE)
 		{
-			ids[n++] = etcd_shared->slots[i].lease_id;
-			sig ^= (uint64) etcd_shared->slots[i].lease_id * UINT64CONST(0x9E3779B97F4A7C15);
+			ids[n++] = slot->lease_id;
+			sig ^= (uint64) slot->lease_id * UINT64CONST(0x9E3779B97F4A7C15);
 		}
+		/* a backend's grant not answered yet: it may exist in etcd */
+		if (slot->granting_id != 0 &&
+			(slot->state == LEASE_NONE || slot->granting_id != slot->lease_id))
+		{
+			ids[n++] = slot->granting_id;
+			sig ^= (uint64) slot->granting_id * UINT64CONST(0x9E3779B97F4A7C15);
+		}
+	}
 	LWLockRelease(etcd_shared->lock);
 	/* grants in flight or unconfirmed: they may exist in etcd */
 	for (i = 0; i < ETCD_LEASE_POOL; i++)
@@ -1439,6 +1450,8 @@ etcd_lock_worker_main(Datum arg)
 			start_releases(now, &next);
 			start_keepalives(now, &next);
 			refill_pool(now, &next);
+			/* the grants just sent are in the lease file while in flight */
+			record_leases();
 		}
 		if (w_shutdown && worker_may_exit(now))
 			break;

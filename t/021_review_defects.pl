@@ -518,5 +518,38 @@ sub etcd_lease_ids
 	stop_etcd($ea);
 }
 
+# --- issue 22 item 8: a backend's own grant whose answer is lost is
+# handed to the worker for revocation, not forgotten (and its ID is in the
+# lease file from before it is sent). The pool is used up and the worker
+# stopped, so the fifth session grants its own lease; the proxy loses the
+# answer after etcd applied it. Before, that lease stayed in etcd for its
+# TTL (30 s), known to no one.
+{
+	my %before = map { $_ => 1 } etcd_lease_ids();
+	my $fp = FaultProxy->start($etcd->{endpoint});
+	my $ng = etcd_node('rev_grant', { endpoint => $fp->endpoint },
+		'etcd_lock.lease_ttl' => '30s', 'etcd_lock.request_timeout' => '2s');
+	my $pool = sub { scalar grep { !$before{$_} } etcd_lease_ids() };
+	ok(wait_until(sub { $pool->() >= 4 }, 20), '22.8: the worker granted its pool');
+	my @s = map { sess($ng) } 1 .. 5;
+	my $wpid = $ng->safe_psql('postgres', 'SELECT worker_pid FROM etcd_lock_status');
+	kill 'STOP', $wpid or die "SIGSTOP $wpid: $!";
+	ok_sql($s[$_], "SELECT etcd_lock('/gr/$_')") for 0 .. 3;    # the pool's four leases
+	my %known = map { $_ => 1 } etcd_lease_ids();
+	$fp->drop_reply('/v3/lease/grant', 'hold');
+	my ($out, $err) = run($s[4], "SELECT etcd_lock('/gr/4')");
+	like($err, qr/58000.*grant a lease|grant a lease/s, '22.8: the fifth session\'s grant fails (its answer lost)');
+	my @orphan = grep { !$known{$_} } etcd_lease_ids();
+	is(scalar @orphan, 1, '22.8: ... though etcd granted it');
+	kill 'CONT', $wpid;
+	ok(wait_until(sub { my %now = map { $_ => 1 } etcd_lease_ids(); !grep { $now{$_} } @orphan }, 15),
+		'22.8: the worker revokes that lease (before: it stayed for its TTL)');
+	ok_sql($s[4], "SELECT etcd_lock('/gr/4')");
+	ok_sql($_, 'SELECT etcd_unlock_all()') for @s;
+	$_->quit for @s;
+	$ng->stop;
+	$fp->stop;
+}
+
 ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by signal'), 'no backend crashed');
 done_testing();
