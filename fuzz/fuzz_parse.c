@@ -839,7 +839,10 @@ fz_request(FzTarget t, uint8_t param)
 		case T_REQ_GRANT:
 			PG_TRY();
 			{
-				(void) etcd_lease_grant(10);
+				char	   *body;
+				int64		id = etcd_new_lease_id(10, &body);
+
+				(void) etcd_lease_grant(id, body);
 			}
 			PG_FINALLY();
 			{
