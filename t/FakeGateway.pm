@@ -213,13 +213,19 @@ sub _read_request
 		# a streamed upload (the worker's keepalive stream): say "go on",
 		# read its first message only; the answer ends the connection
 		_write($c, "HTTP/1.1 100 Continue\r\n\r\n") if lc($h{expect} // '') eq '100-continue';
-		until ($$buf =~ /^([0-9a-fA-F]+)\r\n/)
+		# (the size is taken inside the loop: a capture made in a loop's
+		# condition is gone once the loop ends)
+		my $size;
+		while (!defined $size)
 		{
+			if ($$buf =~ s/^([0-9a-fA-F]+)\r\n//)
+			{
+				$size = hex($1);
+				last;
+			}
 			return undef if time > $deadline;
 			return undef if !_read_some($c, $buf, 1) && _eof($c);
 		}
-		my $size = hex($1);
-		$$buf =~ s/^[0-9a-fA-F]+\r\n//;
 		while (length($$buf) < $size)
 		{
 			return undef if time > $deadline;
