@@ -432,7 +432,13 @@ sub _answer
 	  if $p eq '/v3/lease/grant';
 	if ($p eq '/v3/lease/keepalive')
 	{
-		_send($c, 200, encode_json({ result => { header => _hdr(1), ID => ($r->{ID} // $LEASE_ID), TTL => '10' } }) . "\n", 1);
+		# a stream's first chunk may carry several renewals, one JSON
+		# message per line (the worker's sends pile up between curl's
+		# reads): each is answered, in order, as etcd does
+		my @ids = $req->{stream}
+		  ? map { (eval { decode_json($_) } // {})->{ID} // $LEASE_ID } grep { /\S/ } split /\n/, $req->{body}
+		  : ($r->{ID} // $LEASE_ID);
+		_send($c, 200, join('', map { encode_json({ result => { header => _hdr(1), ID => $_, TTL => '10' } }) . "\n" } @ids), 1);
 		return !$req->{stream};    # a stream's rest is not read: close
 	}
 	return _send($c, 200, encode_json({ header => _hdr(1) })) if $p eq '/v3/lease/revoke';
