@@ -44,6 +44,8 @@ SET ROLE etcd_lock_regress_user;
 SELECT sqlstate_of($$SET etcd_lock.prefix = '/other/'$$);
 SELECT sqlstate_of($$SELECT etcd_lock('/regress/priv')$$);
 SELECT sqlstate_of($$SELECT etcd_try_xact_lock('/regress/priv')$$);
+-- PostgreSQL's own error, with a HINT naming the role to grant
+SELECT etcd_lock('/regress/priv');
 -- (the wording is PostgreSQL's own and differs between versions)
 SELECT left(e, 5) AS sqlstate, e LIKE '%"etcd_lock.password_file"%' AS names_it FROM sqlstate_of($$SHOW etcd_lock.password_file$$) e;
 -- (the wording is PostgreSQL's own and differs between versions)

@@ -75,6 +75,7 @@ typedef struct LocalLock
 #define LT_MAX_WAIT_REFS 1024	/* releases a COMMIT waits for, at most */
 
 static HTAB *lt_locks = NULL;
+static char lt_pinned_prefix[ETCD_MAX_PREFIX + 1];	/* lt_prefix */
 static int64 lt_lease = 0;		/* this backend's lease, 0 if none */
 static int	lt_xact_acqs = 0;	/* acquisitions made in the current xact */
 static bool lt_exit_registered = false;
@@ -128,6 +129,44 @@ etcd_locktable_init(void)
 }
 
 /*
+ * lt_prefix is the etcd_lock.prefix this session's keys use. While the table
+ * has an entry (a lock held or waited for, a campaign, a release owed) it is
+ * the value in force when the first of them was entered: a SET or a reload
+ * that changes the prefix then must not turn held keys into someone else's
+ * (issue 23 item 6: the token read NULL, the unlock warned, a try-lock took
+ * a second key). The new value applies once the session holds nothing;
+ * until then lt_check_prefix refuses acquisitions.
+ */
+static const char *
+lt_prefix(void)
+{
+	if (lt_locks != NULL && hash_get_num_entries(lt_locks) > 0)
+		return lt_pinned_prefix;
+	return etcd_lock_prefix ? etcd_lock_prefix : "";
+}
+
+/*
+ * lt_check_prefix refuses an acquisition (55000) while the session holds
+ * keys under a prefix other than the one now set: a new key would be under
+ * neither consistently, and the held ones must stay addressable by name.
+ */
+static void
+lt_check_prefix(void)
+{
+	const char *now = etcd_lock_prefix ? etcd_lock_prefix : "";
+
+	if (lt_locks == NULL || hash_get_num_entries(lt_locks) == 0 ||
+		strcmp(now, lt_pinned_prefix) == 0)
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("etcd_lock.prefix changed while this session holds etcd locks"),
+			 errdetail("This session's locks are under prefix \"%s\"; the setting is now \"%s\".",
+					   lt_pinned_prefix, now),
+			 errhint("Release this session's etcd locks (etcd_unlock_all(), and resign campaigns) before taking locks under the new prefix.")));
+}
+
+/*
  * lt_hash_key is the local table's key for name in a mode: a session holds
  * an exclusive, a shared and a semaphore key of one name independently
  * (a semaphore's N is checked against the entry, not part of the key).
@@ -135,7 +174,7 @@ etcd_locktable_init(void)
 static void
 lt_hash_key(char *buf, size_t size, const char *name, EtcdKeyKind kind)
 {
-	snprintf(buf, size, "%s%s/%s", etcd_lock_prefix ? etcd_lock_prefix : "", name,
+	snprintf(buf, size, "%s%s/%s", lt_prefix(), name,
 			 kind == ETCD_KEY_SHARED ? ".shared" : kind == ETCD_KEY_SEMAPHORE ? ".sem" :
 			 kind == ETCD_KEY_ELECTION ? ".election" : "");
 }
@@ -396,6 +435,18 @@ lt_emit_log(ErrorData *edata)
 		lt_loss_reported = true;
 		in_hook = false;
 	}
+	/*
+	 * PostgreSQL's own "permission denied for function etcd_lock" says
+	 * nothing of how to be allowed (issue 23 item 8): name the role. The
+	 * untranslated format identifies the error in every lc_messages; the
+	 * function name is in the message verbatim. No catalog access here
+	 * (the transaction may be aborting).
+	 */
+	if (edata->elevel == ERROR && edata->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE &&
+		edata->hint == NULL && edata->message_id != NULL && edata->message != NULL &&
+		strcmp(edata->message_id, "permission denied for function %s") == 0 &&
+		strstr(edata->message, " etcd_") != NULL)
+		edata->hint = pstrdup("The etcd_lock functions that take or release locks are granted to the role etcd_lock_user: GRANT etcd_lock_user TO the role that calls them.");
 	if (prev_emit_log_hook)
 		prev_emit_log_hook(edata);
 }
@@ -753,6 +804,7 @@ lt_begin_acquire(void)
 	if (lt_locks == NULL)
 		lt_create_table();
 	lt_flush_owed();
+	lt_check_prefix();
 	if (lt_lease != 0)
 		etcd_my_slot()->on_loss = etcd_lock_on_lease_loss;
 }
@@ -808,7 +860,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 	if (e && e->nacq > 0 && kind == ETCD_KEY_ELECTION)
 	{
 		/* campaigning again as the leader: proclaim (as Go's Campaign) */
-		etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, kind, 0);
+		etcd_lock_keys(&k, lt_prefix(), name, lt_lease, kind, 0);
 		(void) etcd_election_proclaim(&k, e->token, value);
 		*token = e->token;
 		return true;
@@ -823,7 +875,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 	lt_check_key_free(name, kind);
 
 	lt_ensure_lease();
-	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, kind, permits);
+	etcd_lock_keys(&k, lt_prefix(), name, lt_lease, kind, permits);
 
 	e = lt_enter(pfx, name, &k, xact);
 
@@ -954,7 +1006,12 @@ static LocalLock *
 lt_enter(const char *pfx, const char *name, const EtcdLockKeys *k, bool xact)
 {
 	bool		found;
-	LocalLock  *e = hash_search(lt_locks, pfx, HASH_ENTER, &found);
+	LocalLock  *e;
+
+	if (hash_get_num_entries(lt_locks) == 0)
+		strlcpy(lt_pinned_prefix, etcd_lock_prefix ? etcd_lock_prefix : "",
+				sizeof(lt_pinned_prefix));
+	e = hash_search(lt_locks, pfx, HASH_ENTER, &found);
 
 	if (found && e->nacq == 0 && e->owed && strcmp(e->key, k->key) != 0)
 		ereport(ERROR,
@@ -976,7 +1033,7 @@ lt_enter(const char *pfx, const char *name, const EtcdLockKeys *k, bool xact)
 		e->counted = false;
 		e->owed = false;
 		e->owed_attempted = false;
-		e->info = etcd_lockinfo_add(etcd_lock_prefix, name, k->kind, k->permits, lt_lease);
+		e->info = etcd_lockinfo_add(lt_prefix(), name, k->kind, k->permits, lt_lease);
 		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
 	}
 	return e;
@@ -1184,7 +1241,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	{
 		if (already[i])
 			continue;
-		etcd_lock_keys(&ks[i], etcd_lock_prefix, names[i], lt_lease, kinds[i], 0);
+		etcd_lock_keys(&ks[i], lt_prefix(), names[i], lt_lease, kinds[i], 0);
 		lt_hash_key(pfx, sizeof(pfx), names[i], kinds[i]);
 		es[i] = lt_enter(pfx, names[i], &ks[i], xact);
 	}
@@ -1635,7 +1692,7 @@ etcd_proclaim(const char *name, const char *value)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this session is not the leader of etcd election \"%s\"", name),
 				 errhint("Call etcd_campaign() first.")));
-	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, ETCD_KEY_ELECTION, 0);
+	etcd_lock_keys(&k, lt_prefix(), name, lt_lease, ETCD_KEY_ELECTION, 0);
 	return etcd_election_proclaim(&k, e->token, value);
 }
 
@@ -1662,7 +1719,7 @@ etcd_leader_of(const char *name, EtcdLeader *out, bool *mine)
 {
 	EtcdLockKeys k;
 
-	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, ETCD_KEY_ELECTION, 0);
+	etcd_lock_keys(&k, lt_prefix(), name, lt_lease, ETCD_KEY_ELECTION, 0);
 	etcd_election_leader(&k, out);
 	*mine = lt_leads(name, out);
 }
@@ -1680,7 +1737,7 @@ etcd_observe_leader(const char *name, int64 last_revision, int64 timeout_ms,
 	TimestampTz deadline = timeout_ms >= 0 ?
 		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), Min(timeout_ms, INT_MAX)) : 0;
 
-	etcd_lock_keys(&k, etcd_lock_prefix, name, lt_lease, ETCD_KEY_ELECTION, 0);
+	etcd_lock_keys(&k, lt_prefix(), name, lt_lease, ETCD_KEY_ELECTION, 0);
 	etcd_gateway_wait_kind(ETCD_WAIT_PREDECESSOR);
 	(void) etcd_election_observe(&k, last_revision, deadline, out);
 	etcd_gateway_wait_kind(ETCD_WAIT_REQUEST);

@@ -180,6 +180,35 @@ END$$;}), 120);
 	$sa->quit;
 }
 
+# --- issue 23 item 6: etcd_lock.prefix changed (a superuser's SET, or a
+# reload) while the session holds locks. Before, the held lock's token read
+# NULL, etcd_unlock warned "you don't own" and left the key, and a try-lock
+# of the same name took a second, independent key. Now the held locks keep
+# the prefix they were taken under, new acquisitions are refused (55000)
+# until the session holds nothing, then the new prefix applies.
+{
+	my $s = sess($a);
+	ok_sql($s, "SET etcd_lock.prefix = '/p6a'");
+	my $tok = ok_sql($s, "SELECT etcd_lock('/six')");
+	ok($tok > 0, 'prefix change: a lock taken under /p6a');
+	ok_sql($s, "SET etcd_lock.prefix = '/p6b'");
+	is(ok_sql($s, "SELECT etcd_lock_token('/six')"), $tok, 'prefix change: the held lock keeps its token');
+	my ($out, $err) = run($s, "SELECT etcd_try_lock('/six')");
+	like($err, qr/55000.*etcd_lock.prefix changed while this session holds etcd locks/s,
+		'prefix change: a new acquisition is refused (55000)');
+	like($err, qr{under prefix "/p6a"; the setting is now "/p6b"}, '... saying which prefixes');
+	is(scalar(keys %{ etcd_keys($etcd, '/p6b') }), 0, '... and puts no key under the new prefix');
+	($out, $err) = run($s, "SELECT etcd_unlock('/six')");
+	is($out, 't', 'prefix change: etcd_unlock releases the held lock');
+	unlike($err, qr/WARNING/, '... without a warning');
+	is(scalar(keys %{ etcd_keys($etcd, '/p6a/') }), 0, '... and its key under /p6a is gone');
+	is(ok_sql($s, "SELECT etcd_try_lock('/six')"), 't', 'prefix change: once nothing is held the new prefix applies');
+	is(join(',', map { s{/[0-9a-f]+$}{}r } keys %{ etcd_keys($etcd, '/p6') }), '/p6b/six',
+		'... the key is under /p6b');
+	ok_sql($s, "SELECT etcd_unlock_all()");
+	$s->quit;
+}
+
 # --- independent names: data under a name's range that is not a lock key
 # of that name (another application's keys, nested names) neither holds
 # nor queues; a key with a lock-mode marker this version does not know
