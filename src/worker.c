@@ -170,16 +170,38 @@ worker_detach(int code, Datum arg)
 
 /*
  * worker_sigterm: shut down, but only once the backends are gone and their
- * leases revoked (see worker_may_exit).
+ * leases revoked (see worker_may_exit). Installed with SA_SIGINFO to learn
+ * who sent it: the postmaster sends SIGTERM to a preloaded worker only to
+ * stop the server, and then the worker exits 0 (a clean stop logs no
+ * "exited with exit code 1", issue 23 item 9); from anyone else
+ * (pg_terminate_backend, kill) it exits 1, so the postmaster starts it
+ * again — exit 0 would unregister it until the next server start.
  */
+static volatile sig_atomic_t w_server_stopping = false;
+
 static void
-worker_sigterm(SIGNAL_ARGS)
+worker_sigterm(int signo, siginfo_t *info, void *context)
 {
 	int			save_errno = errno;
 
+	if (info != NULL && info->si_pid == PostmasterPid)
+		w_server_stopping = true;
 	w_shutdown = true;
 	SetLatch(MyLatch);
 	errno = save_errno;
+}
+
+static void
+worker_install_sigterm(void)
+{
+	struct sigaction act;
+
+	memset(&act, 0, sizeof(act));
+	act.sa_sigaction = worker_sigterm;
+	sigemptyset(&act.sa_mask);
+	act.sa_flags = SA_SIGINFO | SA_RESTART;
+	if (sigaction(SIGTERM, &act, NULL) < 0)
+		ereport(FATAL, (errmsg("etcd_lock worker: could not install its SIGTERM handler: %m")));
 }
 
 /*
@@ -1394,7 +1416,7 @@ etcd_lock_worker_main(Datum arg)
 	int			i;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, worker_sigterm);
+	worker_install_sigterm();
 	BackgroundWorkerUnblockSignals();
 
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
@@ -1512,7 +1534,12 @@ etcd_lock_worker_main(Datum arg)
 			pfree(before);
 		}
 	}
-	/* exit code 1: restarted unless the server is shutting down */
+	/*
+	 * Exit code 0 when the server stops (nothing to restart; PostgreSQL
+	 * then logs nothing), 1 otherwise: the postmaster starts the worker
+	 * again (after a pg_terminate_backend, say); after the postmaster's
+	 * death nobody reads it.
+	 */
 	ereport(LOG, (errmsg("etcd_lock worker stopped")));
-	proc_exit(1);
+	proc_exit(w_server_stopping ? 0 : 1);
 }

@@ -217,4 +217,19 @@ sub freeze
 	stop_etcd($e);
 }
 
+# --- issue 23 item 9: a clean stop looks clean. Before, every stop logged
+# 'background worker "etcd_lock worker" (PID n) exited with exit code 1'.
+# The worker exits 0 when the postmaster stops the server (SIGTERM from the
+# postmaster), 1 when anyone else terminates it, so that it is started
+# again (the block "the worker killed alone" above: kill TERM from here).
+{
+	my $off = -s $node->logfile;
+	$node->stop('fast');
+	my $log = slurp_file($node->logfile, $off);
+	like($log, qr/etcd_lock worker stopped/, 'clean stop: the worker stopped');
+	unlike($log, qr/"etcd_lock worker" \(PID \d+\) exited with exit code/, 'clean stop: no exit code is logged for it');
+	like(slurp_file($node->logfile), qr/"etcd_lock worker" \(PID \d+\) exited with exit code 1/,
+		'... while the worker terminated by someone else exited 1 (and was started again)');
+}
+
 done_testing();
