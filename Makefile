@@ -3,11 +3,12 @@ MODULE_big = etcd_lock
 OBJS = src/etcd_lock.o src/guc.o src/gateway.o src/shmem.o src/lockops.o \
 	src/locktable.o src/worker.o src/functions.o
 EXTENSION = etcd_lock
-# 1.0 is released and never edited again; 1.0--1.1 holds everything added
-# since; the full 1.1 script is built from the two, so a fresh 1.1 and an
-# updated 1.0 cannot drift apart (t/015 compares their catalogs)
-DATA = sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql
-DATA_built = sql/etcd_lock--1.1.sql
+# 1.0 and 1.1 are released and never edited again; 1.0--1.1 and 1.1--1.2
+# hold what each added; the full 1.2 script is built from the three, so a
+# fresh 1.2 and an updated 1.0 or 1.1 cannot drift apart (t/015 compares
+# their catalogs)
+DATA = sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql sql/etcd_lock--1.1--1.2.sql
+DATA_built = sql/etcd_lock--1.2.sql
 PGFILEDESC = "etcd_lock - distributed locks stored in etcd"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -31,6 +32,6 @@ include $(PGXS)
 # rebuild every object, or the modules disagree on shared memory layout.
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
 
-sql/etcd_lock--1.1.sql: sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql
-	{ echo '/* etcd_lock--1.1.sql: built by make from etcd_lock--1.0.sql and etcd_lock--1.0--1.1.sql; do not edit */'; \
+sql/etcd_lock--1.2.sql: sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql sql/etcd_lock--1.1--1.2.sql
+	{ echo '/* etcd_lock--1.2.sql: built by make from etcd_lock--1.0.sql, etcd_lock--1.0--1.1.sql and etcd_lock--1.1--1.2.sql; do not edit */'; \
 	  cat $^; } > $@

@@ -92,6 +92,13 @@ SELECT scope_error($$SELECT etcd_try_lock('/regress/s')$$);
 BEGIN;
 SELECT etcd_xact_lock('/regress/s') > 0 AS xact_ok, etcd_try_xact_lock('/regress/s2') AS try_xact_ok;
 COMMIT;
+-- the error's HINT names the transaction-level form of what was called,
+-- and for a campaign (which has none) where elections can be used
+\set VERBOSITY default
+SELECT etcd_lock_shared('/regress/s');
+SELECT etcd_semaphore('/regress/s', 2);
+SELECT etcd_lock_many(ARRAY['/regress/s']);
+SELECT etcd_campaign('/regress/s', 'v');
 RESET etcd_lock.allow_session_locks;
 
 -- the instance's state in one row
@@ -114,3 +121,15 @@ SELECT etcd_try_lock('/regress/jobs') AS parent_free_while_child_held;
 SELECT etcd_try_lock('/regress/jobs/weekly') AS sibling_free;
 SELECT name FROM etcd_lock_holders('/regress/jobs') ORDER BY 1;
 SELECT etcd_unlock_all();
+
+-- etcd_lock_key (1.2): the key range of a name under the prefix, what
+-- etcdctl and Go clients name; its key in etcd_locks starts with it
+SELECT etcd_lock_key('/jobs') AS key_range;
+SET etcd_lock.prefix = '/etcd_lock';
+SELECT etcd_lock_key('/jobs') AS key_range;
+SELECT etcd_lock('/regress/key') > 0 AS locked;
+SELECT starts_with(key, etcd_lock_key('/regress/key')) AS key_in_range FROM etcd_locks WHERE pid = pg_backend_pid();
+SELECT etcd_unlock('/regress/key');
+RESET etcd_lock.prefix;
+SELECT etcd_lock_key(NULL);
+SELECT etcd_lock_key('');

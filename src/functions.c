@@ -59,6 +59,7 @@ PG_FUNCTION_INFO_V1(etcd_proclaim_sql);
 PG_FUNCTION_INFO_V1(etcd_resign_sql);
 PG_FUNCTION_INFO_V1(etcd_leader_sql);
 PG_FUNCTION_INFO_V1(etcd_observe_sql);
+PG_FUNCTION_INFO_V1(etcd_lock_key_sql);
 
 static void
 check_preloaded(void)
@@ -135,17 +136,33 @@ timeout_ms(FunctionCallInfo fcinfo, int argno)
 
 /*
  * check_scope refuses session-level locks where etcd_lock.allow_session_locks
- * is off (clients behind a transaction pooler).
+ * is off (clients behind a transaction pooler). The hint names the
+ * transaction-level form of what was called (kind; many: a multi-lock), and
+ * for a campaign, which has none, where elections can be used instead
+ * (issue 23 item 7: the hint offered etcd_xact_lock for a campaign).
  */
 static void
-check_scope(bool xact)
+check_scope(bool xact, EtcdKeyKind kind, bool many)
 {
-	if (!xact && !etcd_lock_allow_session_locks)
+	const char *alt;
+
+	if (xact || etcd_lock_allow_session_locks)
+		return;
+	if (kind == ETCD_KEY_ELECTION)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("session-level etcd locks are not allowed here"),
-				 errdetail("etcd_lock.allow_session_locks is off for this role or database."),
-				 errhint("Use etcd_xact_lock() or etcd_try_xact_lock(): behind a transaction pooler, a session-level lock would outlive the transaction and pass to the next client.")));
+				 errdetail("etcd_lock.allow_session_locks is off for this role or database; an election campaign is held by the session."),
+				 errhint("Elections have no transaction-level form: campaign from a connection that is not behind a transaction pooler (one where allow_session_locks is on).")));
+	alt = many ? "etcd_xact_lock_many() or etcd_try_xact_lock_many()" :
+		kind == ETCD_KEY_SHARED ? "etcd_xact_lock_shared() or etcd_try_xact_lock_shared()" :
+		kind == ETCD_KEY_SEMAPHORE ? "etcd_xact_semaphore() or etcd_try_xact_semaphore()" :
+		"etcd_xact_lock() or etcd_try_xact_lock()";
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("session-level etcd locks are not allowed here"),
+			 errdetail("etcd_lock.allow_session_locks is off for this role or database."),
+			 errhint("Use %s: behind a transaction pooler, a session-level lock would outlive the transaction and pass to the next client.", alt)));
 }
 
 /*
@@ -182,7 +199,7 @@ lock_common(FunctionCallInfo fcinfo, EtcdKeyKind kind, bool xact)
 	int64		timeout = timeout_ms(fcinfo, kind == ETCD_KEY_SEMAPHORE ? 2 : 1);
 	int64		token;
 
-	check_scope(xact);
+	check_scope(xact, kind, false);
 	(void) etcd_acquire(name, kind, permits, NULL, xact, true, timeout, &token);
 	PG_RETURN_INT64(token);
 }
@@ -194,7 +211,7 @@ try_lock_common(FunctionCallInfo fcinfo, EtcdKeyKind kind, bool xact)
 	int			permits = kind == ETCD_KEY_SEMAPHORE ? permits_arg(fcinfo) : 0;
 	int64		token;
 
-	check_scope(xact);
+	check_scope(xact, kind, false);
 	PG_RETURN_BOOL(etcd_acquire(name, kind, permits, NULL, xact, false, -1, &token));
 }
 
@@ -384,7 +401,7 @@ many_common(FunctionCallInfo fcinfo, bool xact, bool wait)
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("etcd lock name \"%s\" appears twice in the same mode", names[i])));
 	}
-	check_scope(xact);
+	check_scope(xact, ETCD_KEY_EXCLUSIVE, true);
 	tokens = palloc(sizeof(int64) * n);
 	if (!etcd_acquire_many(names, kinds, n, xact, wait, timeout, tokens))
 		PG_RETURN_BOOL(false);
@@ -459,7 +476,7 @@ etcd_campaign_sql(PG_FUNCTION_ARGS)
 	int64		timeout = timeout_ms(fcinfo, 2);
 	int64		token;
 
-	check_scope(false);
+	check_scope(false, ETCD_KEY_ELECTION, false);
 	(void) etcd_acquire(name, ETCD_KEY_ELECTION, 0, value, false, true, timeout, &token);
 	PG_RETURN_INT64(token);
 }
@@ -471,7 +488,7 @@ etcd_try_campaign_sql(PG_FUNCTION_ARGS)
 	char	   *value = value_arg(fcinfo);
 	int64		token;
 
-	check_scope(false);
+	check_scope(false, ETCD_KEY_ELECTION, false);
 	PG_RETURN_BOOL(etcd_acquire(name, ETCD_KEY_ELECTION, 0, value, false, false, -1, &token));
 }
 
@@ -546,6 +563,22 @@ etcd_unlock_all_sql(PG_FUNCTION_ARGS)
 	check_preloaded();
 	etcd_release_all();
 	PG_RETURN_VOID();
+}
+
+/*
+ * etcd_lock_key(name) (1.2): the key range of a lock on name under the
+ * current etcd_lock.prefix, "<prefix><name>/" — what etcdctl and etcd's
+ * Go client must name (without the slash) to exclude the SQL holders.
+ * Made by etcd_lock_keys, which makes the keys themselves; sends nothing.
+ */
+Datum
+etcd_lock_key_sql(PG_FUNCTION_ARGS)
+{
+	char	   *name = lock_name(fcinfo);
+	EtcdLockKeys k;
+
+	etcd_lock_keys(&k, etcd_lock_prefix, name, 0, ETCD_KEY_EXCLUSIVE, 0);
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(k.pfx, k.pfxlen));
 }
 
 Datum

@@ -23,6 +23,11 @@ my @ctl = ('etcdctl', '--endpoints', $etcd->{endpoint});
 $ENV{ETCDCTL_API} = 3;
 my $s = sess($node);
 
+# --- etcd_lock_key (1.2) names the key range, the README's example: the
+# name etcdctl and Go use is it without the trailing slash
+is(ok_sql($s, "SELECT etcd_lock_key('/jobs')"), '/etcd_lock/jobs/',
+	"etcd_lock_key('/jobs') under prefix '/etcd_lock' is /etcd_lock/jobs/ (README)");
+
 # --- SQL holds /jobs: `etcdctl lock /etcd_lock/jobs` waits for it
 {
 	my $tok = ok_sql($s, "SELECT etcd_lock('/jobs')");
@@ -58,10 +63,21 @@ my $s = sess($node);
 {
 	my $t = sess($node);
 	ok_sql($t, "SET etcd_lock.prefix = '/etcd_lock/'");
+	my $range = ok_sql($t, "SELECT etcd_lock_key('/dbl')");
+	is($range, '/etcd_lock//dbl/', "etcd_lock_key('/dbl') under prefix '/etcd_lock/' shows the doubled slash");
 	ok_sql($t, "SELECT etcd_lock('/dbl')");
-	my @k = keys %{ etcd_keys($etcd, '/etcd_lock//dbl/') };
-	is(scalar(@k), 1, "prefix '/etcd_lock/' and name '/dbl': the key is under /etcd_lock//dbl/ (etcdctl lock /etcd_lock//dbl)");
+	my @k = keys %{ etcd_keys($etcd, $range) };
+	is(scalar(@k), 1, "prefix '/etcd_lock/' and name '/dbl': the key is under $range");
+	# etcdctl with the name etcd_lock_key gives (slash dropped) waits for SQL
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start([ @ctl, 'lock', $range =~ s{/$}{}r, '--', 'echo', 'GOT-IT' ],
+		'>', \$out, '2>', \$err, IPC::Run::timeout(60));
+	sleep 2;
+	$h->pump_nb;
+	unlike($out, qr/GOT-IT/, 'etcdctl lock /etcd_lock//dbl waits while SQL holds /dbl');
 	ok_sql($t, "SELECT etcd_unlock_all()");
+	ok(wait_until(sub { $h->pump_nb; $out =~ /GOT-IT/ }, 20), '... and gets it once SQL releases it');
+	$h->finish;
 	$t->quit;
 }
 
