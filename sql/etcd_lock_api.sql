@@ -106,6 +106,11 @@ SELECT worker_pid > 0 AS worker, etcd_reachable, endpoint <> '' AS has_endpoint,
        releases_queued >= 0 AS queue, requests > 0 AS requests
   FROM etcd_lock_status;
 
+-- 1.2: the last failed request and the last authentication error (none:
+-- no authentication is configured here)
+SELECT auth_error IS NULL AS no_auth_error, last_error IS DISTINCT FROM '' AS last_error_null_or_set
+  FROM etcd_lock_status;
+
 -- etcd_locks (1.1): state, the owner's database and the full etcd key
 SELECT etcd_lock('/regress/cols') > 0 AS locked;
 SELECT name, state, database = current_database() AS db_ok,

@@ -703,8 +703,8 @@ Datum
 etcd_lock_status_sql(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[14];
-	bool		nulls[14] = {0};
+	Datum		values[16];
+	bool		nulls[16] = {0};
 	int			i,
 				leases = 0,
 				queued = 0,
@@ -713,6 +713,8 @@ etcd_lock_status_sql(PG_FUNCTION_ARGS)
 	bool		reachable;
 	TimestampTz since;
 	char		endpoint[256];
+	char		last_error[256];
+	char		auth_error[256];
 	EtcdCounters *c;
 
 	check_preloaded();
@@ -723,6 +725,8 @@ etcd_lock_status_sql(PG_FUNCTION_ARGS)
 	reachable = etcd_shared->etcd_reachable;
 	since = etcd_shared->reachable_since;
 	strlcpy(endpoint, etcd_shared->endpoint, sizeof(endpoint));
+	strlcpy(last_error, etcd_shared->last_error, sizeof(last_error));
+	strlcpy(auth_error, etcd_shared->auth_error, sizeof(auth_error));
 	for (i = 0; i < etcd_shared->nbackends; i++)
 		if (etcd_shared->slots[i].state == LEASE_LIVE)
 			leases++;
@@ -755,6 +759,13 @@ etcd_lock_status_sql(PG_FUNCTION_ARGS)
 	values[11] = Int64GetDatum((int64) pg_atomic_read_u64(&c->leases_lost));
 	values[12] = Int64GetDatum((int64) pg_atomic_read_u64(&c->authentications));
 	values[13] = Int32GetDatum((int32) pg_atomic_read_u32(&c->unshown));
+	/* 1.2's view has two more columns; 1.1's ends here */
+	values[14] = CStringGetTextDatum(last_error);
+	nulls[14] = last_error[0] == '\0';
+	values[15] = CStringGetTextDatum(auth_error);
+	nulls[15] = auth_error[0] == '\0';
+	if (tupdesc->natts != 14 && tupdesc->natts != 16)
+		elog(ERROR, "etcd_lock_status: %d columns, expected 14 or 16", tupdesc->natts);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
 

@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "common/base64.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/fd.h"
 #include "storage/latch.h"
@@ -117,6 +118,7 @@ static bool gw_watch_unauth;	/* the watch stream said: bad token */
  * sent (ETCD_AUTH_PENDING) and the worker's loop goes on.
  */
 static bool gw_auth_async = false;
+static bool gw_auth_recheck_after = false;	/* etcd_gateway_recheck_credentials */
 static bool gw_auth_inflight = false;
 static char *gw_auth_new_token = NULL;	/* parse_token's, malloc'd */
 static char *gw_auth_for_user = NULL;	/* the user it was asked for */
@@ -1556,7 +1558,7 @@ static bool gw_async_begin(const char *path, const char *body, EtcdParseFn parse
  * it could not start.
  */
 static bool
-gw_auth_async_start(EtcdStatus *st)
+gw_auth_async_start_ex(EtcdStatus *st, bool keep_token)
 {
 	StringInfoData b;
 	bool		started;
@@ -1564,7 +1566,8 @@ gw_auth_async_start(EtcdStatus *st)
 	if (!gw_auth_inflight)
 	{
 		gw_auth_body(&b);
-		gw_drop_token();
+		if (!keep_token)
+			gw_drop_token();
 		if (gw_auth_for_user)
 			free(gw_auth_for_user);
 		gw_auth_for_user = strdup(etcd_lock_username);
@@ -1585,6 +1588,116 @@ gw_auth_async_start(EtcdStatus *st)
 	snprintf(st->message, sizeof(st->message), "waiting for the authentication as etcd user \"%s\"",
 			 gw_auth_for_user ? gw_auth_for_user : "");
 	return false;
+}
+
+static bool
+gw_auth_async_start(EtcdStatus *st)
+{
+	return gw_auth_async_start_ex(st, false);
+}
+
+/*
+ * etcd_gateway_recheck_credentials (the worker, after a reload changed
+ * etcd_lock.username, etcd_lock.password_file or that file): authenticates
+ * with the credentials now set, as a request in flight like
+ * etcd_gateway_async_auth's, but keeping the current token until the new
+ * one is had. The answer comes under ETCD_ASYNC_AUTH_TAG. False (st says
+ * why) if it could not start: no user set, or the password file is bad.
+ */
+bool
+etcd_gateway_recheck_credentials(EtcdStatus *st)
+{
+	volatile bool ok = true;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	memset(st, 0, sizeof(*st));
+	if (!(etcd_lock_username && etcd_lock_username[0]))
+		return false;
+	gw_init();
+	if (gw_auth_inflight)
+	{
+		/* an authentication with the credentials of before is in flight */
+		gw_auth_recheck_after = true;
+		return true;
+	}
+	PG_TRY();
+	{
+		(void) gw_auth_async_start_ex(st, true);
+	}
+	PG_CATCH();
+	{
+		/* the password file is missing, empty or readable by others */
+		ErrorData  *e;
+
+		MemoryContextSwitchTo(cxt);
+		e = CopyErrorData();
+		FlushErrorState();
+		memset(st, 0, sizeof(*st));
+		st->kind = ETCD_ERROR_REPLY;
+		snprintf(st->message, sizeof(st->message), "%s", e->message);
+		FreeErrorData(e);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok && gw_auth_inflight;
+}
+
+/*
+ * etcd_gateway_credentials_stamp is a hash of the credentials set now:
+ * etcd_lock.username, etcd_lock.password_file and the password in it (or
+ * that it cannot be read), so the worker can tell that a reload changed
+ * them. 0 when no user is set. The password never leaves this function.
+ */
+uint32
+etcd_gateway_credentials_stamp(void)
+{
+	StringInfoData b;
+	uint32		h;
+	char	   *volatile password = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!(etcd_lock_username && etcd_lock_username[0]))
+		return 0;
+	PG_TRY();
+	{
+		password = gw_read_password();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		password = NULL;
+	}
+	PG_END_TRY();
+	initStringInfo(&b);
+	appendStringInfo(&b, "%s%c%s%c", etcd_lock_username, '\0',
+					 etcd_lock_password_file ? etcd_lock_password_file : "", '\0');
+	if (password)
+	{
+		appendStringInfoString(&b, password);
+		explicit_bzero(password, strlen(password));
+		pfree(password);
+	}
+	else
+		appendStringInfoString(&b, "\001unreadable");
+	h = hash_bytes((const unsigned char *) b.data, b.len);
+	explicit_bzero(b.data, b.len);
+	pfree(b.data);
+	return h == 0 ? 1 : h;
+}
+
+/*
+ * etcd_gateway_recheck_pending says (once) whether a credentials check
+ * asked for while an authentication was in flight is still to be started.
+ */
+bool
+etcd_gateway_recheck_pending(void)
+{
+	bool		r = gw_auth_recheck_after && !gw_auth_inflight;
+
+	if (r)
+		gw_auth_recheck_after = false;
+	return r;
 }
 
 /*

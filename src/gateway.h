@@ -90,6 +90,9 @@ extern void etcd_gateway_set_hooks(const EtcdGatewayHooks *hooks);
 extern void etcd_gateway_preload(void);
 extern bool etcd_gateway_authenticate(EtcdStatus *st);
 extern void etcd_gateway_async_auth(void);
+extern bool etcd_gateway_recheck_credentials(EtcdStatus *st);
+extern bool etcd_gateway_recheck_pending(void);
+extern uint32 etcd_gateway_credentials_stamp(void);
 extern void etcd_gateway_watch_postmaster(void);
 extern bool etcd_gateway_postmaster_died(void);
 

@@ -159,6 +159,9 @@ typedef struct EtcdShared
 	bool		etcd_reachable;
 	TimestampTz reachable_since;	/* last change (wall clock, for display) */
 	char		endpoint[256];	/* the endpoint the worker uses */
+	char		last_error[256];	/* the worker's last failed request */
+	char		auth_error[256];	/* why the last authentication failed
+									 * ('' once one succeeds) */
 
 	/* the endpoint that answered last, for new backends (gateway hint) */
 	uint32		endpoints_hash; /* of the etcd_lock.endpoints it belongs to */

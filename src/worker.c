@@ -124,6 +124,11 @@ static EtcdMono w_next_error_log = 0;
 static char w_endpoint[256] = "";
 
 static volatile sig_atomic_t w_shutdown = false;
+static bool w_cred_check = false;	/* a credentials check is in flight */
+static bool w_cred_retry = false;	/* ... is to be started again */
+static uint32 w_cred_stamp = 0;	/* etcd_gateway_credentials_stamp now */
+
+static void set_shared_error(char *dst, const char *msg);
 static bool w_pool_granting[ETCD_LEASE_POOL];	/* a grant in flight */
 static int64 w_pool_pending[ETCD_LEASE_POOL];	/* a grant not known to be
 												 * applied or not: resent
@@ -389,6 +394,8 @@ note_result(const EtcdStatus *st, bool ok)
 			/* what waited out the outage goes now, not at its retry time */
 			retry_now(now);
 		}
+		if (!ok)
+			set_shared_error(etcd_shared->last_error, st->message);
 		if (!ok && now >= w_next_error_log)
 		{
 			ereport(LOG,
@@ -399,6 +406,7 @@ note_result(const EtcdStatus *st, bool ok)
 		return;
 	}
 	w_failed++;
+	set_shared_error(etcd_shared->last_error, st->message);
 	if (w_reachable)
 	{
 		ereport(LOG,
@@ -422,6 +430,83 @@ note_result(const EtcdStatus *st, bool ok)
 				 errdetail("%s", st->message)));
 		w_next_summary = now + MONO_MS(SUMMARY_MS);
 	}
+}
+
+/*
+ * set_shared_error copies msg into one of etcd_lock_status's error
+ * columns (dst: a field of etcd_shared), under the lock.
+ */
+static void
+set_shared_error(char *dst, const char *msg)
+{
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	strlcpy(dst, msg ? msg : "", sizeof(etcd_shared->last_error));
+	LWLockRelease(etcd_shared->lock);
+}
+
+/*
+ * start_credentials_check authenticates at once with the credentials a
+ * reload set (etcd_gateway_recheck_credentials: the current token stays
+ * until the new one is had); a check that cannot start (a bad password
+ * file) is told like a refused one.
+ */
+static void
+start_credentials_check(void)
+{
+	EtcdStatus	st;
+
+	if (etcd_gateway_recheck_credentials(&st))
+	{
+		w_cred_check = true;
+		return;
+	}
+	if (st.message[0])
+	{
+		ereport(LOG,
+				(errmsg("etcd_lock worker: the changed etcd credentials cannot be used; the current token is kept until etcd rejects it"),
+				 errdetail("%s", st.message)));
+		set_shared_error(etcd_shared->auth_error, st.message);
+	}
+}
+
+/*
+ * finish_authentication takes the answer of the worker's authentication
+ * (at start, after a rejected token, or a credentials check after a
+ * reload): what waited for a token goes now; a failure is shown in
+ * etcd_lock_status.auth_error, and logged once for a credentials check.
+ */
+static void
+finish_authentication(EtcdAsyncResult *r)
+{
+	bool		check = w_cred_check;
+
+	w_cred_check = false;
+	if (r->ok)
+	{
+		set_shared_error(etcd_shared->auth_error, "");
+		if (check)
+			ereport(LOG,
+					(errmsg("etcd_lock worker: authenticated to etcd with the changed credentials")));
+		note_result(&r->st, true);
+		retry_now(etcd_mono_now());
+		return;
+	}
+	if (r->st.kind == ETCD_ERROR_REPLY)
+	{
+		/* etcd answered: wrong password, unknown user... */
+		set_shared_error(etcd_shared->auth_error, r->st.message);
+		if (check)
+		{
+			ereport(LOG,
+					(errmsg("etcd_lock worker: etcd refused the changed credentials; the current token is kept until etcd rejects it"),
+					 errdetail("%s", r->st.message)));
+			publish_endpoint();
+			return;
+		}
+	}
+	else if (check)
+		w_cred_retry = true;	/* not answered: check again next turn */
+	note_result(&r->st, false);
 }
 
 /*
@@ -1448,6 +1533,7 @@ etcd_lock_worker_main(Datum arg)
 	 */
 	etcd_gateway_async_auth();
 	etcd_gateway_watch_postmaster();
+	w_cred_stamp = etcd_gateway_credentials_stamp();
 	if (etcd_lock_username && etcd_lock_username[0] && endpoints_usable())
 	{
 		EtcdStatus	st;
@@ -1487,10 +1573,7 @@ etcd_lock_worker_main(Datum arg)
 
 			if (res[i].tag == ETCD_ASYNC_AUTH_TAG)
 			{
-				/* a token at hand: what waited for it goes now */
-				note_result(&res[i].st, res[i].ok);
-				if (res[i].ok)
-					retry_now(etcd_mono_now());
+				finish_authentication(&res[i]);
 				continue;
 			}
 			req = &w_reqs[res[i].tag];
@@ -1522,6 +1605,12 @@ etcd_lock_worker_main(Datum arg)
 			w_shutdown = true;
 		}
 
+		if ((w_cred_retry || etcd_gateway_recheck_pending()) && !w_shutdown && endpoints_usable())
+		{
+			w_cred_retry = false;
+			start_credentials_check();
+		}
+
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -1532,6 +1621,15 @@ etcd_lock_worker_main(Datum arg)
 			if (strcmp(before, etcd_lock_endpoints ? etcd_lock_endpoints : "") != 0)
 				ka_stream_reopen();
 			pfree(before);
+			/* changed credentials are tried at once, not at token expiry */
+			if (etcd_gateway_credentials_stamp() != w_cred_stamp)
+			{
+				w_cred_stamp = etcd_gateway_credentials_stamp();	/* the file once more: as good */
+				if (w_cred_stamp == 0)
+					set_shared_error(etcd_shared->auth_error, "");
+				else
+					start_credentials_check();
+			}
 		}
 	}
 	/*

@@ -187,6 +187,41 @@ is($err, '', 'auth: no user-visible error on token expiry');
 ok($t2 > $t1, 'auth: the waiter got the lock after token expiry');
 $s2->query_safe("SELECT etcd_unlock('/app/auth')");
 
+# --- credentials reload (issue 18): a reload that changes the password
+# file authenticates with it at once. A password etcd refuses is logged
+# once and shown in etcd_lock_status.auth_error (before: nothing until the
+# token in use expired, then every lock call failed); the right one again
+# authenticates at once and clears it.
+{
+	my $auth_error = sub {
+		$node->safe_psql('postgres', "SELECT coalesce(auth_error, '') FROM etcd_lock_status");
+	};
+	my $write_pw = sub {
+		open(my $f, '>', $pwfile) or die;
+		print $f "$_[0]\n";
+		close $f;
+		chmod 0600, $pwfile;
+	};
+	is($auth_error->(), '', 'credentials reload: no authentication error to begin with');
+	my $off = -s $node->logfile;
+	$write_pw->("wrong-$password");
+	$node->reload;
+	ok(wait_until(sub { $auth_error->() =~ /authentication as etcd user "locker" failed/ }, 10),
+		'credentials reload: a wrong new password shows in etcd_lock_status.auth_error at once');
+	ok(wait_until(sub { slurp_file($node->logfile, $off) =~ /etcd refused the changed credentials/ }, 10),
+		'credentials reload: the worker logs it');
+	my $n = () = slurp_file($node->logfile, $off) =~ /etcd refused the changed credentials/g;
+	is($n, 1, 'credentials reload: logged once');
+	$off = -s $node->logfile;
+	$write_pw->($password);
+	$node->reload;
+	ok(wait_until(sub { $auth_error->() eq '' }, 10), 'credentials reload: the right password again clears the error');
+	like(slurp_file($node->logfile, $off), qr/authenticated to etcd with the changed credentials/,
+		'credentials reload: ... having authenticated at once');
+	is($node->safe_psql('postgres', "SELECT etcd_try_lock('/app/cred')"), 't', 'credentials reload: locks work');
+	unlike(slurp_file($node->logfile), qr/wrong-\Q$password\E/, 'credentials reload: the password is never logged');
+}
+
 # --- outside the prefix: etcd refuses; a name cannot escape the prefix
 ($out, $err) = finish_query($s1, start_query($s1, "SELECT etcd_lock('/outside')"), 10);
 like($err, qr/ERROR:.*permission denied/s, 'auth: a lock outside the granted prefix is refused by etcd');
