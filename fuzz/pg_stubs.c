@@ -341,6 +341,44 @@ pg_re_throw(void)
 	siglongjmp(*PG_exception_stack, 1);
 }
 
+/* what a PG_CATCH that handles the error calls (the credentials check) */
+void
+FlushErrorState(void)
+{
+	fz_depth = 0;
+	fz_error.raised = false;
+}
+
+ErrorData *
+CopyErrorData(void)
+{
+	ErrorData  *e = palloc0(sizeof(ErrorData));
+
+	e->elevel = fz_error.elevel;
+	e->sqlerrcode = fz_error.sqlerrcode;
+	e->message = pstrdup(fz_error.message);
+	return e;
+}
+
+void
+FreeErrorData(ErrorData *edata)
+{
+	if (edata->message)
+		pfree(edata->message);
+	pfree(edata);
+}
+
+/* FNV-1a: any hash will do for the credentials stamp */
+uint32
+hash_bytes(const unsigned char *k, int keylen)
+{
+	uint32		h = 2166136261u;
+
+	while (keylen-- > 0)
+		h = (h ^ *k++) * 16777619u;
+	return h;
+}
+
 int
 errcode(int sqlerrcode)
 {

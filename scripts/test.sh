@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
-# Runs the whole etcd_lock test suite against real etcd and PostgreSQL
-# processes on loopback, on two PostgreSQL majors and three etcd lines:
-#  - PostgreSQL 15 (Debian's packages) on etcd 3.4 (Debian's 3.4.23) and
-#    again on etcd 3.7 (the current line, $ETCD_37, built from the Go module
-#    proxy by scripts/etcd.sh and cached): pg_regress (the SQL surface and
-#    its errors, on a throwaway instance preloaded with the extension) and
-#    every TAP test in t/ (several sessions, instances, faults, the Go
-#    reference, etcdctl), each run with that line's etcd and etcdctl first
-#    on PATH;
-#  - PostgreSQL 18.3, built from ${SHARED_DIR:-../shared}/pg once per
-#    machine (scripts/pg18.sh, cached outside the checkout), on etcd 3.6
-#    ($ETCD_36): pg_regress and the TAP tests but the longest fault runs
-#    (t/006 cluster, t/012 nemesis).
-# Every run includes t/020, a rolling upgrade of a 3-member cluster from
-# $ETCD_36 to $ETCD_37 under load.
-# Works as root on a fresh Debian 12 machine: installs what is missing.
-# A machine without the 18.3 tarball skips that run with a message (under
-# CI it is an error). PG_MAJORS="15" or "18" runs one PostgreSQL only;
-# ETCD_LINES="3.4 3.7" (the default for 15) picks the etcd lines of the 15
-# run.
+# Runs the etcd_lock test suite against real etcd and PostgreSQL processes
+# on loopback: every supported etcd line and PostgreSQL major (issue 18).
+#  - PostgreSQL 15 (Debian's packages) on etcd 3.6 (the line most users
+#    run): pg_regress (the SQL surface and its errors, on a throwaway
+#    instance preloaded with the extension) and every TAP test in t/
+#    (several sessions, instances, faults, the Go reference, etcdctl, the
+#    rolling upgrade t/020 from 3.6 to 3.7 under load);
+#  - PostgreSQL 15 on etcd 3.4 (Debian's 3.4.23, the oldest line we
+#    support), 3.5 and 3.7: pg_regress and the TAP tests whose requests a
+#    version could answer differently ($LINE_TESTS: locks, waits and
+#    handoff, the Go client and etcdctl as peers, auth and TLS, partial
+#    failures through the fault proxy, elections; on 3.7 and 3.4 also the
+#    review defects t/021, whose token tests branch on the line);
+#  - PostgreSQL 16, 17 and 18, built from ${SHARED_DIR:-../shared}/pg once
+#    per machine (scripts/pg.sh, cached outside the checkout), on etcd 3.6:
+#    pg_regress and the TAP tests of version-specific code ($PG_TESTS: the
+#    background worker and its exits, shared memory, transaction
+#    callbacks, wait events, timeouts).
+# etcd 3.5-3.7 and etcdctl are built from the Go module proxy by
+# scripts/etcd.sh (pinned below and in scripts/etcd/VERSION/); the Go
+# reference mutex is built against etcd's Go client of the same version as
+# the server under test.
+# Works as root on a fresh Debian 12 machine: installs what is missing. A
+# machine without a PostgreSQL source tarball skips that major with a
+# message. RUNS="15/3.6 16/3.6" picks runs (PG major/etcd line) from the
+# matrix below.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 . "$here/scripts/lib.sh"
@@ -27,25 +33,39 @@ bash "$here/scripts/deps.sh"
 # Go 1.26 ahead of anything older on PATH (etcd.sh, the Go clients)
 export PATH=/usr/local/go/bin:$PATH
 cd "$here"
-majors=${PG_MAJORS:-15 18}
-lines15=${ETCD_LINES:-3.4 3.7}
-# the etcd releases CI runs, pinned
+# the releases CI runs, pinned (to bump one: scripts/etcd.sh NEW builds it
+# and says how to pin its modules; the PostgreSQL tarballs are in ../shared/pg)
+ETCD_35=3.5.36
 ETCD_36=3.6.16
 ETCD_37=3.7.3
+PG_16=16.13
+PG_17=17.6
+PG_18=18.3
+# PG major/etcd line, in the order they run
+RUNS=${RUNS:-15/3.6 15/3.4 15/3.5 15/3.7 16/3.6 17/3.6 18/3.6}
+# what runs on the other etcd lines, and on the other PostgreSQL majors
+LINE_TESTS="t/001_sessions.pl t/002_go_interop.pl t/004_waiting.pl t/009_security.pl t/011_partial_failure.pl t/018_election.pl t/022_etcdctl.pl"
+PG_TESTS="t/001_sessions.pl t/005_faults.pl t/013_wait_events.pl t/014_semantics.pl"
 # Go builds (the reference mutex, the election client, etcd) keep their
 # compiled packages between runs
 export GOCACHE=${GOCACHE:-/var/cache/etcd_lock/gocache}
 mkdir -p "$GOCACHE"
-etcd36=$(bash "$here/scripts/etcd.sh" "$ETCD_36")
-etcd37=$(bash "$here/scripts/etcd.sh" "$ETCD_37")
-etcd_dir() {
+etcd_release() {
 	case $1 in
-	3.4) bash "$here/scripts/etcd.sh" 3.4 ;;
-	3.6) echo "$etcd36" ;;
-	3.7) echo "$etcd37" ;;
+	3.4) echo 3.4 ;;
+	3.5) echo "$ETCD_35" ;;
+	3.6) echo "$ETCD_36" ;;
+	3.7) echo "$ETCD_37" ;;
 	*) echo "unknown etcd line $1" >&2; return 1 ;;
 	esac
 }
+etcd_dir() {
+	local rel
+	rel=$(etcd_release "$1") || return 1
+	bash "$here/scripts/etcd.sh" "$rel"
+}
+etcd36=$(etcd_dir 3.6)
+etcd37=$(etcd_dir 3.7)
 # t/020: the rolling upgrade from 3.6 to 3.7
 export ETCD_UPGRADE_FROM="$etcd36" ETCD_UPGRADE_TO="$etcd37"
 
@@ -62,11 +82,21 @@ trap cleanup EXIT
 
 # the Go reference (etcd's own concurrency.Mutex), for the interop tests;
 # CI lays shared/ beside the clone, so there it must be present
+# it is built per run against go.etcd.io/etcd/client/v3 of the server's
+# release (etcd 3.4's server: the oldest module client we test, 3.5)
 shared="${SHARED_DIR:-$here/../shared}/reference"
+go_mutex_for() {
+	local rel=$1 out
+	[ "$rel" = 3.4 ] && rel=$ETCD_35
+	out="$work/go-mutex-$rel"
+	if [ ! -x "$out" ]; then
+		ETCD_CLIENT_VERSION="v$rel" sh "$shared/go-mutex/build.sh" "$out" || return 1
+		[ "$(id -u)" = 0 ] && chown postgres "$out"
+	fi
+	echo "$out"
+}
 if [ -f "$shared/go-mutex/build.sh" ]; then
-	echo "building the Go reference mutex"
-	sh "$shared/go-mutex/build.sh" "$work/go-mutex"
-	export GO_MUTEX="$work/go-mutex"
+	have_go_mutex=1
 elif [ -n "${CI:-}" ]; then
 	echo "ERROR: $shared/go-mutex not found; the Go interop test cannot run" >&2
 	exit 1
@@ -97,7 +127,10 @@ fi
 run_suite() {
 	local label=$1 pgc=$2 line=$3 tests=${4:-} tree="$work/tree$1-etcd$3" rc=0 edir
 	edir=$(etcd_dir "$line") || return 1
-	local PATH="$edir:$PATH"
+	local PATH="$edir:$PATH" GO_MUTEX=""
+	if [ "${have_go_mutex:-0}" = 1 ]; then
+		GO_MUTEX=$(go_mutex_for "$(etcd_release "$line")") || { echo "building the Go reference mutex FAILED"; return 1; }
+	fi
 	echo "==== PostgreSQL $label ($("$pgc" --version)), $("$edir/etcd" --version | head -1): building"
 	rm -rf "$work/etcd"
 	start_etcd "$work/etcd" || return 1
@@ -141,13 +174,44 @@ CONF
 # t/015 caches the 1.0 release's library here (it runs as postgres)
 [ "$(id -u)" = 0 ] && install -d -o postgres -g postgres /var/cache/etcd_lock/lib-1.0
 
-for major in $majors; do
-	case $major in
-	15)
-		for line in $lines15; do
-			run_suite 15 "$(command -v pg_config)" "$line" || status=1
-		done
-		# the Debian package: built, installed alone, pg_regress against it, purged
+# the PostgreSQL of a major: Debian's 15, the others built from ../shared/pg
+# (exit 3: that major's tarball is not on this machine)
+pg_config_of() {
+	local major=$1 rel prefix rc=0
+	if [ "$major" = 15 ]; then
+		command -v pg_config
+		return 0
+	fi
+	eval "rel=\${PG_$major:-}"
+	[ -n "$rel" ] || { echo "unknown PostgreSQL major $major" >&2; return 1; }
+	prefix=$(bash "$here/scripts/pg.sh" "$rel") || rc=$?
+	[ $rc = 0 ] || return $rc
+	echo "$prefix/bin/pg_config"
+}
+
+for run in $RUNS; do
+	major=${run%/*} line=${run#*/} rc=0
+	pgc=$(pg_config_of "$major") || rc=$?
+	if [ $rc = 3 ]; then
+		echo "NOTE: the PostgreSQL $major source is not in ${SHARED_DIR:-../shared}/pg; skipping PostgreSQL $major on etcd $line"
+		continue
+	elif [ $rc != 0 ]; then
+		echo "ERROR: could not build PostgreSQL $major (scripts/pg.sh exit $rc)" >&2
+		status=1
+		continue
+	fi
+	if [ "$major" = 15 ] && [ "$line" = 3.6 ]; then
+		tests=""    # everything
+	elif [ "$major" = 15 ]; then
+		tests=$LINE_TESTS
+		case $line in 3.4 | 3.7) tests="$tests t/021_review_defects.pl" ;; esac
+	else
+		tests=$PG_TESTS
+	fi
+	run_suite "$major" "$pgc" "$line" "$tests" || status=1
+	# the Debian package, after the full PostgreSQL 15 run: built, installed
+	# alone, pg_regress against it, purged
+	if [ "$major" = 15 ] && [ "$line" = 3.6 ]; then
 		if [ "$(id -u)" = 0 ]; then
 			echo "==== PostgreSQL 15: the Debian package (scripts/package.sh)"
 			( start_etcd "$work/etcd-pkg" && export ETCD_ENDPOINT &&
@@ -155,25 +219,7 @@ for major in $majors; do
 		else
 			echo "NOTE: not root; skipping the Debian package test (scripts/package.sh)" >&2
 		fi
-		;;
-	18)
-		rc=0
-		pg18=$(bash "$here/scripts/pg18.sh") || rc=$?
-		if [ $rc = 3 ] && [ -z "${CI:-}" ]; then
-			echo "NOTE: the PostgreSQL 18.3 source is not on this machine; skipping the PostgreSQL 18 run" >&2
-		elif [ $rc != 0 ]; then
-			echo "ERROR: could not build PostgreSQL 18.3 (scripts/pg18.sh exit $rc)" >&2
-			status=1
-		else
-			# the longest fault runs (3-member cluster, nemesis) run on 15 only
-			tests=$(cd "$here" && ls t/*.pl | grep -v -e t/006_cluster.pl -e t/012_nemesis.pl | tr '\n' ' ')
-			run_suite 18 "$pg18/bin/pg_config" 3.6 "$tests" || status=1
-		fi
-		;;
-	*)
-		echo "unknown PostgreSQL major $major" >&2
-		status=1
-		;;
-	esac
+	fi
 done
+echo "==== done: $([ $status = 0 ] && echo all runs passed || echo FAILED) ($SECONDS s)"
 exit $status
