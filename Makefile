@@ -1,6 +1,7 @@
 # etcd_lock: PostgreSQL extension exposing etcd locks as SQL functions (PGXS)
 MODULE_big = etcd_lock
-OBJS = src/etcd_lock.o src/guc.o src/gateway.o src/shmem.o src/lockops.o \
+OBJS = src/etcd_lock.o src/guc.o src/gateway.o src/auth.o src/shmem.o src/keys.o \
+	src/lease.o src/lockops.o src/deadlock.o src/election.o src/holders.o \
 	src/locktable.o src/worker.o src/functions.o
 EXTENSION = etcd_lock
 # 1.0 and 1.1 are released and never edited again; 1.0--1.1 and 1.1--1.2

@@ -36,7 +36,13 @@
 
 #include "../src/guc.c"
 #include "../src/gateway.c"
+#include "../src/auth.c"
+#include "../src/keys.c"
+#include "../src/lease.c"
 #include "../src/lockops.c"
+#include "../src/deadlock.c"
+#include "../src/election.c"
+#include "../src/holders.c"
 
 #include <fcntl.h>
 #include <stdint.h>
@@ -673,15 +679,15 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 				r.prefixlen = strlen(r.prefix);
 				r.max = (param & 2) ? 4 : 0;
 				r.no_permits = (param & 4) != 0;
-				if (fz_parse(body, len, parse_listed, &r))
+				if (fz_parse(body, len, ek_parse_listed, &r))
 				{
 					if (r.n < 0 || r.n > r.cap || (r.max > 0 && r.n > r.max))
-						fz_fail("parse_listed: bad count");
+						fz_fail("ek_parse_listed: bad count");
 					for (i = 0; i < r.n; i++)
 						if (!r.keys[i].name || !r.keys[i].value || r.keys[i].lease == 0 ||
 							r.keys[i].kind == ETCD_KEY_NONE ||
 							(r.no_permits && r.keys[i].kind == ETCD_KEY_SEMAPHORE))
-							fz_fail("parse_listed: incomplete item");
+							fz_fail("ek_parse_listed: incomplete item");
 				}
 				break;
 			}
@@ -995,7 +1001,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fz_request_path = t >= T_REQ_GRANT;
 	fz_t0 = GetCurrentTimestamp();
 	etcd_lock_username = (fz_request_path && (param & 0x80)) ? "fz" : "";
-	if (gw_token)
+	if (gw_auth_token())
 		gw_drop_token();
 
 	PG_TRY();

@@ -10,7 +10,9 @@
  * interrupt any wait. All curl and jansson memory is malloc'd and freed on
  * every path; results are copied into palloc'd memory by parse callbacks.
  *
- * Nothing here knows about locks.
+ * Nothing here knows about locks. Authentication (the token, the password
+ * file, the worker's asynchronous authentication) is in auth.c; the two
+ * share gateway_int.h.
  */
 #include "postgres.h"
 
@@ -28,6 +30,7 @@
 #include "utils/wait_event.h"
 
 #include "gateway.h"
+#include "gateway_int.h"
 #include "guc.h"
 
 #define GW_MAX_SOCKETS		64
@@ -105,23 +108,10 @@ static GwWatchEvent gw_wev[GW_WATCH_RING];
 static int	gw_nwev = 0;
 static bool gw_wev_overflow = false;
 
-/* TLS settings applied to the handles, and the etcd auth token */
+/* TLS settings applied to the handles (the auth token is auth.c's) */
 static char *gw_tls_applied = NULL;	/* "ca|cert|key" last applied */
-static char *gw_token = NULL;	/* malloc'd; never logged */
-static char *gw_token_user = NULL;	/* who gw_token belongs to */
-static char *gw_rejected = NULL;	/* the token etcd rejected last (malloc'd) */
 static bool gw_watch_unauth;	/* the watch stream said: bad token */
 
-/*
- * The worker authenticates as one more asynchronous request
- * (etcd_gateway_async_auth): requests that need a token meanwhile are not
- * sent (ETCD_AUTH_PENDING) and the worker's loop goes on.
- */
-static bool gw_auth_async = false;
-static bool gw_auth_recheck_after = false;	/* etcd_gateway_recheck_credentials */
-static bool gw_auth_inflight = false;
-static char *gw_auth_new_token = NULL;	/* parse_token's, malloc'd */
-static char *gw_auth_for_user = NULL;	/* the user it was asked for */
 
 /*
  * Asynchronous requests (the worker): each has its own easy handle, kept
@@ -249,9 +239,8 @@ etcd_gateway_postmaster_died(void)
 static struct curl_slist *gw_retired[32];
 static int	gw_nretired = 0;
 
-static bool gw_auth_ready(EtcdStatus *st, int timeout_ms);
 
-static const EtcdGatewayHooks *gw_hooks = NULL;
+const EtcdGatewayHooks *gw_hooks = NULL;
 static TimestampTz gw_call_deadline = 0;	/* the caller's limit, 0: none */
 
 /*
@@ -278,7 +267,6 @@ etcd_gateway_wait_kind(int kind)
 	return old;
 }
 
-#define GW_COUNT(ev) do { if (gw_hooks && gw_hooks->count) gw_hooks->count(ev); } while (0)
 
 /*
  * etcd_gateway_set_hooks installs the token cache and counters (at
@@ -615,19 +603,19 @@ gw_new_easy(char *errbuf, struct curl_slist *headers)
  * gw_set_headers (re)builds both handles' header lists, with the auth token
  * if there is one. libcurl copies nothing: the lists must outlive their use.
  */
-static void
+void
 gw_set_headers(void)
 {
 	struct curl_slist *h = NULL,
 			   *w = NULL;
 	char	   *auth = NULL;
 
-	if (gw_token)
+	if (gw_auth_token())
 	{
-		auth = malloc(strlen(gw_token) + 32);
+		auth = malloc(strlen(gw_auth_token()) + 32);
 		if (!auth)
 			elog(ERROR, "etcd_lock: out of memory");
-		sprintf(auth, "Authorization: %s", gw_token);
+		sprintf(auth, "Authorization: %s", gw_auth_token());
 	}
 	h = curl_slist_append(h, "Content-Type: application/json");
 	h = curl_slist_append(h, "Expect:");
@@ -678,17 +666,6 @@ gw_set_headers(void)
 	gw_watch_headers = w;
 }
 
-static void
-gw_drop_token(void)
-{
-	if (gw_token)
-	{
-		explicit_bzero(gw_token, strlen(gw_token));
-		free(gw_token);
-		gw_token = NULL;
-		gw_set_headers();
-	}
-}
 
 /*
  * gw_tls_setup applies the TLS settings to one handle.
@@ -707,29 +684,12 @@ gw_tls_setup(CURL *h)
 	curl_easy_setopt(h, CURLOPT_SSLKEY, key[0] ? key : NULL);
 }
 
-/*
- * gw_reject_token drops a token etcd rejected (expired), remembering it so
- * that the shared cache, which may still hold it, is not taken again.
- */
-static void
-gw_reject_token(void)
-{
-	if (gw_token == NULL)
-		return;
-	if (gw_rejected)
-	{
-		explicit_bzero(gw_rejected, strlen(gw_rejected));
-		free(gw_rejected);
-	}
-	gw_rejected = strdup(gw_token);
-	gw_drop_token();
-}
 
 /*
  * gw_apply_tls sets the TLS files on both handles when the settings
  * changed. Peer and host name verification stay on (libcurl's default).
  */
-static void
+void
 gw_apply_tls(void)
 {
 	const char *ca = etcd_lock_tls_ca_file ? etcd_lock_tls_ca_file : "";
@@ -771,7 +731,7 @@ etcd_gateway_preload(void)
 /*
  * gw_init creates this process's curl handles once.
  */
-static void
+void
 gw_init(void)
 {
 	if (gw_multi)
@@ -1249,7 +1209,7 @@ etcd_request(const char *path, const char *body, EtcdParseFn parse, void *arg,
  * gw_request sends one request, failing over between endpoints, without
  * authentication logic (see etcd_request_ex).
  */
-static bool
+bool
 gw_request(const char *path, const char *body, EtcdParseFn parse,
 		   void *arg, EtcdStatus *st, int timeout_ms)
 {
@@ -1416,378 +1376,6 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 	return false;
 }
 
-/*
- * gw_read_password reads etcd_lock.password_file, refusing a file that its
- * group or others may read. The path appears in the server log only.
- */
-static char *
-gw_read_password(void)
-{
-	const char *path = etcd_lock_password_file;
-	struct stat stb;
-	FILE	   *f;
-	char		buf[1024];
-	size_t		n;
-
-	if (path == NULL || path[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("etcd_lock: etcd_lock.username is set but etcd_lock.password_file is not")));
-	if (stat(path, &stb) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("etcd_lock: could not read the etcd password file"),
-				 errdetail_log("stat(\"%s\") failed: %m.", path)));
-	if (!S_ISREG(stb.st_mode) || (stb.st_mode & (S_IRWXG | S_IRWXO)) != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("etcd_lock: the etcd password file must be a plain file readable only by the server's user"),
-				 errhint("chmod 0600 the file named by etcd_lock.password_file."),
-				 errdetail_log("File \"%s\" has mode %04o.", path, (unsigned) (stb.st_mode & 07777))));
-	f = AllocateFile(path, "r");
-	if (f == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("etcd_lock: could not read the etcd password file"),
-				 errdetail_log("open(\"%s\") failed: %m.", path)));
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	FreeFile(f);
-	buf[n] = '\0';
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-		buf[--n] = '\0';
-	{
-		char	   *pw = pstrdup(buf);
-
-		explicit_bzero(buf, sizeof(buf));
-		return pw;
-	}
-}
-
-static bool
-parse_token(json_t *root, void *arg)
-{
-	json_t	   *t = json_object_get(root, "token");
-
-	if (!json_is_string(t))
-		return false;
-	*(char **) arg = strdup(json_string_value(t));
-	return *(char **) arg != NULL;
-}
-
-/*
- * gw_authenticate gets a token for etcd_lock.username. Neither the password
- * nor the token ever enters a message.
- */
-static void
-gw_auth_body(StringInfo b)
-{
-	char	   *password = gw_read_password();
-
-	initStringInfo(b);
-	appendStringInfoString(b, "{\"name\":");
-	escape_json(b, etcd_lock_username);
-	appendStringInfoString(b, ",\"password\":");
-	escape_json(b, password);
-	appendStringInfoChar(b, '}');
-	explicit_bzero(password, strlen(password));
-	pfree(password);
-}
-
-/*
- * gw_auth_failed words a failed authentication; never echoes the answer
- * (it may hold a token).
- */
-static void
-gw_auth_failed(EtcdStatus *st, const char *user)
-{
-	char		why[sizeof(st->message)];
-
-	if (st->kind == ETCD_BAD_REPLY)
-		snprintf(st->message, sizeof(st->message), "unexpected answer");
-	snprintf(why, sizeof(why), "%s", st->message);
-	snprintf(st->message, sizeof(st->message), "authentication as etcd user \"%s\" failed: %s",
-			 user, why);
-	st->log_message[0] = '\0';
-}
-
-/*
- * gw_install_token makes token (malloc'd, taken over) this process's, for
- * user, and publishes it for the instance's other processes.
- */
-static void
-gw_install_token(char *token, const char *user)
-{
-	gw_drop_token();
-	gw_token = token;
-	if (gw_token_user)
-		free(gw_token_user);
-	gw_token_user = strdup(user);
-	gw_set_headers();
-	if (gw_hooks && gw_hooks->token_put)
-		gw_hooks->token_put(user, gw_token);
-}
-
-static bool
-gw_authenticate(EtcdStatus *st, int timeout_ms)
-{
-	StringInfoData b;
-	char	   *token = NULL;
-	bool		ok;
-
-	gw_auth_body(&b);
-	gw_drop_token();
-	GW_COUNT(GW_EV_AUTHENTICATE);
-	ok = gw_request("/v3/auth/authenticate", b.data, parse_token, &token, st, timeout_ms);
-	explicit_bzero(b.data, b.len);
-	pfree(b.data);
-	if (!ok)
-	{
-		gw_auth_failed(st, etcd_lock_username);
-		return false;
-	}
-	gw_install_token(token, etcd_lock_username);
-	return true;
-}
-
-static bool gw_async_begin(const char *path, const char *body, EtcdParseFn parse,
-						   void *arg, int timeout_ms, int tag, EtcdStatus *st);
-
-/*
- * gw_auth_async_start starts the worker's authentication as a request in
- * flight, unless one is. Always false: st says ETCD_AUTH_PENDING, or why
- * it could not start.
- */
-static bool
-gw_auth_async_start_ex(EtcdStatus *st, bool keep_token)
-{
-	StringInfoData b;
-	bool		started;
-
-	if (!gw_auth_inflight)
-	{
-		gw_auth_body(&b);
-		if (!keep_token)
-			gw_drop_token();
-		if (gw_auth_for_user)
-			free(gw_auth_for_user);
-		gw_auth_for_user = strdup(etcd_lock_username);
-		if (gw_auth_for_user == NULL)
-			elog(ERROR, "etcd_lock: out of memory");
-		GW_COUNT(GW_EV_AUTHENTICATE);
-		started = gw_async_begin("/v3/auth/authenticate", b.data, parse_token,
-								 &gw_auth_new_token, etcd_lock_request_timeout,
-								 ETCD_ASYNC_AUTH_TAG, st);
-		explicit_bzero(b.data, b.len);
-		pfree(b.data);
-		if (!started)
-			return false;
-		gw_auth_inflight = true;
-	}
-	memset(st, 0, sizeof(*st));
-	st->kind = ETCD_AUTH_PENDING;
-	snprintf(st->message, sizeof(st->message), "waiting for the authentication as etcd user \"%s\"",
-			 gw_auth_for_user ? gw_auth_for_user : "");
-	return false;
-}
-
-static bool
-gw_auth_async_start(EtcdStatus *st)
-{
-	return gw_auth_async_start_ex(st, false);
-}
-
-/*
- * etcd_gateway_recheck_credentials (the worker, after a reload changed
- * etcd_lock.username, etcd_lock.password_file or that file): authenticates
- * with the credentials now set, as a request in flight like
- * etcd_gateway_async_auth's, but keeping the current token until the new
- * one is had. The answer comes under ETCD_ASYNC_AUTH_TAG. False (st says
- * why) if it could not start: no user set, or the password file is bad.
- */
-bool
-etcd_gateway_recheck_credentials(EtcdStatus *st)
-{
-	volatile bool ok = true;
-	MemoryContext cxt = CurrentMemoryContext;
-
-	memset(st, 0, sizeof(*st));
-	if (!(etcd_lock_username && etcd_lock_username[0]))
-		return false;
-	gw_init();
-	if (gw_auth_inflight)
-	{
-		/* an authentication with the credentials of before is in flight */
-		gw_auth_recheck_after = true;
-		return true;
-	}
-	PG_TRY();
-	{
-		(void) gw_auth_async_start_ex(st, true);
-	}
-	PG_CATCH();
-	{
-		/* the password file is missing, empty or readable by others */
-		ErrorData  *e;
-
-		MemoryContextSwitchTo(cxt);
-		e = CopyErrorData();
-		FlushErrorState();
-		memset(st, 0, sizeof(*st));
-		st->kind = ETCD_ERROR_REPLY;
-		snprintf(st->message, sizeof(st->message), "%s", e->message);
-		FreeErrorData(e);
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok && gw_auth_inflight;
-}
-
-/*
- * etcd_gateway_credentials_stamp is a hash of the credentials set now:
- * etcd_lock.username, etcd_lock.password_file and the password in it (or
- * that it cannot be read), so the worker can tell that a reload changed
- * them. 0 when no user is set. The password never leaves this function.
- */
-uint32
-etcd_gateway_credentials_stamp(void)
-{
-	StringInfoData b;
-	uint32		h;
-	char	   *volatile password = NULL;
-	MemoryContext cxt = CurrentMemoryContext;
-
-	if (!(etcd_lock_username && etcd_lock_username[0]))
-		return 0;
-	PG_TRY();
-	{
-		password = gw_read_password();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		FlushErrorState();
-		password = NULL;
-	}
-	PG_END_TRY();
-	initStringInfo(&b);
-	appendStringInfo(&b, "%s%c%s%c", etcd_lock_username, '\0',
-					 etcd_lock_password_file ? etcd_lock_password_file : "", '\0');
-	if (password)
-	{
-		appendStringInfoString(&b, password);
-		explicit_bzero(password, strlen(password));
-		pfree(password);
-	}
-	else
-		appendStringInfoString(&b, "\001unreadable");
-	h = hash_bytes((const unsigned char *) b.data, b.len);
-	explicit_bzero(b.data, b.len);
-	pfree(b.data);
-	return h == 0 ? 1 : h;
-}
-
-/*
- * etcd_gateway_recheck_pending says (once) whether a credentials check
- * asked for while an authentication was in flight is still to be started.
- */
-bool
-etcd_gateway_recheck_pending(void)
-{
-	bool		r = gw_auth_recheck_after && !gw_auth_inflight;
-
-	if (r)
-		gw_auth_recheck_after = false;
-	return r;
-}
-
-/*
- * gw_auth_async_finish takes the answer of the worker's authentication:
- * the token becomes the process's (and the instance's), unless the user
- * changed meanwhile; a failure is worded as gw_authenticate words it.
- */
-static void
-gw_auth_async_finish(EtcdAsyncResult *r)
-{
-	char	   *token = gw_auth_new_token;
-
-	gw_auth_new_token = NULL;
-	gw_auth_inflight = false;
-	if (!r->ok)
-	{
-		if (token)
-		{
-			explicit_bzero(token, strlen(token));
-			free(token);
-		}
-		gw_auth_failed(&r->st, gw_auth_for_user ? gw_auth_for_user : "");
-		return;
-	}
-	if (token && gw_auth_for_user && etcd_lock_username &&
-		strcmp(gw_auth_for_user, etcd_lock_username) == 0)
-		gw_install_token(token, gw_auth_for_user);
-	else if (token)
-	{
-		explicit_bzero(token, strlen(token));
-		free(token);
-	}
-}
-
-/*
- * etcd_gateway_async_auth makes this process (the worker) authenticate as
- * a request in flight among the others, its answer returned by
- * etcd_async_wait under ETCD_ASYNC_AUTH_TAG, instead of waiting for it
- * wherever a token is missing.
- */
-void
-etcd_gateway_async_auth(void)
-{
-	gw_auth_async = true;
-}
-
-/*
- * gw_adopt_shared_token takes the instance's shared token for
- * etcd_lock.username, unless it is the one just rejected. True if one was
- * adopted.
- */
-static bool
-gw_adopt_shared_token(const char *rejected)
-{
-	char		buf[ETCD_GW_MAX_TOKEN];
-
-	if (gw_hooks == NULL || gw_hooks->token_get == NULL ||
-		!gw_hooks->token_get(etcd_lock_username, buf, sizeof(buf)))
-		return false;
-	if (rejected && strcmp(rejected, buf) == 0)
-	{
-		explicit_bzero(buf, sizeof(buf));
-		return false;
-	}
-	gw_drop_token();
-	gw_token = strdup(buf);
-	explicit_bzero(buf, sizeof(buf));
-	if (gw_token == NULL)
-		return false;
-	if (gw_token_user)
-		free(gw_token_user);
-	gw_token_user = strdup(etcd_lock_username);
-	gw_set_headers();
-	return true;
-}
-
-/*
- * etcd_gateway_authenticate makes sure this process has a token when
- * etcd_lock.username is set: the shared one, or a new authentication
- * (published for the others). The worker calls it at start, so backends
- * find a token instead of each authenticating (bcrypt on etcd's side).
- */
-bool
-etcd_gateway_authenticate(EtcdStatus *st)
-{
-	gw_init();
-	gw_apply_tls();
-	memset(st, 0, sizeof(*st));
-	return gw_auth_ready(st, etcd_lock_request_timeout);
-}
 
 /*
  * etcd_request_ex is etcd_request with its own time bound (ms). With
@@ -1819,7 +1407,7 @@ etcd_request_ex(const char *path, const char *body, EtcdParseFn parse,
 		(st->grpc_code == GRPC_UNAUTHENTICATED || st->http_status == 401) &&
 		GetCurrentTimestamp() < deadline)
 	{
-		char	   *rejected = gw_token ? pstrdup(gw_token) : NULL;
+		char	   *rejected = gw_auth_token() ? pstrdup(gw_auth_token()) : NULL;
 
 		/* another process may have authenticated again already */
 		if (gw_adopt_shared_token(rejected))
@@ -1891,29 +1479,6 @@ etcd_request_or_error(const char *path, const char *body, EtcdParseFn parse,
  * ---------------------------------------------------------------------
  */
 
-/*
- * gw_auth_ready makes sure a token is at hand when etcd_lock.username is
- * set (authenticating if needed, within timeout_ms); false with st filled
- * if authentication failed.
- */
-static bool
-gw_auth_ready(EtcdStatus *st, int timeout_ms)
-{
-	bool		auth = etcd_lock_username && etcd_lock_username[0];
-
-	if (!auth && gw_token)
-		gw_drop_token();
-	if (auth && gw_token && (!gw_token_user || strcmp(gw_token_user, etcd_lock_username) != 0))
-		gw_drop_token();
-	if (auth && !gw_token && !gw_adopt_shared_token(gw_rejected))
-	{
-		if (gw_auth_async)
-			return gw_auth_async_start(st);
-		if (!gw_authenticate(st, timeout_ms))
-			return false;
-	}
-	return true;
-}
 
 /*
  * etcd_async_start starts a request that runs while the caller goes on:
@@ -1941,7 +1506,7 @@ etcd_async_start(const char *path, const char *body, EtcdParseFn parse,
  * gw_async_begin puts one request on gw_multi (etcd_async_start without
  * the token check).
  */
-static bool
+bool
 gw_async_begin(const char *path, const char *body, EtcdParseFn parse,
 			   void *arg, int timeout_ms, int tag, EtcdStatus *st)
 {
@@ -2166,9 +1731,9 @@ etcd_ka_stream_open(EtcdStatus *st)
 	gw_ka_headers = curl_slist_append(gw_ka_headers, "Transfer-Encoding: chunked");
 	gw_ka_headers = curl_slist_append(gw_ka_headers, "Expect: 100-continue");
 	gw_ka_headers = curl_slist_append(gw_ka_headers, "Grpc-Metadata-hasleader: true");
-	if (gw_token)
+	if (gw_auth_token())
 	{
-		char	   *auth = psprintf("Authorization: %s", gw_token);
+		char	   *auth = psprintf("Authorization: %s", gw_auth_token());
 
 		gw_ka_headers = curl_slist_append(gw_ka_headers, auth);
 		explicit_bzero(auth, strlen(auth));

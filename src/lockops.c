@@ -1,6 +1,8 @@
 /*
  * lockops.c
- *		etcd_lock's lock algorithm, expressed as etcd requests.
+ *		etcd_lock's lock algorithm, expressed as etcd requests: acquire
+ *		(one name or several in one txn), wait (the predecessor watch,
+ *		handoff, semaphore admission), release, verification.
  *
  * It is etcd's Go concurrency.Mutex algorithm, so both exclude each other:
  * a lock name N is the key range "<prefix>N/", each contender puts its key
@@ -8,6 +10,10 @@
  * with the lowest create_revision. A waiter watches only its predecessor
  * (the key created just before its own), so one release wakes one waiter.
  * See src/README.md for the invariants.
+ *
+ * May call: keys.h (the key scheme), deadlock detection, gateway.h. The key
+ * scheme, lease requests, deadlock detection, elections and the holders
+ * report are in keys.c, lease.c, deadlock.c, election.c and holders.c.
  */
 #include "postgres.h"
 
@@ -23,270 +29,13 @@
 
 #include "gateway.h"
 #include "lockops.h"
-
-/*
- * etcd_key_marker is the suffix of a key of the given kind after the lease
- * hex ("" for exclusive keys, which are etcd's Go mutex keys).
- */
-const char *
-etcd_key_marker(EtcdKeyKind kind, int permits)
-{
-	switch (kind)
-	{
-		case ETCD_KEY_SHARED:
-			return ".shared";
-		case ETCD_KEY_SEMAPHORE:
-			return psprintf(".sem%d", permits);
-		default:
-			return "";
-	}
-}
-
-const char *
-etcd_kind_name(EtcdKeyKind kind)
-{
-	switch (kind)
-	{
-		case ETCD_KEY_SHARED:
-			return "shared";
-		case ETCD_KEY_SEMAPHORE:
-			return "semaphore";
-		case ETCD_KEY_ELECTION:
-			return "election";
-		default:
-			return "exclusive";
-	}
-}
-
-/*
- * etcd_lock_keys fills k with the range prefix and our key for name, of
- * the given kind (permits: a semaphore's N).
- */
-void
-etcd_lock_keys(EtcdLockKeys *k, const char *prefix, const char *name,
-			   int64 lease_id, EtcdKeyKind kind, int permits)
-{
-	k->prefix = pstrdup(prefix ? prefix : "");
-	k->prefixlen = strlen(k->prefix);
-	k->lease_id = lease_id;
-	k->pfx = psprintf("%s%s/", prefix ? prefix : "", name);
-	k->pfxlen = strlen(k->pfx);
-	k->kind = kind;
-	k->permits = kind == ETCD_KEY_SEMAPHORE ? permits : 0;
-	k->key = psprintf("%s%llx%s", k->pfx, (unsigned long long) lease_id,
-					  etcd_key_marker(kind, permits));
-	k->keylen = strlen(k->key);
-}
-
-/*
- * append_range_end appends the base64 of the end of the range of all keys
- * starting with pfx: pfx with its last byte incremented, dropping trailing
- * 0xff bytes ("\0" means "to the end of the key space").
- */
-static void
-append_range_end(StringInfo buf, const char *pfx, int len)
-{
-	char	   *end = palloc(len + 1);
-	int			n = len;
-
-	memcpy(end, pfx, len);
-	while (n > 0 && (unsigned char) end[n - 1] == 0xff)
-		n--;
-	if (n == 0)
-	{
-		end[0] = '\0';
-		n = 1;
-	}
-	else
-		end[n - 1]++;
-	etcd_append_b64(buf, end, n);
-	pfree(end);
-}
-
-/* ---- lease calls ---- */
-
-typedef struct LeaseReply
-{
-	int64		id;
-	int64		ttl;
-} LeaseReply;
-
-static bool
-parse_lease_grant(json_t *root, void *arg)
-{
-	LeaseReply *r = arg;
-
-	return etcd_json_int64(root, "ID", &r->id) &&
-		etcd_json_int64(root, "TTL", &r->ttl) && r->id != 0 && r->ttl > 0;
-}
-
-/*
- * etcd_parse_lease_grant reads a grant's answer: *(int64 *) arg is the
- * granted ID (0 if the answer has none).
- */
-bool
-etcd_parse_lease_grant(json_t *root, void *arg)
-{
-	LeaseReply	r = {0};
-
-	if (!parse_lease_grant(root, &r))
-		return false;
-	*(int64 *) arg = r.id;
-	return true;
-}
-
-/*
- * etcd_new_lease_id returns a random positive 63-bit lease ID (see
- * etcd_lease_grant), and the body of its grant in *body (palloc'd).
- */
-int64
-etcd_new_lease_id(int ttl, char **body)
-{
-	uint64		id = 0;
-
-	while (id == 0)
-	{
-		if (!pg_strong_random(&id, sizeof(id)))
-			elog(ERROR, "etcd_lock: could not generate a random lease ID");
-		id &= UINT64CONST(0x7fffffffffffffff);
-	}
-	*body = psprintf("{\"ID\":\"" INT64_FORMAT "\",\"TTL\":\"%d\"}", (int64) id, ttl);
-	return (int64) id;
-}
-
-/*
- * etcd_lease_grant asks etcd for the lease id (from etcd_new_lease_id, with
- * its body); returns its ID.
- *
- * The ID is chosen here (63 random bits), not by etcd, so the grant is safe
- * to resend: a grant applied once whose answer was lost, then resent (by
- * libcurl or by failover), answers "lease already exists" (HTTP 412, code
- * 9) the second time, and that lease is ours. A server-chosen ID would
- * leave an orphan lease behind each lost answer. A collision with another
- * client's lease is a 2^-63 chance per grant.
- */
-int64
-etcd_lease_grant(int64 id, const char *body)
-{
-	LeaseReply	r = {0};
-	EtcdStatus	st;
-
-	if (etcd_request("/v3/lease/grant", body, parse_lease_grant, &r, &st))
-	{
-		if (r.id != (int64) id)
-			ereport(ERROR,
-					(errcode(ERRCODE_SYSTEM_ERROR),
-					 errmsg("etcd_lock: could not grant a lease: etcd granted another ID than the one asked for")));
-		return r.id;
-	}
-	if (st.kind == ETCD_ERROR_REPLY && st.grpc_code == GRPC_FAILED_PRECONDITION)
-		return (int64) id;		/* our own earlier, resent grant */
-	etcd_report_status(&st, "grant a lease");
-}
-
-/*
- * etcd_parse_keepalive reads a keepalive answer into *(int64 *) arg: the
- * new TTL, or 0 if the lease no longer exists (etcd then answers a result
- * without TTL).
- */
-bool
-etcd_parse_keepalive(json_t *root, void *arg)
-{
-	json_t	   *res = json_object_get(root, "result");
-
-	if (!json_is_object(res))
-		return false;
-	return etcd_json_int64(res, "TTL", (int64 *) arg);
-}
-
-/*
- * etcd_lease_body is the body of a keepalive or revoke of lease_id.
- */
-char *
-etcd_lease_body(int64 lease_id)
-{
-	return psprintf("{\"ID\":\"" INT64_FORMAT "\"}", lease_id);
-}
+#include "keys.h"
 
 /* ---- acquire ---- */
 
-static EtcdKeyKind key_kind(const char *pfx, int pfxlen, const char *key,
-							int keylen, int64 *lease, int *permits);
 static bool parse_create_rev(json_t *root, void *arg);
 
 #define TRY_PAGE	64			/* oldest keys a failed try-lock reads */
-
-/*
- * kv_fields reads what the lock algorithm needs of one listed key: the key
- * (palloc'd, decoded), its create_revision, mod_revision and the lease etcd
- * listed with it — 0 when the answer does not say, which is not "no lease":
- * etcd 3.7.0-3.7.3 leave `lease` out of every keys-only answer (etcd issue
- * #22209). Only key_kind reads that lease, and it decides from the key's
- * name. False if the entry is malformed.
- */
-static bool
-kv_fields(json_t *kv, char **key, int *keylen, int64 *rev, int64 *modrev,
-		  int64 *lease)
-{
-	json_t	   *jkey = json_object_get(kv, "key");
-
-	if (!json_is_string(jkey) || !etcd_json_int64(kv, "create_revision", rev) ||
-		!etcd_json_int64(kv, "lease", lease))
-		return false;
-	if (!etcd_json_int64(kv, "mod_revision", modrev))
-		*modrev = *rev;
-	*key = etcd_b64_decode(json_string_value(jkey), keylen);
-	return *key != NULL;
-}
-
-/*
- * A name is a lock (exclusive and shared keys, Go mutex and election keys)
- * or a semaphore of N permits: mixing them on one name is an error, found
- * by whoever lists a key of the other family.
- */
-static const char *
-kind_conflict(const EtcdLockKeys *k, EtcdKeyKind kind, int permits)
-{
-	if ((k->kind == ETCD_KEY_SEMAPHORE) != (kind == ETCD_KEY_SEMAPHORE))
-		return k->kind == ETCD_KEY_SEMAPHORE ? "lock" : "semaphore";
-	if (kind == ETCD_KEY_SEMAPHORE && permits != k->permits)
-		return psprintf("semaphore with %d permits", permits);
-	return NULL;
-}
-
-/* an SQL lock holder's value (lt_value), as opposed to a candidate's */
-static bool
-is_lock_holder_value(const char *v)
-{
-	return v != NULL && strncmp(v, "{\"instance\":", 12) == 0;
-}
-
-/*
- * kinds_block is the one rule of which older lock key keeps a key from
- * holding (for keys of different leases: a session's own keys never block
- * each other): exclusive on either side blocks, shared keys never block
- * shared ones, and permit keys only count against permit keys (the first N
- * hold: the caller counts). Used by the waits, the try-lock, the deadlock
- * detector and etcd_lock_holders.
- */
-static bool
-kinds_block(EtcdKeyKind mine, EtcdKeyKind older)
-{
-	if (mine == ETCD_KEY_SEMAPHORE || older == ETCD_KEY_SEMAPHORE)
-		return mine == older;
-	return mine != ETCD_KEY_SHARED || older != ETCD_KEY_SHARED;
-}
-
-/*
- * key_blocks says whether a lock key of the name (kind, lease) keeps k's
- * key from holding when it is older (kinds_block), or for a semaphore
- * counts as one of the permit keys ahead.
- */
-static bool
-key_blocks(const EtcdLockKeys *k, EtcdKeyKind kind, int64 lease)
-{
-	return lease != k->lease_id && kinds_block(k->kind, kind);
-}
 
 /* The first lock key of a name found in a page of listed keys. */
 typedef struct LockKeyScan
@@ -310,9 +59,9 @@ typedef struct LockKeyScan
 
 /*
  * scan_lock_keys looks through a page of keys (kvs of a range answer, in
- * the order asked for) for the first key that blocks ours (key_blocks) or
+ * the order asked for) for the first key that blocks ours (ek_key_blocks) or
  * is ours, counts the blocking ones, and notes whether the page's first
- * lock key is of another kind family (kind_conflict). Keys of nested names
+ * lock key is of another kind family (ek_kind_conflict). Keys of nested names
  * and other data are skipped.
  * False if the page is malformed.
  */
@@ -346,11 +95,11 @@ scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
 		bool		mine,
 					blocks;
 
-		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
+		if (!ek_kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
 			return false;
 		out->nread++;
 		out->last_rev = rev;
-		kind = key_kind(k->pfx, k->pfxlen, key, keylen, &lease, &permits);
+		kind = ek_key_kind(k->pfx, k->pfxlen, key, keylen, &lease, &permits);
 		if (kind == ETCD_KEY_NONE)
 		{
 			pfree(key);
@@ -364,10 +113,10 @@ scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
 		 * with the holder.
 		 */
 		if (!out->seen_lock_key)
-			out->conflict = kind_conflict(k, kind, permits);
+			out->conflict = ek_kind_conflict(k, kind, permits);
 		out->seen_lock_key = true;
 		mine = keylen == k->keylen && memcmp(key, k->key, keylen) == 0;
-		blocks = !mine && key_blocks(k, kind, lease);
+		blocks = !mine && ek_key_blocks(k, kind, lease);
 		if (blocks)
 		{
 			if (out->nblocking < out->keep_max)
@@ -395,7 +144,7 @@ scan_lock_keys(const EtcdLockKeys *k, json_t *kvs, LockKeyScan *out)
 
 /*
  * raise_conflict ends the call if a key of another kind family was listed
- * under the name (see kind_conflict).
+ * under the name (see ek_kind_conflict).
  */
 static void
 raise_conflict(const EtcdLockKeys *k, const char *conflict)
@@ -461,32 +210,6 @@ try_scan(AcquireReply *r, json_t *kvs)
 	return true;
 }
 
-/*
- * first_kv returns kvs[0] of responses[i].response_range, or NULL if the
- * range is empty; sets *ok false on a malformed answer.
- */
-static json_t *
-first_kv(json_t *responses, size_t i, bool *ok)
-{
-	json_t	   *rr = json_object_get(json_array_get(responses, i), "response_range");
-	json_t	   *kvs;
-
-	if (!json_is_object(rr))
-	{
-		*ok = false;
-		return NULL;
-	}
-	kvs = json_object_get(rr, "kvs");
-	if (kvs == NULL)
-		return NULL;
-	if (!json_is_array(kvs))
-	{
-		*ok = false;
-		return NULL;
-	}
-	return json_is_object(json_array_get(kvs, 0)) ? json_array_get(kvs, 0) : NULL;
-}
-
 static bool
 parse_acquire(json_t *root, void *arg)
 {
@@ -519,7 +242,7 @@ parse_acquire(json_t *root, void *arg)
 		 * failover). Then it is ours, and the holder if it is the oldest
 		 * lock key.
 		 */
-		mine = first_kv(responses, 0, &ok);
+		mine = ek_first_kv(responses, 0, &ok);
 		if (!ok || !etcd_json_int64(mine, "create_revision", &r->rev) ||
 			!json_is_object(rr))
 			return false;
@@ -528,13 +251,13 @@ parse_acquire(json_t *root, void *arg)
 	else if (!succeeded)
 	{
 		/* our key existed already: read its create_revision */
-		mine = first_kv(responses, 0, &ok);
+		mine = ek_first_kv(responses, 0, &ok);
 		if (!ok || !etcd_json_int64(mine, "create_revision", &r->rev))
 			return false;
 		if (mine == NULL)
 			return false;		/* existed at compare, gone at range: cannot be */
 	}
-	oldest = first_kv(responses, 1, &ok);
+	oldest = ek_first_kv(responses, 1, &ok);
 	if (!ok || oldest == NULL ||
 		!etcd_json_int64(oldest, "create_revision", &oldest_rev))
 		return false;
@@ -595,7 +318,7 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 	{
 		etcd_append_b64(&b, k->pfx, k->pfxlen);
 		appendStringInfoString(&b, "\",\"range_end\":\"");
-		append_range_end(&b, k->pfx, k->pfxlen);
+		ek_append_range_end(&b, k->pfx, k->pfxlen);
 	}
 	else
 		appendStringInfoString(&b, key64.data);
@@ -610,7 +333,7 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 		appendStringInfoString(&oldest, "{\"request_range\":{\"key\":\"");
 		etcd_append_b64(&oldest, k->pfx, k->pfxlen);
 		appendStringInfoString(&oldest, "\",\"range_end\":\"");
-		append_range_end(&oldest, k->pfx, k->pfxlen);
+		ek_append_range_end(&oldest, k->pfx, k->pfxlen);
 		/* a failed try reads a page, to tell lock keys from other data */
 		appendStringInfo(&oldest, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
 						 "\"limit\":\"%d\",\"keys_only\":true}}", try_only ? TRY_PAGE : 1);
@@ -686,7 +409,7 @@ parse_acquire_many(json_t *root, void *arg)
 		for (i = 0; i < r->n; i++)
 		{
 			bool		ok = true;
-			json_t	   *mine = first_kv(responses, i, &ok);
+			json_t	   *mine = ek_first_kv(responses, i, &ok);
 			int64		krev = 0;
 
 			if (!ok)
@@ -702,7 +425,7 @@ parse_acquire_many(json_t *root, void *arg)
 	for (i = 0; i < r->n && r->with_oldest; i++)
 	{
 		bool		ok = true;
-		json_t	   *oldest = first_kv(responses, r->n + i, &ok);
+		json_t	   *oldest = ek_first_kv(responses, r->n + i, &ok);
 		json_t	   *okey;
 		int64		orev = 0;
 		char	   *key;
@@ -770,7 +493,7 @@ etcd_lock_acquire_many(EtcdLockKeys *ks, int n, int64 lease_id,
 		appendStringInfoString(&b, ",{\"request_range\":{\"key\":\"");
 		etcd_append_b64(&b, ks[i].pfx, ks[i].pfxlen);
 		appendStringInfoString(&b, "\",\"range_end\":\"");
-		append_range_end(&b, ks[i].pfx, ks[i].pfxlen);
+		ek_append_range_end(&b, ks[i].pfx, ks[i].pfxlen);
 		appendStringInfoString(&b, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\","
 							   "\"limit\":\"1\",\"keys_only\":true}}");
 	}
@@ -799,492 +522,9 @@ etcd_lock_acquire_many(EtcdLockKeys *ks, int n, int64 lease_id,
 	*rev = r.rev;
 }
 
-/* ---- which keys are lock keys ---- */
-
-/*
- * key_kind says what key (keylen bytes) is to the name whose range is pfx:
- * a lock key is a direct child whose last segment is a lease ID in
- * lower-case hex (as etcd's Go client and we name keys: no leading zero,
- * at most 63 bits), optionally followed by ".<marker>" ([a-z0-9_]+): none
- * is exclusive, "shared" shared, "sem<N>" one of N semaphore permits
- * (*permits = N). Keys of nested names ("<name>/x/...") and any other data
- * under the range are not lock keys (ETCD_KEY_NONE): they neither hold nor
- * queue. A marker this version does not know counts as exclusive, never as
- * nothing: a newer node's key must not be ignored during an upgrade.
- *
- * The decision rests on the key's name, which every answer carries, and
- * never on the absence of a field: *lease is the lease etcd listed with
- * the key, 0 if the answer did not say (etcd 3.7.0-3.7.3 omit it from
- * keys-only ranges, 3.4-3.6 and later 3.7 carry it; a mixed cluster answers
- * both ways). Unsaid, the key counts as a lock key of the lease its name
- * gives (fail closed: a leaseless key named like one blocks, as every key
- * under the name blocks a Go mutex). Only a lease etcd states and that
- * differs from the name makes the key other data. On a lock key *lease is
- * set to the lease its name gives.
- */
-static EtcdKeyKind
-key_kind(const char *pfx, int pfxlen, const char *key, int keylen, int64 *lease,
-		 int *permits)
-{
-	const char *rest = key + pfxlen;
-	int			restlen = keylen - pfxlen;
-	uint64		named = 0;
-	int			hexlen,
-				i;
-	const char *marker;
-	int			mlen;
-
-	if (restlen <= 0 || keylen < pfxlen ||
-		memcmp(key, pfx, pfxlen) != 0 || memchr(rest, '/', restlen) != NULL)
-		return ETCD_KEY_NONE;
-	for (hexlen = 0; hexlen < restlen && hexlen <= 16; hexlen++)
-	{
-		char		c = rest[hexlen];
-
-		if (c >= '0' && c <= '9')
-			named = (named << 4) | (uint64) (c - '0');
-		else if (c >= 'a' && c <= 'f')
-			named = (named << 4) | (uint64) (c - 'a' + 10);
-		else
-			break;
-	}
-	/* canonical %llx of a positive int64: 1-16 digits, no leading zero */
-	if (hexlen == 0 || hexlen > 16 || rest[0] == '0' || named > (uint64) PG_INT64_MAX)
-		return ETCD_KEY_NONE;
-	if (*lease != 0 && (uint64) *lease != named)
-		return ETCD_KEY_NONE;
-	*lease = (int64) named;
-	if (restlen == hexlen)
-		return ETCD_KEY_EXCLUSIVE;
-	if (rest[hexlen] != '.' || restlen == hexlen + 1)
-		return ETCD_KEY_NONE;
-	for (i = hexlen + 1; i < restlen; i++)
-		if (!((rest[i] >= 'a' && rest[i] <= 'z') || (rest[i] >= '0' && rest[i] <= '9') ||
-			  rest[i] == '_'))
-			return ETCD_KEY_NONE;
-	marker = rest + hexlen + 1;
-	mlen = restlen - hexlen - 1;
-	if (mlen == 6 && memcmp(marker, "shared", 6) == 0)
-		return ETCD_KEY_SHARED;
-	if (mlen > 3 && mlen <= 7 && memcmp(marker, "sem", 3) == 0 && marker[3] != '0')
-	{
-		int			n = 0;
-
-		for (i = 3; i < mlen && marker[i] >= '0' && marker[i] <= '9'; i++)
-			n = n * 10 + (marker[i] - '0');
-		if (i == mlen && n >= 1 && n <= ETCD_MAX_PERMITS)
-		{
-			if (permits)
-				*permits = n;
-			return ETCD_KEY_SEMAPHORE;
-		}
-	}
-	return ETCD_KEY_EXCLUSIVE;	/* unknown marker: fail-safe */
-}
-
-/*
- * listed_lock_name says whether key (keylen bytes, attached to lease),
- * listed from a range over prefix, is the lock key of some name: returns
- * the length of that name (the part between the prefix and the last
- * slash) and the key's kind (*kind, *permits), or -1 for any other key
- * (lockops' rule, key_kind).
- */
-static int
-listed_lock_name(const char *prefix, int prefixlen, const char *key,
-				 int keylen, int64 *lease, EtcdKeyKind *kind, int *permits)
-{
-	const char *slash = (int) strlen(key) == keylen ? strrchr(key, '/') : NULL;
-
-	if (slash == NULL || keylen < prefixlen || slash < key + prefixlen + 1 ||
-		memcmp(key, prefix, prefixlen) != 0)
-		return -1;
-	*permits = 0;
-	*kind = key_kind(key, slash + 1 - key, key, keylen, lease, permits);
-	if (*kind == ETCD_KEY_NONE)
-		return -1;
-	return (int) (slash - key) - prefixlen;
-}
-
-/* ---- every lock key under a prefix (deadlock detection, holders) ---- */
-
-/* One lock key listed from a range over the prefix (listed_lock_name). */
-typedef struct ListedKey
-{
-	char	   *name;			/* lock name (prefix stripped) */
-	char	   *key;			/* full key */
-	int			keylen;
-	int64		rev;			/* create_revision */
-	int64		lease;
-	EtcdKeyKind kind;
-	int			permits;
-	char	   *value;			/* decoded; "" if none or keys only */
-	int			lidx;			/* deadlock graph: index of its lease */
-} ListedKey;
-
-typedef struct ListedKeys
-{
-	const char *prefix;
-	int			prefixlen;
-	int			max;			/* more keys than this in the answer: too_many
-								 * (0: no limit) */
-	bool		too_many;
-	bool		no_permits;		/* leave permit keys out */
-	ListedKey  *keys;
-	int			n;
-	int			cap;
-} ListedKeys;
-
-/*
- * parse_listed keeps the lock keys among the keys of a range over the
- * prefix (other applications' keys are skipped): for each, the name is what
- * lies between the prefix and the last slash.
- */
-static bool
-parse_listed(json_t *root, void *arg)
-{
-	ListedKeys *r = arg;
-	json_t	   *kvs = json_object_get(root, "kvs");
-	json_t	   *kv;
-	size_t		i;
-
-	if (kvs == NULL)
-		return true;
-	if (!json_is_array(kvs))
-		return false;
-	if (r->max > 0 && (int) json_array_size(kvs) > r->max)
-	{
-		r->too_many = true;
-		return true;
-	}
-	json_array_foreach(kvs, i, kv)
-	{
-		json_t	   *jval = json_object_get(kv, "value");
-		int64		rev,
-					modrev,
-					lease;
-		char	   *key,
-				   *val = NULL;
-		int			keylen,
-					namelen,
-					permits;
-		EtcdKeyKind kind;
-		ListedKey  *lk;
-
-		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
-			return false;
-		namelen = listed_lock_name(r->prefix, r->prefixlen, key, keylen, &lease,
-								   &kind, &permits);
-		if (namelen < 0 || (r->no_permits && kind == ETCD_KEY_SEMAPHORE))
-		{
-			pfree(key);
-			continue;
-		}
-		if (json_is_string(jval))
-			val = etcd_b64_decode(json_string_value(jval), NULL);
-		if (r->n >= r->cap)
-		{
-			r->cap = r->cap ? r->cap * 2 : 64;
-			r->keys = r->keys ? repalloc(r->keys, r->cap * sizeof(ListedKey)) :
-				palloc(r->cap * sizeof(ListedKey));
-		}
-		lk = &r->keys[r->n++];
-		lk->name = pnstrdup(key + r->prefixlen, namelen);
-		lk->key = key;
-		lk->keylen = keylen;
-		lk->rev = rev;
-		lk->lease = lease;
-		lk->kind = kind;
-		lk->permits = permits;
-		lk->value = val ? val : pstrdup("");
-		lk->lidx = -1;
-	}
-	return true;
-}
-
-/* by name, then oldest first */
-static int
-listed_cmp(const void *a, const void *b)
-{
-	const ListedKey *x = a;
-	const ListedKey *y = b;
-	int			c = strcmp(x->name, y->name);
-
-	if (c != 0)
-		return c;
-	return x->rev < y->rev ? -1 : x->rev > y->rev;
-}
-
-/*
- * append_prefix_range appends "key" and "range_end" (without the braces)
- * of every key starting with start; an empty start is the whole key space.
- */
-static void
-append_prefix_range(StringInfo b, const char *start, int len)
-{
-	appendStringInfoString(b, "\"key\":\"");
-	if (len == 0)
-	{
-		etcd_append_b64(b, "\0", 1);
-		appendStringInfoString(b, "\",\"range_end\":\"");
-		etcd_append_b64(b, "\0", 1);
-	}
-	else
-	{
-		etcd_append_b64(b, start, len);
-		appendStringInfoString(b, "\",\"range_end\":\"");
-		append_range_end(b, start, len);
-	}
-	appendStringInfoChar(b, '"');
-}
-
-/* ---- deadlock detection across instances ---- */
-
-typedef struct DlValues
-{
-	int			n;
-	bool	   *sql;			/* the key holds an SQL holder's JSON value */
-} DlValues;
-
-static bool
-parse_dl_values(json_t *root, void *arg)
-{
-	DlValues   *v = arg;
-	json_t	   *responses = json_object_get(root, "responses");
-	int			i;
-
-	if (!json_is_array(responses) || (int) json_array_size(responses) != v->n)
-		return false;
-	for (i = 0; i < v->n; i++)
-	{
-		bool		ok = true;
-		json_t	   *kv = first_kv(responses, i, &ok);
-		json_t	   *jval;
-		char	   *val;
-
-		if (!ok)
-			return false;
-		v->sql[i] = false;
-		jval = kv ? json_object_get(kv, "value") : NULL;
-		if (!json_is_string(jval))
-			continue;
-		val = etcd_b64_decode(json_string_value(jval), NULL);
-		v->sql[i] = val != NULL && val[0] == '{' && strstr(val, "\"instance\"") != NULL;
-		if (val)
-			pfree(val);
-	}
-	return true;
-}
-
-/*
- * etcd_deadlock_check raises 40P01 if this waiter (our key k->key, revision
- * rev) closes a cycle of waits and is its victim.
- *
- * The wait-for graph comes from one range read of every key under the
- * prefix (keys only; one revision, so all edges are seen at the same
- * moment): a lease waits for the holder (oldest lock key) of every name
- * where it has a lock key that does not hold. A cycle through our lease is
- * a deadlock. Exactly one victim per cycle: the youngest SQL wait key in it
- * (highest create_revision among the cycle's waiting keys whose value is an
- * SQL holder's JSON), like PostgreSQL's detector failing one waiter; every
- * other member keeps waiting, and the victim finds the same cycle at its own
- * next check. A Go session shares one lease across goroutines, so a cycle
- * through a Go lease may not be a real deadlock: an over-approximation there.
- * Does not use /v3/lease/timetolive with keys (it needs read permission on
- * every key of a lease since etcd 3.4.26 / 3.5.9, CVE-2023-32082).
- */
-void
-etcd_deadlock_check(const EtcdLockKeys *k, int64 rev)
-{
-	static bool said_too_many = false;
-	static bool said_failed = false;
-	EtcdStatus	st;
-	ListedKeys	r = {0};
-	StringInfoData b;
-	int64	   *leases;
-	int		   *name_start;		/* per key: index of its name's first key */
-	int			nleases = 0,
-				i,
-				j;
-	int		   *parent_edge;	/* per lease: the wait key by which it was
-								 * reached */
-	int		   *parent_tgt;		/* ... and the key it waits for */
-	int		   *stack;
-	int			sp = 0;
-	bool	   *seen;
-	int			our,
-				found_edge = -1,
-				found_tgt = -1;
-
-	if (etcd_lock_deadlock_max_keys <= 0)
-		return;
-	r.prefix = k->prefix;
-	r.prefixlen = k->prefixlen;
-	r.max = etcd_lock_deadlock_max_keys;
-	r.no_permits = true;		/* a semaphore wait is an OR-wait: left out */
-	initStringInfo(&b);
-	appendStringInfoChar(&b, '{');
-	append_prefix_range(&b, k->prefix, k->prefixlen);
-	appendStringInfo(&b, ",\"keys_only\":true,\"limit\":\"%d\"}", r.max + 1);
-
-	/*
-	 * Detection must never end a wait by itself: if etcd refuses the read
-	 * (a role that may not read the whole prefix, say), say so once in the
-	 * log and go on waiting without it.
-	 */
-	if (!etcd_request("/v3/kv/range", b.data, parse_listed, &r, &st))
-	{
-		if (!said_failed)
-			ereport(LOG,
-					(errmsg("etcd_lock: deadlock detection skipped: could not read the keys under the prefix"),
-					 errdetail("%s", st.message),
-					 errhint("Give the etcd role read access to all of etcd_lock.prefix, or set a prefix it can read.")));
-		said_failed = true;
-		return;
-	}
-	if (r.too_many)
-	{
-		if (!said_too_many)
-			ereport(LOG,
-					(errmsg("etcd_lock: deadlock detection skipped: more than %d keys under the prefix",
-							r.max),
-					 errhint("Raise etcd_lock.deadlock_max_keys, or set etcd_lock.prefix so that lock keys are apart from other data.")));
-		said_too_many = true;
-		return;
-	}
-	if (r.n < 2)
-		return;
-	qsort(r.keys, r.n, sizeof(ListedKey), listed_cmp);
-
-	/* leases as graph nodes; each key knows where its name's keys start */
-	leases = palloc(sizeof(int64) * r.n);
-	name_start = palloc(sizeof(int) * r.n);
-	for (i = 0; i < r.n; i++)
-	{
-		name_start[i] = (i > 0 && strcmp(r.keys[i].name, r.keys[i - 1].name) == 0) ?
-			name_start[i - 1] : i;
-		for (j = 0; j < nleases && leases[j] != r.keys[i].lease; j++)
-			;
-		if (j == nleases)
-			leases[nleases++] = r.keys[i].lease;
-		r.keys[i].lidx = j;
-	}
-	for (our = 0; our < nleases && leases[our] != k->lease_id; our++)
-		;
-	if (our == nleases)
-		return;
-
-	/*
-	 * Depth-first search from our lease along "waits for" edges: key i of
-	 * lease L waits for every older key j of its name that blocks it
-	 * (another lease's key, exclusive on either side): an edge L ->
-	 * lease(j) for each. A key waits until all of them are gone, so any
-	 * cycle is a deadlock.
-	 */
-	parent_edge = palloc(sizeof(int) * nleases);
-	parent_tgt = palloc(sizeof(int) * nleases);
-	seen = palloc0(sizeof(bool) * nleases);
-	stack = palloc(sizeof(int) * (nleases + 1));
-	stack[sp++] = our;
-	seen[our] = true;
-	while (sp > 0 && found_edge < 0)
-	{
-		int			l = stack[--sp];
-
-		for (i = 0; i < r.n && found_edge < 0; i++)
-		{
-			ListedKey  *w = &r.keys[i];
-
-			if (w->lidx != l)
-				continue;
-			for (j = name_start[i]; j < i && found_edge < 0; j++)
-			{
-				ListedKey  *h = &r.keys[j];
-
-				if (h->lease == w->lease || !kinds_block(w->kind, h->kind))
-					continue;
-				if (h->lidx == our)
-				{
-					found_edge = i; /* back at our lease: a cycle */
-					found_tgt = j;
-				}
-				else if (!seen[h->lidx])
-				{
-					seen[h->lidx] = true;
-					parent_edge[h->lidx] = i;
-					parent_tgt[h->lidx] = j;
-					stack[sp++] = h->lidx;
-				}
-			}
-		}
-	}
-	if (found_edge < 0)
-		return;
-
-	/* the cycle's wait keys, from the closing edge back to our lease */
-	{
-		int		   *cyc = palloc(sizeof(int) * (nleases + 1));
-		int		   *tgt = palloc(sizeof(int) * (nleases + 1));
-		int			nc = 0,
-					victim = -1,
-					l;
-		DlValues	v;
-		StringInfoData detail;
-
-		cyc[nc] = found_edge;
-		tgt[nc++] = found_tgt;
-		l = r.keys[found_edge].lidx;
-		while (l != our && nc <= nleases)
-		{
-			cyc[nc] = parent_edge[l];
-			tgt[nc++] = parent_tgt[l];
-			l = r.keys[parent_edge[l]].lidx;
-		}
-
-		/* which of them are SQL sessions' keys: one read of their values */
-		v.n = nc;
-		v.sql = palloc0(sizeof(bool) * nc);
-		resetStringInfo(&b);
-		appendStringInfoString(&b, "{\"success\":[");
-		for (i = 0; i < nc; i++)
-		{
-			appendStringInfo(&b, "%s{\"request_range\":{\"key\":\"", i ? "," : "");
-			etcd_append_b64(&b, r.keys[cyc[i]].key, r.keys[cyc[i]].keylen);
-			appendStringInfoString(&b, "\"}}");
-		}
-		appendStringInfoString(&b, "]}");
-		if (!etcd_request("/v3/kv/txn", b.data, parse_dl_values, &v, &st))
-			return;				/* checked again later */
-		for (i = 0; i < nc; i++)
-			if (v.sql[i] && (victim < 0 || r.keys[cyc[i]].rev > r.keys[cyc[victim]].rev))
-				victim = i;
-		if (victim < 0 || r.keys[cyc[victim]].lease != k->lease_id ||
-			r.keys[cyc[victim]].rev != rev)
-			return;				/* another member of the cycle is its victim */
-
-		initStringInfo(&detail);
-		for (i = nc - 1; i >= 0; i--)
-		{
-			ListedKey  *w = &r.keys[cyc[i]];
-			ListedKey  *h = &r.keys[tgt[i]];
-
-			appendStringInfo(&detail, "%sLease %llx waits for etcd lock \"%s\" (%s), held or awaited by lease %llx (%s).",
-							 detail.len ? "\n" : "", (unsigned long long) w->lease, w->name,
-							 etcd_kind_name(w->kind), (unsigned long long) h->lease,
-							 etcd_kind_name(h->kind));
-		}
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
-				 errmsg("deadlock detected"),
-				 errdetail("%s", detail.data),
-				 errhint("This session (lease %llx) was chosen as the victim: the youngest waiter in the cycle. See etcd_lock_holders() for who holds the locks.",
-						 (unsigned long long) k->lease_id)));
-	}
-}
-
 /* ---- wait ---- */
 
 
-#define PRED_PAGE	64			/* keys read per page when looking for a predecessor */
 
 typedef struct PredReply
 {
@@ -1317,51 +557,9 @@ typedef struct PredReply
 } PredReply;
 
 /*
- * page_cut makes a page of keys read with a limit safe to page on from. The
- * page ends at some create revision L; when it is full, more keys created
- * at L may lie beyond the limit (one txn creates many keys at one
- * revision: a multi-lock's, a name's and its nested name's), and paging on
- * "below L" or "above L" would skip them. So the page's entries at L are
- * dropped and L is returned: the caller reads every key created at L
- * (append_rev_range: one revision holds at most one txn's keys) and pages
- * on past L. Returns 0 when the page is not full (nothing beyond it).
- */
-static int64
-page_cut(json_t *kvs, int limit)
-{
-	size_t		n;
-	int64		last = 0,
-				rev = 0;
-
-	if (!json_is_array(kvs) || (n = json_array_size(kvs)) < (size_t) limit || n == 0 ||
-		!etcd_json_int64(json_array_get(kvs, n - 1), "create_revision", &last) || last <= 0)
-		return 0;				/* not full (or malformed: the scan says so) */
-	while (n > 0 && etcd_json_int64(json_array_get(kvs, n - 1), "create_revision", &rev) &&
-		   rev == last)
-		json_array_remove(kvs, --n);
-	return last;
-}
-
-/*
- * append_rev_range appends a range request (JSON object body) of every key
- * under the name created at revision rev (no limit: one txn's keys).
- */
-static void
-append_rev_range(StringInfo b, const EtcdLockKeys *k, int64 rev, bool keys_only)
-{
-	appendStringInfoString(b, "{\"key\":\"");
-	etcd_append_b64(b, k->pfx, k->pfxlen);
-	appendStringInfoString(b, "\",\"range_end\":\"");
-	append_range_end(b, k->pfx, k->pfxlen);
-	appendStringInfo(b, "\",%s\"min_create_revision\":\"" INT64_FORMAT "\","
-					 "\"max_create_revision\":\"" INT64_FORMAT "\"}",
-					 keys_only ? "\"keys_only\":true," : "", rev, rev);
-}
-
-/*
  * pred_scan looks through a page of keys (newest first) for the first key
  * that blocks ours: our predecessor. A full page is cut at its last
- * revision (r->pred_cut, see page_cut) unless it is a whole revision.
+ * revision (r->pred_cut, see ek_page_cut) unless it is a whole revision.
  */
 static bool
 pred_scan(PredReply *r, json_t *kvs, bool whole_rev)
@@ -1369,7 +567,7 @@ pred_scan(PredReply *r, json_t *kvs, bool whole_rev)
 	LockKeyScan ks = {0};
 
 	if (!whole_rev)
-		r->pred_cut = page_cut(kvs, PRED_PAGE);
+		r->pred_cut = ek_page_cut(kvs, PRED_PAGE);
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
 	if (r->pred == NULL && ks.key != NULL)
@@ -1394,7 +592,7 @@ oldest_scan(PredReply *r, json_t *kvs, bool whole_rev)
 
 	ks.keep_max = r->k->kind == ETCD_KEY_SEMAPHORE ? r->k->permits + 1 : 0;
 	if (!whole_rev)
-		r->oldest_cut = page_cut(kvs, PRED_PAGE);
+		r->oldest_cut = ek_page_cut(kvs, PRED_PAGE);
 	if (!scan_lock_keys(r->k, kvs, &ks))
 		return false;
 	/*
@@ -1478,7 +676,7 @@ parse_pred(json_t *root, void *arg)
 		return false;
 	if (r->with_holder)
 	{
-		json_t	   *h = first_kv(responses, 3, &ok);
+		json_t	   *h = ek_first_kv(responses, 3, &ok);
 		json_t	   *jval = h ? json_object_get(h, "value") : NULL;
 		char	   *key,
 				   *val;
@@ -1489,8 +687,8 @@ parse_pred(json_t *root, void *arg)
 
 		if (!ok)
 			return false;
-		if (h && kv_fields(h, &key, &keylen, &hrev, &hmod, &hlease) &&
-			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, &hlease, NULL) == ETCD_KEY_EXCLUSIVE &&
+		if (h && ek_kv_fields(h, &key, &keylen, &hrev, &hmod, &hlease) &&
+			ek_key_kind(r->k->pfx, r->k->pfxlen, key, keylen, &hlease, NULL) == ETCD_KEY_EXCLUSIVE &&
 			json_is_string(jval) &&
 			(val = etcd_b64_decode(json_string_value(jval), NULL)) != NULL)
 		{
@@ -1499,14 +697,14 @@ parse_pred(json_t *root, void *arg)
 			 * under an election, or a candidate's value (not a Go mutex's
 			 * empty one) under a lock, is a mix-up.
 			 */
-			if (r->k->kind == ETCD_KEY_ELECTION && is_lock_holder_value(val))
+			if (r->k->kind == ETCD_KEY_ELECTION && ek_is_lock_holder_value(val))
 				r->conflict = "lock";
 			else if (r->k->kind != ETCD_KEY_ELECTION && r->k->kind != ETCD_KEY_SEMAPHORE &&
-					 val[0] != '\0' && !is_lock_holder_value(val))
+					 val[0] != '\0' && !ek_is_lock_holder_value(val))
 				r->conflict = "election";
 		}
 	}
-	mine = first_kv(responses, 0, &ok);
+	mine = ek_first_kv(responses, 0, &ok);
 	if (!ok || !etcd_json_int64(mine, "create_revision", &r->my_rev))
 		return false;
 	rr = json_object_get(json_array_get(responses, 1), "response_range");
@@ -1529,7 +727,7 @@ append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below, int64 above,
 	appendStringInfoString(b, "{\"key\":\"");
 	etcd_append_b64(b, k->pfx, k->pfxlen);
 	appendStringInfoString(b, "\",\"range_end\":\"");
-	append_range_end(b, k->pfx, k->pfxlen);
+	ek_append_range_end(b, k->pfx, k->pfxlen);
 	appendStringInfo(b, "\",\"sort_order\":\"%s\",\"sort_target\":\"CREATE\","
 					 "\"limit\":\"%d\",\"keys_only\":true,\"max_create_revision\":\"" INT64_FORMAT "\"",
 					 oldest_first ? "ASCEND" : "DESCEND", PRED_PAGE, below - 1);
@@ -1540,7 +738,7 @@ append_pred_range(StringInfo b, const EtcdLockKeys *k, int64 below, int64 above,
 
 /*
  * read_past_cut sends the follow-up of a page cut at revision cut
- * (page_cut): one txn of every key at that revision and the next page
+ * (ek_page_cut): one txn of every key at that revision and the next page
  * (below/above as append_pred_range), parsed by parse_pred_more.
  */
 static void
@@ -1549,7 +747,7 @@ read_past_cut(StringInfo b, const EtcdLockKeys *k, PredReply *r, int64 cut,
 {
 	resetStringInfo(b);
 	appendStringInfoString(b, "{\"success\":[{\"request_range\":");
-	append_rev_range(b, k, cut, true);
+	ek_append_rev_range(b, k, cut, true);
 	appendStringInfoString(b, "},{\"request_range\":");
 	append_pred_range(b, k, below, above, oldest_first);
 	appendStringInfoString(b, "}]}");
@@ -1558,7 +756,7 @@ read_past_cut(StringInfo b, const EtcdLockKeys *k, PredReply *r, int64 cut,
 
 /*
  * read_pred reads, in one txn, our key, our predecessor in the queue (the
- * blocking key of the name created last before ours: see key_blocks; keys
+ * blocking key of the name created last before ours: see ek_key_blocks; keys
  * of nested names and other data under the range are skipped; where they
  * are many, more pages follow) and the oldest blocking key. For a
  * semaphore it counts the permit keys older than ours instead (up to
@@ -1591,7 +789,7 @@ read_pred_ex(const EtcdLockKeys *k, int64 rev, PredReply *r, bool with_holder)
 		appendStringInfoString(&b, "},{\"request_range\":{\"key\":\"");
 		etcd_append_b64(&b, k->pfx, k->pfxlen);
 		appendStringInfoString(&b, "\",\"range_end\":\"");
-		append_range_end(&b, k->pfx, k->pfxlen);
+		ek_append_range_end(&b, k->pfx, k->pfxlen);
 		appendStringInfoString(&b, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\",\"limit\":\"1\"}");
 	}
 	appendStringInfoString(&b, "}]}");
@@ -1809,13 +1007,13 @@ check_mine(const PredReply *p, int64 rev)
 }
 
 /*
- * watch_backoff: a watch that cannot be had or keeps breaking must not turn
+ * ek_watch_backoff: a watch that cannot be had or keeps breaking must not turn
  * into a request storm. After a broken one, back off (10 ms doubling to
  * 1 s, never past deadline) until a watch works again, sleeping on the
  * latch so interrupts still end it; any other outcome resets the backoff.
  */
-static void
-watch_backoff(EtcdWatchResult wr, TimestampTz deadline, int *backoff_ms)
+void
+ek_watch_backoff(EtcdWatchResult wr, TimestampTz deadline, int *backoff_ms)
 {
 	long		left;
 
@@ -2011,7 +1209,7 @@ wait_loop(const EtcdLockKeys *k, int64 rev, TimestampTz deadline,
 			(lease_ok == NULL || lease_ok()))
 			return true;
 
-		watch_backoff(wr, deadline, &backoff_ms);
+		ek_watch_backoff(wr, deadline, &backoff_ms);
 	}
 }
 
@@ -2165,393 +1363,4 @@ etcd_locks_still_held(char **keys, int *keylens, int64 *tokens, int n)
 		done += batch;
 	}
 	return true;
-}
-
-/* ---- elections ---- */
-
-static bool
-parse_proclaim(json_t *root, void *arg)
-{
-	struct
-	{
-		bool	   *s;
-		int64	   *r;
-	}		   *out = arg;
-
-	*out->s = json_is_true(json_object_get(root, "succeeded"));
-	return etcd_json_int64(json_object_get(root, "header"), "revision", out->r);
-}
-
-typedef struct LeaderReply
-{
-	const EtcdLockKeys *k;
-	EtcdLeader *out;
-	int64		cut;			/* the page was cut at this revision */
-} LeaderReply;
-
-static bool leader_scan(LeaderReply *r, json_t *kvs, bool whole_rev);
-
-static bool
-parse_leader(json_t *root, void *arg)
-{
-	LeaderReply *r = arg;
-
-	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->out->header_rev))
-		return false;
-	return leader_scan(r, json_object_get(root, "kvs"), false);
-}
-
-/* a follow-up: every key at the cut revision, then the next page */
-static bool
-parse_leader_more(json_t *root, void *arg)
-{
-	LeaderReply *r = arg;
-	json_t	   *responses = json_object_get(root, "responses");
-	json_t	   *r0,
-			   *r1;
-
-	if (!etcd_json_int64(json_object_get(root, "header"), "revision", &r->out->header_rev) ||
-		!json_is_array(responses) || json_array_size(responses) != 2)
-		return false;
-	r0 = json_object_get(json_array_get(responses, 0), "response_range");
-	r1 = json_object_get(json_array_get(responses, 1), "response_range");
-	if (!json_is_object(r0) || !json_is_object(r1) ||
-		!leader_scan(r, json_object_get(r0, "kvs"), true))
-		return false;
-	if (r->out->exists)
-	{
-		r->cut = 0;
-		return true;
-	}
-	return leader_scan(r, json_object_get(r1, "kvs"), false);
-}
-
-/*
- * leader_scan takes the first lock key of a page (oldest first) as the
- * leader; a full page is cut at its last revision first (page_cut).
- */
-static bool
-leader_scan(LeaderReply *r, json_t *kvs, bool whole_rev)
-{
-	json_t	   *kv;
-	size_t		i;
-
-	if (!whole_rev)
-		r->cut = page_cut(kvs, PRED_PAGE);
-	if (kvs == NULL)
-		return true;
-	if (!json_is_array(kvs))
-		return false;
-	json_array_foreach(kvs, i, kv)
-	{
-		char	   *key;
-		int			keylen;
-		int64		rev,
-					modrev,
-					lease;
-		json_t	   *jval = json_object_get(kv, "value");
-
-		if (!kv_fields(kv, &key, &keylen, &rev, &modrev, &lease))
-			return false;
-		if (r->out->exists ||
-			key_kind(r->k->pfx, r->k->pfxlen, key, keylen, &lease, NULL) == ETCD_KEY_NONE)
-		{
-			pfree(key);
-			continue;
-		}
-		r->out->exists = true;
-		r->out->token = rev;
-		r->out->revision = modrev;
-		r->out->lease_id = lease;
-		r->out->value = json_is_string(jval) ?
-			etcd_b64_decode(json_string_value(jval), NULL) : pstrdup("");
-		if (r->out->value == NULL)
-			return false;
-		pfree(key);
-	}
-	return true;
-}
-
-/*
- * etcd_election_leader reads the leader of k's election: its oldest lock
- * key, with the value (etcd's Go Election.Leader reads the same). Nested
- * names' keys and other data are skipped, a page at a time. A
- * linearizable read: callers may act on it.
- */
-void
-etcd_election_leader(const EtcdLockKeys *k, EtcdLeader *out)
-{
-	LeaderReply r = {0};
-	StringInfoData b;
-	int64		after = 0;
-
-	memset(out, 0, sizeof(*out));
-	r.k = k;
-	r.out = out;
-	initStringInfo(&b);
-	do
-	{
-		resetStringInfo(&b);
-		if (after > 0)
-		{
-			/* every key at the revision the last page was cut at, then on */
-			appendStringInfoString(&b, "{\"success\":[{\"request_range\":");
-			append_rev_range(&b, k, after, false);
-			appendStringInfoString(&b, "},{\"request_range\":");
-		}
-		appendStringInfoString(&b, "{\"key\":\"");
-		etcd_append_b64(&b, k->pfx, k->pfxlen);
-		appendStringInfoString(&b, "\",\"range_end\":\"");
-		append_range_end(&b, k->pfx, k->pfxlen);
-		appendStringInfo(&b, "\",\"sort_order\":\"ASCEND\",\"sort_target\":\"CREATE\",\"limit\":\"%d\"",
-						 PRED_PAGE);
-		if (after > 0)
-			appendStringInfo(&b, ",\"min_create_revision\":\"" INT64_FORMAT "\"}}]", after + 1);
-		appendStringInfoChar(&b, '}');
-		if (after > 0)
-			etcd_request_or_error("/v3/kv/txn", b.data, parse_leader_more, &r, "read the leader");
-		else
-			etcd_request_or_error("/v3/kv/range", b.data, parse_leader, &r, "read the leader");
-		after = r.cut;
-	} while (!out->exists && after > 0);
-	pfree(b.data);
-}
-
-/*
- * etcd_election_proclaim puts value as our key's value if the key still
- * has create_revision token (we are still the leader): the token stays,
- * the mod_revision changes (returned). Errors if the key is gone.
- */
-int64
-etcd_election_proclaim(const EtcdLockKeys *k, int64 token, const char *value)
-{
-	StringInfoData b;
-	StringInfoData key64;
-	bool		succeeded = false;
-	int64		rev = 0;
-	struct
-	{
-		bool	   *s;
-		int64	   *r;
-	}			out = {&succeeded, &rev};
-
-	initStringInfo(&key64);
-	etcd_append_b64(&key64, k->key, k->keylen);
-	initStringInfo(&b);
-	appendStringInfo(&b, "{\"compare\":[{\"key\":\"%s\",\"target\":\"CREATE\",\"result\":\"EQUAL\","
-					 "\"create_revision\":\"" INT64_FORMAT "\"}],"
-					 "\"success\":[{\"request_put\":{\"key\":\"%s\",\"value\":\"",
-					 key64.data, token, key64.data);
-	etcd_append_b64(&b, value, strlen(value));
-	appendStringInfo(&b, "\",\"lease\":\"" INT64_FORMAT "\"}}]}", k->lease_id);
-	etcd_request_or_error("/v3/kv/txn", b.data, parse_proclaim, &out, "proclaim a value");
-	pfree(b.data);
-	pfree(key64.data);
-	if (!succeeded)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("etcd_lock: this session is no longer the leader: its key is gone from etcd"),
-				 errdetail("The lease of this session probably expired.")));
-	return rev;
-}
-
-/*
- * observe_watch watches the name's range for any change after the read in
- * *out, reads again once the watch exists, and waits for an event (or the
- * deadline) if nothing changed. The watch is closed on every path.
- */
-static EtcdWatchResult
-observe_watch(const EtcdLockKeys *k, int64 last_revision, TimestampTz deadline,
-			  EtcdLeader *out)
-{
-	EtcdStatus	st;
-	volatile EtcdWatchResult wr = WATCH_BROKEN;
-
-	PG_TRY();
-	{
-		if (etcd_watch_open_ex(k->pfx, k->pfxlen, true, out->header_rev, true, &st))
-		{
-			/* confirm: a change before the watch existed is seen here */
-			etcd_election_leader(k, out);
-			if ((out->exists ? out->revision : 0) != last_revision)
-				wr = WATCH_DELETED;
-			else
-			{
-				etcd_watch_rearm(out->header_rev);
-				wr = etcd_watch_wait(deadline);
-			}
-		}
-	}
-	PG_CATCH();
-	{
-		etcd_watch_close();
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	etcd_watch_close();
-	return wr;
-}
-
-/*
- * etcd_election_observe returns (true) as soon as the leader of k's
- * election, or its value, differs from what the caller saw last
- * (last_revision: the leader key's mod_revision, 0 for nothing seen):
- * a new leader, a proclaimed value, or no leader. Else it watches the
- * name's range (any change) and reads again after each event, until
- * deadline (0: none), when it returns false with the current state. *out
- * is the leader read last.
- */
-bool
-etcd_election_observe(const EtcdLockKeys *k, int64 last_revision,
-					  TimestampTz deadline, EtcdLeader *out)
-{
-	int			backoff_ms = 0;
-
-	if (deadline == 0)
-		deadline = DT_NOEND;
-	for (;;)
-	{
-		EtcdWatchResult wr;
-
-		CHECK_FOR_INTERRUPTS();
-		etcd_election_leader(k, out);
-		if ((out->exists ? out->revision : 0) != last_revision)
-			return true;
-		if (GetCurrentTimestamp() >= deadline)
-			return false;
-		wr = observe_watch(k, last_revision, deadline, out);
-		watch_backoff(wr, deadline, &backoff_ms);
-	}
-}
-
-/* ---- listing holders ---- */
-
-static bool
-parse_ttl(json_t *root, void *arg)
-{
-	return etcd_json_int64(root, "TTL", (int64 *) arg);
-}
-
-/*
- * holders_match: name is the name asked for (arg), or nested under it
- * (arg/...), or arg ends with '/' and name is under it; '' is every name.
- * Whole path components: '/sw' is not '/swx'.
- */
-static bool
-holders_match(const char *name, const char *arg)
-{
-	size_t		alen = strlen(arg);
-
-	if (alen == 0)
-		return true;
-	if (strncmp(name, arg, alen) != 0)
-		return false;
-	return arg[alen - 1] == '/' || name[alen] == '\0' || name[alen] == '/';
-}
-
-/*
- * etcd_lock_holders reads every lock key of the name name_prefix and of the
- * names nested under it (holders_match; under etcd_lock.prefix) and returns one entry per holder (kinds_block;
- * a shared lock or a semaphore has several): its key's token, lease and
- * value, its name's number of keys that do not hold, and the lease's
- * remaining TTL. One range read plus one lease lookup per distinct lease.
- */
-EtcdHolder *
-etcd_lock_holders(const char *prefix, const char *name_prefix, int *nholders)
-{
-	ListedKeys	r = {0};
-	StringInfoData b;
-	char	   *start = psprintf("%s%s", prefix ? prefix : "", name_prefix);
-	EtcdHolder *items;
-	int			i,
-				out = 0;
-
-	r.prefix = prefix ? prefix : "";
-	r.prefixlen = strlen(r.prefix);
-	initStringInfo(&b);
-	appendStringInfoChar(&b, '{');
-	append_prefix_range(&b, start, strlen(start));
-
-	/*
-	 * A report, never an ownership decision: a serializable read (served
-	 * by the member asked, without a quorum round) is enough.
-	 */
-	appendStringInfoString(&b, ",\"serializable\":true}");
-	etcd_request_or_error("/v3/kv/range", b.data, parse_listed, &r, "list locks");
-
-	if (r.n > 1)
-		qsort(r.keys, r.n, sizeof(ListedKey), listed_cmp);
-	items = palloc(sizeof(EtcdHolder) * Max(r.n, 1));
-
-	/*
-	 * Keep the keys that hold (the oldest, every shared key with no older
-	 * exclusive key of another lease, the first N permit keys); count the
-	 * rest of their name as its waiters.
-	 */
-	for (i = 0; i < r.n;)
-	{
-		int			end = i,
-					j,
-					nsem = 0,
-					nwait = 0,
-					first = out;
-
-		while (end < r.n && strcmp(r.keys[end].name, r.keys[i].name) == 0)
-			end++;
-		if (!holders_match(r.keys[i].name, name_prefix))
-		{
-			i = end;
-			continue;
-		}
-		for (j = i; j < end; j++)
-		{
-			ListedKey  *h = &r.keys[j];
-			bool		holds = true;
-			int			m;
-
-			if (h->kind == ETCD_KEY_SEMAPHORE)
-				holds = nsem++ < h->permits;
-			else
-				for (m = i; m < j && holds; m++)
-					if (r.keys[m].lease != h->lease && kinds_block(h->kind, r.keys[m].kind))
-						holds = false;
-			if (!holds)
-			{
-				nwait++;
-				continue;
-			}
-			items[out].name = h->name;
-			items[out].token = h->rev;
-			items[out].lease_id = h->lease;
-			items[out].value = h->value;
-			items[out].ttl = -1;
-			items[out].kind = h->kind;
-			items[out].permits = h->permits;
-			out++;
-		}
-		for (j = first; j < out; j++)
-			items[j].waiters = nwait;
-		i = end;
-	}
-	for (i = 0; i < out; i++)
-	{
-		char		body[64];
-		int64		ttl = -1;
-		int			j;
-
-		/* a lease holding several names is looked up once */
-		for (j = 0; j < i && items[j].lease_id != items[i].lease_id; j++)
-			;
-		if (j < i)
-		{
-			items[i].ttl = items[j].ttl;
-			continue;
-		}
-		snprintf(body, sizeof(body), "{\"ID\":\"" INT64_FORMAT "\"}", items[i].lease_id);
-		etcd_request_or_error("/v3/lease/timetolive", body, parse_ttl, &ttl,
-							  "read a lease");
-		items[i].ttl = ttl;
-	}
-	*nholders = out;
-	return items;
 }
