@@ -110,9 +110,20 @@ fi
 echo "building the Go election client"
 sh "$here/t/go_election/build.sh" "$work/go-election"
 export GO_ELECTION="$work/go-election"
+# the nemesis history's linearizability checker (Porcupine), for t/012
+if [ -f "$here/t/history_check/build.sh" ]; then
+	echo "building the history checker"
+	sh "$here/t/history_check/build.sh" "$work/history-check"
+	export HISTORY_CHECK="$work/history-check"
+fi
 [ "$(id -u)" = 0 ] && chown -R postgres "$work"
 
 status=0
+# the protocol's SPIN models, every property and every mutation (issue 20)
+if [ -f "$here/spec/check.sh" ]; then
+	echo "model checking the protocol (spec/check.sh)"
+	bash "$here/spec/check.sh" || status=1
+fi
 # the response parsers under libFuzzer (ASan/UBSan/LSan), 30 seconds
 echo "fuzzing the etcd answer parsers for 30 s"
 if bash "$here/fuzz/run.sh" 30 > "$work/fuzz.out" 2>&1; then
@@ -155,7 +166,7 @@ CONF
 	[ "$(id -u)" = 0 ] && chown -R postgres "$tree"
 	echo "==== PostgreSQL $label on etcd $line: etcd at $ETCD_ENDPOINT; running pg_regress and TAP tests"
 	# t/015 builds the 1.0 release's library from this repository's history
-	as_pg env PATH="$PATH" ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" GO_ELECTION="${GO_ELECTION:-}" \
+	as_pg env PATH="$PATH" ETCD_ENDPOINT="$ETCD_ENDPOINT" GO_MUTEX="${GO_MUTEX:-}" GO_ELECTION="${GO_ELECTION:-}" HISTORY_CHECK="${HISTORY_CHECK:-}" \
 		ETCD_UPGRADE_FROM="$ETCD_UPGRADE_FROM" ETCD_UPGRADE_TO="$ETCD_UPGRADE_TO" ETCD_LOCK_GIT_DIR="$here" \
 		make -C "$tree" installcheck PG_CONFIG="$pgc" PROVE_FLAGS="--timer" \
 		${tests:+PROVE_TESTS="$tests"} || rc=$?
