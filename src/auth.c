@@ -267,8 +267,10 @@ gw_auth_async_start(EtcdStatus *st)
  * etcd_lock.username, etcd_lock.password_file or that file): authenticates
  * with the credentials now set, as a request in flight like
  * etcd_gateway_async_auth's, but keeping the current token until the new
- * one is had. The answer comes under ETCD_ASYNC_AUTH_TAG. False (st says
- * why) if it could not start: no user set, or the password file is bad.
+ * one is had. The answer comes under ETCD_ASYNC_AUTH_TAG. False if it did
+ * not start: st says why (the password file is bad), or says nothing (no
+ * user set; or an earlier authentication is in flight, and the check is
+ * started after it, see etcd_gateway_recheck_pending).
  */
 bool
 etcd_gateway_recheck_credentials(EtcdStatus *st)
@@ -282,9 +284,13 @@ etcd_gateway_recheck_credentials(EtcdStatus *st)
 	gw_init();
 	if (gw_auth.inflight)
 	{
-		/* an authentication with the credentials of before is in flight */
+		/*
+		 * An authentication with the credentials of before is in flight:
+		 * its answer says nothing of the new ones. The check starts once it
+		 * is back (etcd_gateway_recheck_pending); false with no message.
+		 */
 		gw_auth.recheck_after = true;
-		return true;
+		return false;
 	}
 	PG_TRY();
 	{
