@@ -15,7 +15,12 @@
 #   (2) each counter equals the number of writes made (no lost increment);
 #   (3) fencing tokens strictly increase per name among sections not told lost;
 #   (4) once everything stopped, no key is left under /nm/ in etcd;
-#   (5) no backend crashed.
+#   (5) no backend crashed;
+#   (6) the history of every lock call, unlock call and lease loss told
+#       (invocation and return times, outcome) is linearizable against a
+#       mutex per name (t/history_check, Porcupine; HISTORY_CHECK is the
+#       built checker, else skipped), and copies of it corrupted to hold a
+#       name twice at once are rejected.
 # The seed is printed (rerun with NEMESIS_SEED=<seed>); the proxy's log is
 # the fault schedule of the run and is printed when a check fails.
 use strict;
@@ -24,6 +29,7 @@ use FindBin;
 use lib $FindBin::RealBin;
 use EtcdLockTest;
 use FaultProxy;
+use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -59,8 +65,17 @@ for my $i (0 .. $NAMES - 1)
 # The worker: critical sections on random names until the stop file appears
 # (or max_secs pass). Every error is caught and the loop goes on. Each
 # section, and each failed lock call, is logged as one line:
-#   kind|who|name|token|t_enter|t_exit|lost|wrote|uncertain|long|err|unlock_err|msg
-# kind S = a section (the lock was obtained), F = a failed lock call.
+#   kind|who|name|token|t_enter|t_exit|lost|wrote|uncertain|long|err|unlock_err|msg|
+#     t_call|t_told|t_ucall|t_uret|unlock_out
+# kind S = a section (the lock was obtained), F = a failed lock call (its
+# t_enter is when the error was caught), G = an error outside both.
+# For the lock history (the linearizability check at the end): t_call is
+# taken just before etcd_lock is called (NULL if it never was), t_enter just
+# after it returned; t_ucall just before etcd_unlock is called and t_uret
+# just after it returned or its error was caught, unlock_out its outcome
+# (ok = true, false, error; NULL if it was not called); t_told, in a section
+# told lost, the moment the session learnt it (after the NULL token check,
+# or when the error was caught).
 # The counter is written through a shell that renames a temp file over it,
 # so a write cancelled halfway leaves the old value or the new one, never an
 # empty file; such a write is marked uncertain (and the section lost)
@@ -77,6 +92,7 @@ DECLARE
 	sfx text; nm text; f text; prog text;
 	tok bigint; pre bigint; v bigint;
 	t_in timestamptz; t_out timestamptz;
+	t_call timestamptz; t_told timestamptz; t_uc timestamptz; t_ur timestamptz; uo text;
 	stage text; lost bool; wrote bool; uncertain bool; long bool; failed bool;
 	err text; unl text; msg text;
 	recorded bool := true;
@@ -98,8 +114,10 @@ BEGIN
 					long := nsec % 10 = 9;
 					tok := NULL; t_in := NULL; t_out := NULL; lost := false; wrote := false;
 					uncertain := false; failed := false; err := NULL; unl := NULL; msg := NULL;
+					t_call := NULL; t_told := NULL; t_uc := NULL; t_ur := NULL; uo := NULL;
 					stage := 'lock';
 					BEGIN
+						t_call := clock_timestamp();
 						tok := etcd_lock(nm, '10 s');
 						t_in := clock_timestamp();
 						recorded := false;
@@ -112,6 +130,7 @@ BEGIN
 						pre := etcd_lock_token(nm);
 						IF pre IS NULL OR pre <> tok THEN
 							t_out := clock_timestamp();
+							t_told := t_out;
 							lost := true;
 							err := CASE WHEN pre IS NULL THEN 'check:null' ELSE 'check:token ' || pre END;
 						ELSE
@@ -122,23 +141,32 @@ BEGIN
 							stage := 'after';
 							t_out := clock_timestamp();
 							IF etcd_lock_token(nm) IS NULL THEN
+								t_told := clock_timestamp();
 								lost := true;
 								err := 'after:null';
 							END IF;
 						END IF;
+						-- t_uc before the stage: an error between the two is
+						-- a section lost with no unlock called (uo NULL)
+						t_uc := clock_timestamp();
 						stage := 'unlock';
-						PERFORM etcd_unlock(nm);
+						uo := CASE WHEN etcd_unlock(nm) THEN 'ok' ELSE 'false' END;
+						t_ur := clock_timestamp();
 						stage := 'done';
 					EXCEPTION WHEN query_canceled OR others THEN
 						msg := left(translate(SQLERRM, E'|\n\t', '   '), 120);
 						IF stage = 'lock' THEN
 							failed := true;
-							log := log || format('F|%s|%s||%s||||||%s||%s', who, nm, clock_timestamp(),
-								'lock:' || SQLSTATE, msg);
+							log := log || format('F|%s|%s||%s||||||%s||%s|%s||||', who, nm, clock_timestamp(),
+								'lock:' || SQLSTATE, msg, t_call);
 						ELSIF stage IN ('unlock', 'done') THEN
 							unl := SQLSTATE;
+							-- uo set: etcd_unlock had returned before the error
+							uo := coalesce(uo, 'error');
+							t_ur := coalesce(t_ur, clock_timestamp());
 						ELSE
 							t_out := coalesce(t_out, clock_timestamp());
+							t_told := coalesce(t_told, clock_timestamp());
 							lost := true;
 							-- 55000 here: the COPY was refused at its start (the
 							-- lease-loss check of a new statement), nothing written
@@ -147,8 +175,8 @@ BEGIN
 						END IF;
 					END;
 					IF NOT recorded THEN
-						log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in, t_out,
-							lost, wrote, uncertain, long, err, unl, msg);
+						log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok,
+							t_in, t_out, lost, wrote, uncertain, long, err, unl, msg, t_call, t_told, t_uc, t_ur, uo);
 						recorded := true;
 					END IF;
 					IF failed THEN
@@ -162,13 +190,17 @@ BEGIN
 							lost := true;
 							uncertain := uncertain OR stage = 'write';
 							t_out := coalesce(t_out, clock_timestamp());
+							t_told := coalesce(t_told, clock_timestamp());
+						ELSIF stage = 'unlock' THEN
+							uo := coalesce(uo, 'error');
+							t_ur := coalesce(t_ur, clock_timestamp());
 						END IF;
 						err := coalesce(err || '/', '') || 'guard:' || SQLSTATE;
-						log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in, t_out,
-							lost, wrote, uncertain, long, err, unl, msg);
+						log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok,
+							t_in, t_out, lost, wrote, uncertain, long, err, unl, msg, t_call, t_told, t_uc, t_ur, uo);
 						recorded := true;
 					ELSE
-						log := log || format('G|%s|%s||%s||||||%s||', who, nm, clock_timestamp(), 'guard:' || SQLSTATE);
+						log := log || format('G|%s|%s||%s||||||%s|||||||', who, nm, clock_timestamp(), 'guard:' || SQLSTATE);
 					END IF;
 				END;
 			END LOOP;
@@ -176,12 +208,20 @@ BEGIN
 		EXCEPTION WHEN query_canceled OR others THEN
 			IF NOT recorded THEN
 				lost := lost OR stage NOT IN ('unlock', 'done');
+				IF lost THEN
+					t_told := coalesce(t_told, clock_timestamp());
+				END IF;
+				IF stage = 'unlock' THEN
+					uo := coalesce(uo, 'error');
+					t_ur := coalesce(t_ur, clock_timestamp());
+				END IF;
 				err := coalesce(err || '/', '') || 'outer:' || SQLSTATE;
-				log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in,
-					coalesce(t_out, clock_timestamp()), lost, wrote, uncertain OR stage = 'write', long, err, unl, msg);
+				log := log || format('S|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', who, nm, tok, t_in,
+					coalesce(t_out, clock_timestamp()), lost, wrote, uncertain OR stage = 'write', long, err, unl, msg,
+					t_call, t_told, t_uc, t_ur, uo);
 				recorded := true;
 			ELSE
-				log := log || format('G|%s|%s||%s||||||%s||', who, nm, clock_timestamp(), 'outer:' || SQLSTATE);
+				log := log || format('G|%s|%s||%s||||||%s|||||||', who, nm, clock_timestamp(), 'outer:' || SQLSTATE);
 			END IF;
 			restarts := restarts + 1;
 			EXIT WHEN restarts > 100;
@@ -318,7 +358,8 @@ note sprintf('%.3f sessions done (%.1f s after start)', time, time - $t_start);
 # --- the log, into a table on node B (its server reads the files)
 $nb->safe_psql('postgres', q{
 	CREATE TABLE nm_log(kind text, who text, nm text, tok bigint, t_in timestamptz, t_out timestamptz,
-		lost bool, wrote bool, uncertain bool, long bool, err text, unl text, msg text)});
+		lost bool, wrote bool, uncertain bool, long bool, err text, unl text, msg text,
+		t_call timestamptz, t_told timestamptz, t_uc timestamptz, t_ur timestamptz, uo text)});
 my $logs = 0;
 for my $who (@who)
 {
@@ -427,6 +468,143 @@ my $tokens = q1(q{
 	WHERE tok <= prev});
 is($tokens, '0', 'fencing tokens strictly increase per name among sections not told lost');
 
+# (6) the lock history, for the linearizability check. One line per lock
+# call, unlock call and lease loss told, in the checker's format
+# (t/history_check/main.go has the model):
+#   session|name|section|op|outcome|call|return   (times in microseconds)
+# lock: ok (a section), failed (55P03, the wait timed out: the queue key is
+# removed before the error returns, no hold) or unknown (any other error:
+# the acquire may have happened, and the rolled-back call's release with it,
+# at moments nobody knows); a lock call cancelled before it was called (its
+# t_call NULL) is left out. unlock: ok, false or unknown (an error: the
+# worker finishes the release at some later moment). lost: a section told
+# lost held the lock from within its lock call until some moment nobody
+# knows, at the latest when the session learnt of the loss (t_told: the
+# NULL token check, or the error caught); so the loss is a release whose
+# effect lies anywhere in [the section's lock invocation, t_told] (the model
+# puts it after the acquire, which lies in that window too). The section's
+# later etcd_unlock, if any, is listed and has no effect in the model.
+my $us = sub { "(extract(epoch FROM $_[0]) * 1000000)::bigint" };
+my @history = split /\n/, q1(qq{
+	WITH c AS (SELECT row_number() OVER (ORDER BY who, t_call, t_in) AS sec, *
+	           FROM nm_log WHERE kind = 'S' OR (kind = 'F' AND t_call IS NOT NULL))
+	SELECT line FROM (
+		SELECT t_call AS t, 0 AS o, format('%s|%s|%s|lock|%s|%s|%s', who, nm, sec,
+			CASE WHEN kind = 'S' THEN 'ok' WHEN err = 'lock:55P03' THEN 'failed' ELSE 'unknown' END,
+			@{[ $us->('t_call') ]}, @{[ $us->('t_in') ]}) AS line FROM c
+		UNION ALL
+		SELECT t_told, 1, format('%s|%s|%s|lost|told|%s|%s', who, nm, sec,
+			@{[ $us->('t_call') ]}, @{[ $us->('t_told') ]}) FROM c WHERE kind = 'S' AND lost
+		UNION ALL
+		SELECT t_uc, 2, format('%s|%s|%s|unlock|%s|%s|%s', who, nm, sec,
+			CASE uo WHEN 'error' THEN 'unknown' ELSE uo END,
+			@{[ $us->('t_uc') ]}, @{[ $us->('t_ur') ]}) FROM c WHERE kind = 'S' AND uo IS NOT NULL
+	) x ORDER BY t, o});
+my $history = "$dir/history";
+my $history_head = "# etcd_lock t/012_nemesis.pl lock history, seed $seed\n"
+  . "# session|name|section|op|outcome|call_us|return_us\n";
+
+sub write_history
+{
+	my ($path, @lines) = @_;
+	open(my $fh, '>', $path) or die "$path: $!";
+	print $fh $history_head, map { "$_\n" } @lines;
+	close $fh or die "$path: $!";
+	return $path;
+}
+write_history($history, @history);
+note sprintf('lock history %s: %d operations (%d lock calls, %d lost, %d unlock calls); '
+	  . 'lock calls cancelled before they were called, left out: %s',
+	$history, scalar @history, scalar(grep { /\|lock\|/ } @history), scalar(grep { /\|lost\|/ } @history),
+	scalar(grep { /\|unlock\|/ } @history), q1(q{SELECT count(*) FROM nm_log WHERE kind = 'F' AND t_call IS NULL}));
+
+# runs the checker: (exit code, stdout, stderr)
+sub history_check
+{
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ $ENV{HISTORY_CHECK}, '-timeout', '120s', @_ ], '>', \$out, '2>', \$err);
+	return ($? >> 8, $out, $err);
+}
+
+SKIP:
+{
+	skip 'HISTORY_CHECK (the built t/history_check) is not set: the lock history is not checked', 8
+	  unless $ENV{HISTORY_CHECK};
+
+	my ($rc, $out, $err) = history_check($history);
+	note "history check: $out$err";
+	is($rc, 0, 'the history of lock and unlock calls is linearizable (a mutex per name)');
+	my $nops = scalar @history;
+	like($out, qr/^history-check: $nops operations .* $NAMES partitions: /,
+		"the checker read all $nops operations in $NAMES partitions");
+
+	# Two corrupted copies. The sections: lock, lost and unlock lines by id.
+	my (%sec, @order);
+	for my $i (0 .. $#history)
+	{
+		my @f = split /\|/, $history[$i];
+		push @order, $f[2] unless $sec{ $f[2] };
+		$sec{ $f[2] }{ $f[3] } = { i => $i, f => \@f };
+	}
+	# clean holds: lock ok, no loss, unlock ok, with room inside
+	# [lock return, unlock call] for a corrupted call
+	my @clean = grep {
+		my $x = $sec{$_};
+		$x->{lock}{f}[4] eq 'ok' && !$x->{lost} && $x->{unlock} && $x->{unlock}{f}[4] eq 'ok'
+		  && $x->{unlock}{f}[5] - $x->{lock}{f}[6] >= 3
+	} @order;
+	# (a) the latest pair of clean holds of one name by two sessions, the
+	# second after the first: the second's lock call is moved into the
+	# first's hold ([lock return, unlock call], where that hold is sure),
+	# so the two holds overlap. Latest, as a violation late in the history
+	# is the hardest one for the search.
+	my ($x, $y);
+	my %last;
+	for my $id (@clean)
+	{
+		my $nm = $sec{$id}{lock}{f}[1];
+		my $p = $last{$nm};
+		($x, $y) = ($p, $id)
+		  if defined $p
+		  && $sec{$p}{lock}{f}[0] ne $sec{$id}{lock}{f}[0]
+		  && $sec{$id}{lock}{f}[5] > $sec{$p}{unlock}{f}[6];
+		$last{$nm} = $id;
+	}
+	ok(defined $y, 'the history has two successive clean holds of one name by two sessions, to corrupt');
+	my ($a_rc, $a_out, $d_rc, $d_out) = (-1, '', -1, '');
+	my $cnm = defined $y ? $sec{$y}{lock}{f}[1] : '?';
+	if (defined $y)
+	{
+		my @bad = @history;
+		my ($lr, $uc) = ($sec{$x}{lock}{f}[6], $sec{$x}{unlock}{f}[5]);
+		my @f = @{ $sec{$y}{lock}{f} };
+		@f[ 5, 6 ] = (int($lr + ($uc - $lr) / 3), int($lr + 2 * ($uc - $lr) / 3));
+		$bad[ $sec{$y}{lock}{i} ] = join('|', @f);
+		note "corrupted copy (a): section $y ($f[0]) of $cnm now locked at [$f[5], $f[6]], "
+		  . "inside section $x ($sec{$x}{lock}{f}[0]) holding it over [$lr, $uc]";
+		($a_rc, $a_out, my $a_err) = history_check(write_history("$history.overlap", @bad));
+		note "history check of copy (a): $a_out$a_err";
+
+		# (b) the same clean hold of section x duplicated under another
+		# session (the same times, a new section): two holds at once
+		my $other = (grep { $_ ne $sec{$x}{lock}{f}[0] } @who)[0];
+		my @dup = map { my @g = @{ $sec{$x}{$_}{f} }; @g[ 0, 2 ] = ($other, 'dup'); join('|', @g) } qw(lock unlock);
+		note "corrupted copy (b): section $x ($sec{$x}{lock}{f}[0], $cnm) duplicated under $other";
+		($d_rc, $d_out, my $d_err) = history_check(write_history("$history.dup", @history, @dup));
+		note "history check of copy (b): $d_out$d_err";
+	}
+	is($a_rc, 1, 'a copy of the history with one lock call moved into another session\'s hold is rejected');
+	like($a_out, qr/: NOT linearizable \(\Q$cnm\E\) in /, '... in the partition of that name only');
+	is($d_rc, 1, 'a copy of the history with a hold duplicated under another session is rejected');
+	like($d_out, qr/: NOT linearizable \(\Q$cnm\E\) in /, '... in the partition of that name only');
+
+	# and input it cannot read is not taken for a history
+	my @trunc = @history;
+	$trunc[-1] =~ s/\|[^|]*$//;
+	($rc) = history_check(write_history("$history.truncated", @trunc));
+	is($rc, 2, 'a history with a truncated line is refused as bad input (exit 2)');
+}
+
 # (4) once both nodes are stopped, nothing is left in etcd
 $na->stop('fast');
 $nb->stop('fast');
@@ -449,7 +627,7 @@ unless (Test::More->builder->is_passing)
 		splice(@lines, 0, @lines - 200) if @lines > 200;
 		note "server log " . $n->logfile . " (etcd_lock lines, last 200):\n" . join("\n", @lines);
 	}
-	note "session logs in $dir";
+	note "session logs and the lock history in $dir";
 }
 note sprintf('total %.1f s', time - $t_start);
 $fp->stop;
