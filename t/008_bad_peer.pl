@@ -325,6 +325,14 @@ $s->quit;
 	$node->safe_psql('postgres',
 		"ALTER SYSTEM SET etcd_lock.endpoints = '$a->{endpoint},$gw->{endpoint}'; "
 		  . "ALTER SYSTEM SET etcd_lock.lease_ttl = '3s'; SELECT pg_reload_conf();");
+	# start from a settled worker: the previous blocks left it failing
+	# over from a hung endpoint; wait until it renews through the new first
+	# member again (a keepalive reached $a, etcd reachable)
+	my $ts = time;
+	ok(wait_until(sub {
+		scalar($a->requests(since => $ts, path => '/v3/lease/keepalive')) > 0
+		  && $node->safe_psql('postgres', 'SELECT etcd_reachable FROM etcd_lock_status') eq 't' }, 20),
+		'hung member later: the worker renews through the new endpoints');
 	my $h = session($node);
 	is($h->query_safe("SELECT etcd_lock('/held')"), $FakeGateway::MY_REV, 'hung member later: lock taken while both members answer');
 	my $t0 = time;
