@@ -42,7 +42,7 @@ note "rolling upgrade etcd $vfrom -> $vto";
 my $PHASE_SECS = 4;    # load before, between and after member replacements
 
 my @m = start_etcd_cluster(3, bin => $from);
-my %conf = ('etcd_lock.lease_ttl' => '10s', 'etcd_lock.request_timeout' => '3s');
+my %conf = ('etcd_lock.lease_ttl' => '10s', 'etcd_lock.request_timeout' => '5s');
 my $na = etcd_node('ru_a', { endpoint => join(',', map { $_->{endpoint} } @m) }, %conf);
 my $nb = etcd_node('ru_b', { endpoint => join(',', map { $_->{endpoint} } reverse @m) }, %conf);
 
