@@ -1,6 +1,6 @@
 # etcd_lock: PostgreSQL extension exposing etcd locks as SQL functions (PGXS)
 MODULE_big = etcd_lock
-OBJS = src/etcd_lock.o src/guc.o src/gateway.o src/auth.o src/shmem.o src/keys.o \
+OBJS = src/etcd_lock.o src/guc.o src/transport.o src/gateway.o src/streams.o src/auth.o src/shmem.o src/keys.o \
 	src/lease.o src/lockops.o src/deadlock.o src/election.o src/holders.o \
 	src/locktable.o src/worker.o src/functions.o
 EXTENSION = etcd_lock

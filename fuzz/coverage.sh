@@ -1,5 +1,5 @@
 #!/bin/bash
-# coverage.sh [CORPUS_DIR...]: line coverage of src/gateway.c and
+# coverage.sh [CORPUS_DIR...]: line coverage of src/gateway.c (and the transport, streams, keys) and
 # src/lockops.c reached by the corpus (default: fuzz/corpus and
 # fuzz/work/corpus), with clang source-based coverage. Report only.
 set -euo pipefail
@@ -22,5 +22,6 @@ for d in "${dirs[@]}"; do [ -d "$d" ] && files+=("$d"/*); done
 LLVM_PROFILE_FILE="$out/cov.profraw" "$out/fuzz_parse_cov" "${files[@]}" >/dev/null 2>&1 || true
 llvm-profdata-14 merge -sparse "$out/cov.profraw" -o "$out/cov.profdata"
 llvm-cov-14 report "$out/fuzz_parse_cov" -instr-profile="$out/cov.profdata" \
-	"$here/../src/gateway.c" "$here/../src/lockops.c" "$here/../src/guc.c"
+	"$here/../src/transport.c" "$here/../src/gateway.c" "$here/../src/streams.c" \
+	"$here/../src/keys.c" "$here/../src/lockops.c" "$here/../src/guc.c"
 echo "per-function: llvm-cov-14 report $out/fuzz_parse_cov -instr-profile=$out/cov.profdata -show-functions $here/../src/gateway.c"

@@ -2,7 +2,7 @@
  * fuzz_parse.c
  *		libFuzzer target for everything in etcd_lock that reads etcd's
  *		answers: the parse callbacks of src/lockops.c, the watch stream
- *		parser, error-body parser and JSON/base64 helpers of src/gateway.c,
+ *		parser, error-body parser and JSON/base64 helpers of src/gateway.c and src/streams.c,
  *		and (with a fake libcurl below) the whole request paths around them:
  *		failover, error reporting, the wait loop.
  *
@@ -35,7 +35,9 @@
 #define CURL_DISABLE_TYPECHECK
 
 #include "../src/guc.c"
+#include "../src/transport.c"
 #include "../src/gateway.c"
+#include "../src/streams.c"
 #include "../src/auth.c"
 #include "../src/keys.c"
 #include "../src/lease.c"
@@ -68,7 +70,7 @@ typedef enum FzTarget
 	T_TTL,
 	T_ERROR_REPLY,				/* gw_error_reply, body = error body */
 	T_B64,						/* etcd_b64_decode, body = string */
-	T_WATCH_STREAM,				/* gw_watch_write_cb, body = stream bytes */
+	T_WATCH_STREAM,				/* gw_stream_write_cb, body = stream bytes */
 	T_ENDPOINTS,				/* etcd_lock_parse_endpoints, body = list */
 	T_TOKEN,					/* parse_token (auth answer), body = JSON */
 	T_REQ_GRANT,				/* request paths, body = script */
@@ -117,6 +119,7 @@ typedef struct FzHandle
 {
 	curl_write_callback write;
 	void	   *writedata;		/* CURLOPT_WRITEDATA */
+	char	   *private;		/* CURLOPT_PRIVATE */
 	char		url[1200];
 	const char *postfields;
 	char	   *copied;
@@ -176,6 +179,9 @@ curl_easy_setopt(CURL *curl, CURLoption option,...)
 		case CURLOPT_WRITEDATA:
 			h->writedata = va_arg(ap, void *);
 			break;
+		case CURLOPT_PRIVATE:
+			h->private = va_arg(ap, char *);
+			break;
 		case CURLOPT_URL:
 			snprintf(h->url, sizeof(h->url), "%s", va_arg(ap, const char *));
 			break;
@@ -203,6 +209,8 @@ curl_easy_getinfo(CURL *curl, CURLINFO info,...)
 	va_start(ap, info);
 	if (info == CURLINFO_RESPONSE_CODE)
 		*va_arg(ap, long *) = h->resp.status;
+	else if (info == CURLINFO_PRIVATE)
+		*va_arg(ap, char **) = h->private;
 	va_end(ap);
 	return CURLE_OK;
 }
@@ -417,6 +425,11 @@ AddWaitEventToSet(WaitEventSet *set, uint32 events, pgsocket fd, Latch *latch,
 				  void *user_data)
 {
 	return 0;
+}
+
+void
+ModifyWaitEvent(WaitEventSet *set, int pos, uint32 events, Latch *latch)
+{
 }
 
 int
@@ -710,8 +723,8 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 			{
 				EtcdStatus	st;
 
-				gw_buf_reset(&gw_body);
-				if (len > 0 && !gw_buf_append(&gw_body, body, len, GW_MAX_BODY))
+				gw_buf_reset(&gw_req.body);
+				if (len > 0 && !gw_buf_append(&gw_req.body, body, len, GW_MAX_BODY))
 					break;
 				memset(&st, 0x7f, sizeof(st));
 				gw_error_reply(&st, fz_status[param & 15]);
@@ -744,18 +757,21 @@ fz_direct(FzTarget t, uint8_t param, const char *body, size_t len)
 				size_t		chunk = (param & 63) + 1,
 							off = 0;
 
-				gw_buf_reset(&gw_wline);
-				gw_watch_done = gw_watch_created = gw_watch_deleted = gw_watch_broken = false;
+				GwBuf	   *wline = &gw_watch.s.t.body;
+
+				gw_buf_reset(wline);
+				gw_watch.s.result = gw_watch_result;
+				gw_watch.s.t.done = gw_watch.created = gw_watch.deleted = gw_watch.s.broken = false;
 				while (off < len)
 				{
 					size_t		n = Min(chunk, len - off);
 
-					if (gw_watch_write_cb((char *) body + off, 1, n, NULL) != n)
+					if (gw_stream_write_cb((char *) body + off, 1, n, &gw_watch.s) != n)
 						break;
 					off += n;
-					if (gw_wline.len > 0 && (gw_wline.data[gw_wline.len] != '\0' ||
-											 memchr(gw_wline.data, '\n', gw_wline.len)))
-						fz_fail("gw_watch_write_cb: unparsed line left with a newline");
+					if (wline->len > 0 && (wline->data[wline->len] != '\0' ||
+										   memchr(wline->data, '\n', wline->len)))
+						fz_fail("gw_stream_write_cb: unparsed line left with a newline");
 				}
 				break;
 			}
@@ -995,7 +1011,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	len = size - Min(size, 2);
 
 	/* a fresh "backend": first endpoint, no token, no transfer */
-	gw_cur = 0;
+	gw_ep.cur = 0;
 	fz_nmsgs = 0;
 	fz_error.raised = false;
 	fz_request_path = t >= T_REQ_GRANT;
@@ -1029,9 +1045,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			 (GetCurrentTimestamp() - fz_t0) / 1000.0);
 
 	/* nothing may be left running or attached after a call returns */
-	if (gw_watch_active && t != T_REQ_WATCH)
+	if (gw_watch.s.t.active && t != T_REQ_WATCH)
 		fz_fail("a watch was left open");
-	if (gw_watch_active)
+	if (gw_watch.s.t.active)
 		etcd_watch_close();
 	{
 		int			i;
