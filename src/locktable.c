@@ -52,6 +52,61 @@ typedef struct LocalAcq
 	bool		xact;			/* transaction scope */
 } LocalAcq;
 
+/*
+ * The states of a local entry, and the only transitions (lt_set_state
+ * checks every one against lt_moves):
+ *
+ *   WAITING    an acquire of its key is in progress; no acquisition yet
+ *   HELD       nacq > 0: the key holds; relied on only within the lease
+ *              deadline (lt_lease_lost) and while no delete was sent
+ *   RELEASING  the last acquisition went: the delete is being sent or
+ *              handed to the worker (lt_release_now, _sync, _async)
+ *   OWED       no acquisition, its release did not fit the release queue and
+ *              was never sent: lt_flush_owed queues it; an acquire of the
+ *              name adopts the key (it is still ours)
+ *   OWED_SENT  the same, but the delete (or an acquire's put) may have
+ *              reached etcd: never adopted, never taken back
+ *
+ * An entry leaves the table (lt_free_entry) for one of three reasons: its
+ * release was confirmed or handed to the worker (LT_GONE_RELEASED, from
+ * any state but WAITING), it has no key in etcd (LT_GONE_UNUSED, only
+ * from WAITING), or the lease went (LT_GONE_LEASE: etcd removes every key
+ * with it). lt_set_state and lt_free_entry say (WARNING, XX000) when a
+ * move breaks these rules.
+ */
+typedef enum LtState
+{
+	LT_WAITING,
+	LT_HELD,
+	LT_RELEASING,
+	LT_OWED,
+	LT_OWED_SENT
+} LtState;
+
+#define LT_NSTATES	(LT_OWED_SENT + 1)
+#define LT_IS_OWED(e)	((e)->state == LT_OWED || (e)->state == LT_OWED_SENT)
+
+static const char *const lt_state_names[LT_NSTATES] = {
+	"waiting", "held", "releasing", "owed", "owed (sent)"
+};
+
+/* lt_moves[from][to]: the transitions allowed (a state to itself: always) */
+static const bool lt_moves[LT_NSTATES][LT_NSTATES] = {
+	/* to:           WAITING HELD   RELEASING OWED   OWED_SENT */
+	[LT_WAITING] = {true, true, false, false, true},
+	[LT_HELD] = {false, true, true, false, false},
+	[LT_RELEASING] = {false, false, true, true, true},
+	[LT_OWED] = {false, true, false, true, true},
+	[LT_OWED_SENT] = {false, false, false, false, true},
+};
+
+typedef enum LtGone
+{
+	LT_GONE_RELEASED,			/* its release was confirmed or queued */
+	LT_GONE_UNUSED,				/* it has no key in etcd to release */
+	LT_GONE_LEASE				/* the lease went, and every key with it */
+} LtGone;
+
 typedef struct LocalLock
 {
 	char		pfx[ETCD_MAX_KEY];	/* hash key: prefix + name + "/", then
@@ -68,8 +123,7 @@ typedef struct LocalLock
 	LocalAcq   *acqs;
 	EtcdLockInfo *info;			/* our entry in the etcd_locks view */
 	bool		counted;		/* counted in the slot's nheld */
-	bool		owed;			/* released, but the queue was full */
-	bool		owed_attempted; /* ... and may have reached etcd */
+	LtState		state;
 } LocalLock;
 
 #define LT_MAX_WAIT_REFS 1024	/* releases a COMMIT waits for, at most */
@@ -212,26 +266,53 @@ lt_count_held(LocalLock *e, bool held)
 }
 
 /*
- * lt_set_owed marks e's release as owed (it did not fit the queue) or not,
- * keeping the instance's count for etcd_lock_status.
+ * lt_bad_move reports a transition the state table does not allow: a bug
+ * in this file. It is said (WARNING, XX000) rather than thrown: it can
+ * happen in transaction callbacks, where an ERROR would be worse.
  */
 static void
-lt_set_owed(LocalLock *e, bool owed)
+lt_bad_move(LocalLock *e, const char *to)
 {
-	if (e->owed != owed)
-	{
-		if (owed)
-			pg_atomic_fetch_add_u32(&etcd_shared->counters.owed, 1);
-		else
-			pg_atomic_fetch_sub_u32(&etcd_shared->counters.owed, 1);
-	}
-	e->owed = owed;
+	Assert(false);
+	ereport(WARNING,
+			(errcode(ERRCODE_INTERNAL_ERROR),
+			 errmsg("etcd_lock: internal error: the local entry of \"%s\" went from %s to %s",
+					e->name ? e->name : "?", lt_state_names[e->state], to)));
 }
 
+/*
+ * lt_set_state moves e to state to, if lt_moves allows it, keeping the
+ * instance's count of owed releases for etcd_lock_status.
+ */
 static void
-lt_free_entry(LocalLock *e)
+lt_set_state(LocalLock *e, LtState to)
 {
-	lt_set_owed(e, false);
+	bool		was_owed = LT_IS_OWED(e);
+
+	if (!lt_moves[e->state][to])
+		lt_bad_move(e, lt_state_names[to]);
+	e->state = to;
+	if (LT_IS_OWED(e) != was_owed)
+	{
+		if (was_owed)
+			pg_atomic_fetch_sub_u32(&etcd_shared->counters.owed, 1);
+		else
+			pg_atomic_fetch_add_u32(&etcd_shared->counters.owed, 1);
+	}
+}
+
+/*
+ * lt_free_entry forgets e (why: LtGone). A release still owed is never
+ * forgotten but by its being queued (or by the lease going).
+ */
+static void
+lt_free_entry(LocalLock *e, LtGone why)
+{
+	if ((why == LT_GONE_UNUSED && e->state != LT_WAITING) ||
+		(why == LT_GONE_RELEASED && e->state == LT_WAITING))
+		lt_bad_move(e, why == LT_GONE_UNUSED ? "gone (unused)" : "gone (released)");
+	if (LT_IS_OWED(e))
+		pg_atomic_fetch_sub_u32(&etcd_shared->counters.owed, 1);
 	lt_count_held(e, false);
 	if (e->info == NULL)
 		pg_atomic_fetch_sub_u32(&etcd_shared->counters.unshown, 1);
@@ -362,10 +443,10 @@ lt_forget_lease(StringInfo lost_names)
 		hash_seq_init(&seq, lt_locks);
 		while ((e = hash_seq_search(&seq)) != NULL)
 		{
-			if (lost_names && e->nacq > 0)
+			if (lost_names && e->state == LT_HELD)
 				appendStringInfo(lost_names, "%s\"%s\"",
 								 lost_names->len ? ", " : "", e->name);
-			lt_free_entry(e);
+			lt_free_entry(e, LT_GONE_LEASE);
 		}
 	}
 	if (lt_timeout_id != MAX_TIMEOUTS)
@@ -402,7 +483,7 @@ lt_held_names(void)
 		return names.data;
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
-		if (e->nacq > 0)
+		if (e->state == LT_HELD)
 			appendStringInfo(&names, "%s\"%s\"", names.len ? ", " : "", e->name);
 	return names.data;
 }
@@ -828,7 +909,7 @@ lt_check_key_free(const char *name, EtcdKeyKind kind)
 	lt_hash_key(pfx, sizeof(pfx), name,
 				kind == ETCD_KEY_EXCLUSIVE ? ETCD_KEY_ELECTION : ETCD_KEY_EXCLUSIVE);
 	other = hash_search(lt_locks, pfx, HASH_FIND, NULL);
-	if (other && (other->nacq > 0 || other->owed))
+	if (other && (other->state == LT_HELD || LT_IS_OWED(other)))
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("this session %s \"%s\" already",
@@ -857,7 +938,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
 	lt_check_entry(e, name, kind, permits);
-	if (e && e->nacq > 0 && kind == ETCD_KEY_ELECTION)
+	if (e && e->state == LT_HELD && kind == ETCD_KEY_ELECTION)
 	{
 		/* campaigning again as the leader: proclaim (as Go's Campaign) */
 		etcd_lock_keys(&k, lt_prefix(), name, lt_lease, kind, 0);
@@ -865,7 +946,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		*token = e->token;
 		return true;
 	}
-	if (e && e->nacq > 0)
+	if (e && e->state == LT_HELD)
 	{
 		lt_push_acq(e, xact);
 		lt_publish(e);
@@ -952,18 +1033,18 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		{
 			if (etcd_queue_release(REL_DELETE, k.kind, lt_lease, k.key, k.keylen, rev, false, true))
 				lt_wait_removed(&k);
-			else if (e->nacq == 0)
+			else
 				lt_keep_owed(e, rev);	/* the queue is full: never forget it */
 		}
-		if (e->nacq == 0 && !e->owed)
-			lt_free_entry(e);
+		if (e->state == LT_WAITING)
+			lt_free_entry(e, LT_GONE_UNUSED);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 
 	if (!held)
 	{
-		lt_free_entry(e);
+		lt_free_entry(e, e->state == LT_WAITING ? LT_GONE_UNUSED : LT_GONE_RELEASED);
 		return false;
 	}
 	lt_hold(e, rev, xact);
@@ -986,12 +1067,12 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 static void
 lt_check_entry(LocalLock *e, const char *name, EtcdKeyKind kind, int permits)
 {
-	if (e && e->nacq > 0 && kind == ETCD_KEY_SEMAPHORE && e->permits != permits)
+	if (e && e->state == LT_HELD && kind == ETCD_KEY_SEMAPHORE && e->permits != permits)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("this session holds etcd semaphore \"%s\" with %d permits; this call asks for %d",
 						name, e->permits, permits)));
-	if (e && e->nacq == 0 && e->owed && e->owed_attempted)
+	if (e && e->state == LT_OWED_SENT)
 		ereport(ERROR,
 				(errcode(ERRCODE_SYSTEM_ERROR),
 				 errmsg("etcd_lock: could not acquire a lock: an earlier release of it has not reached etcd"),
@@ -1013,7 +1094,7 @@ lt_enter(const char *pfx, const char *name, const EtcdLockKeys *k, bool xact)
 				sizeof(lt_pinned_prefix));
 	e = hash_search(lt_locks, pfx, HASH_ENTER, &found);
 
-	if (found && e->nacq == 0 && e->owed && strcmp(e->key, k->key) != 0)
+	if (found && LT_IS_OWED(e) && strcmp(e->key, k->key) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("etcd_lock: could not acquire a semaphore: an earlier release of it has not reached etcd"),
@@ -1031,8 +1112,7 @@ lt_enter(const char *pfx, const char *name, const EtcdLockKeys *k, bool xact)
 		e->maxacq = 0;
 		e->acqs = NULL;
 		e->counted = false;
-		e->owed = false;
-		e->owed_attempted = false;
+		e->state = LT_WAITING;
 		e->info = etcd_lockinfo_add(lt_prefix(), name, k->kind, k->permits, lt_lease);
 		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
 	}
@@ -1046,7 +1126,7 @@ static void
 lt_hold(LocalLock *e, int64 rev, bool xact)
 {
 	e->token = rev;
-	lt_set_owed(e, false);
+	lt_set_state(e, LT_HELD);
 	lt_push_acq(e, xact);
 	lt_publish(e);
 	lt_count_held(e, true);
@@ -1186,14 +1266,14 @@ lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
 	{
 		LocalLock  *e = es[i];
 
-		if (e == NULL || e->nacq > 0)
+		if (e == NULL || e->state == LT_HELD)
 			continue;
 		if (keysent[i] &&
 			!etcd_queue_release(REL_DELETE, ks[i].kind, lt_lease, ks[i].key, ks[i].keylen,
 								revs[i], false, true))
 			lt_keep_owed(e, revs[i]);
-		if (!e->owed)
-			lt_free_entry(e);
+		if (e->state == LT_WAITING)
+			lt_free_entry(e, LT_GONE_UNUSED);
 	}
 }
 
@@ -1234,7 +1314,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 		e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
 		lt_check_entry(e, names[i], kinds[i], 0);
 		lt_check_key_free(names[i], kinds[i]);
-		already[i] = e != NULL && e->nacq > 0;
+		already[i] = e != NULL && e->state == LT_HELD;
 	}
 	lt_ensure_lease();
 	for (i = 0; i < n; i++)
@@ -1352,8 +1432,7 @@ static void
 lt_keep_owed(LocalLock *e, int64 rev)
 {
 	e->token = rev;
-	lt_set_owed(e, true);
-	e->owed_attempted = true;
+	lt_set_state(e, LT_OWED_SENT);
 	lt_owed = true;
 }
 
@@ -1370,17 +1449,17 @@ static bool
 lt_release_async(LocalLock *e, bool attempted)
 {
 	/* a release that may have been sent stays so: never taken back */
-	attempted = attempted || (e->owed && e->owed_attempted);
+	attempted = attempted || e->state == LT_OWED_SENT;
 	if (e->lease_id == lt_lease && !lt_lease_lost() &&
 		!etcd_queue_release(REL_DELETE, e->kind, e->lease_id, e->key, e->keylen, e->token,
 							true, attempted))
 	{
-		lt_set_owed(e, true);
-		e->owed_attempted = attempted;
+		lt_set_state(e, attempted ? LT_OWED_SENT : LT_OWED);
 		lt_owed = true;
 		return false;
 	}
-	lt_free_entry(e);
+	lt_free_entry(e, e->lease_id == lt_lease && !lt_lease_lost() ?
+				  LT_GONE_RELEASED : LT_GONE_LEASE);
 	return true;
 }
 
@@ -1399,9 +1478,9 @@ lt_flush_owed(void)
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->nacq > 0 || !e->owed)
+		if (!LT_IS_OWED(e))
 			continue;
-		if (!lt_release_async(e, e->owed_attempted))
+		if (!lt_release_async(e, e->state == LT_OWED_SENT))
 			still = true;
 	}
 	lt_owed = still;
@@ -1438,7 +1517,7 @@ lt_release_now(LocalLock *e, const char *name)
 	PG_END_TRY();
 	if (ok)
 	{
-		lt_free_entry(e);
+		lt_free_entry(e, LT_GONE_RELEASED);
 		return;
 	}
 	(void) lt_release_async(e, true);
@@ -1486,6 +1565,7 @@ etcd_release(const char *name, EtcdKeyKind kind)
 		lt_publish(e);
 		return true;
 	}
+	lt_set_state(e, LT_RELEASING);
 	lt_release_now(e, name);
 	return true;
 }
@@ -1513,6 +1593,8 @@ lt_filter(LocalLock *e, bool (*keep) (LocalAcq *a, void *arg), void *arg)
 			lt_xact_acqs--;
 	}
 	e->nacq = j;
+	if (j == 0 && e->state == LT_HELD)
+		lt_set_state(e, LT_RELEASING);
 	lt_publish(e);
 	return j;
 }
@@ -1585,7 +1667,7 @@ lt_release_sync(LocalLock *e, HASH_SEQ_STATUS *seq)
 	}
 	PG_END_TRY();
 	if (ok)
-		lt_free_entry(e);
+		lt_free_entry(e, LT_GONE_RELEASED);
 	return ok;
 }
 
@@ -1665,7 +1747,7 @@ etcd_token(const char *name, EtcdKeyKind kind, int64 *token)
 		return false;
 	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
-	if (e == NULL || e->nacq == 0)
+	if (e == NULL || e->state != LT_HELD)
 		return false;
 	*token = e->token;
 	return true;
@@ -1687,7 +1769,7 @@ etcd_proclaim(const char *name, const char *value)
 	lt_hash_key(pfx, sizeof(pfx), name, ETCD_KEY_ELECTION);
 	if (lt_locks)
 		e = hash_search(lt_locks, pfx, HASH_FIND, NULL);
-	if (e == NULL || e->nacq == 0)
+	if (e == NULL || e->state != LT_HELD)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("this session is not the leader of etcd election \"%s\"", name),
@@ -1834,7 +1916,7 @@ lt_verify(void)
 	hash_seq_init(&seq, lt_locks);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->nacq == 0)
+		if (e->state != LT_HELD)
 			continue;
 		keys[n] = e->key;
 		lens[n] = e->keylen;
