@@ -97,14 +97,13 @@ lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
  * lt_wait_removed waits briefly for the worker to delete the queue key of a
  * wait that is being abandoned (cancel, timeout, error), so nobody queues
  * behind a ghost once the ERROR returns. Runs in an error path: interrupts
- * are held, nothing here throws, and the wait is bounded (40 ms); if etcd is
- * slower, the worker finishes the job after the error returned.
+ * are held, nothing here throws, and the wait is bounded (giveup: 40 ms
+ * after the error, for all the keys of the call); if etcd is slower, the
+ * worker finishes the job after the error returned.
  */
 static void
-lt_wait_removed(const EtcdLockKeys *k)
+lt_wait_removed(const EtcdLockKeys *k, TimestampTz giveup)
 {
-	TimestampTz giveup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 40);
-
 	HOLD_INTERRUPTS();
 	while (etcd_release_pending(lt.lease, k->key, k->keylen) &&
 		   GetCurrentTimestamp() < giveup)
@@ -175,6 +174,102 @@ lt_check_key_free(const char *name, EtcdKeyKind kind)
 }
 
 /*
+ * The steps both acquire drivers take, in this order:
+ *   lt_find       the entry of a name, refused while its release may have
+ *                 reached etcd (lt_check_entry)
+ *   lt_enter      the entry to acquire into (shown as waiting)
+ *   lt_reclaim    a queued release of our own key: taken back (the key
+ *                 holds, within the lease deadline) or waited for
+ *   lt_give_up    on failure: every key that may exist is handed to the
+ *                 worker (or kept owed if the queue is full), never
+ *                 forgotten; entries with no key left are forgotten
+ *   lt_hold, lt_won  on success: counted, then the lease checked again
+ */
+static LocalLock *
+lt_find(const char *name, EtcdKeyKind kind, int permits)
+{
+	char		pfx[ETCD_MAX_KEY];
+	LocalLock  *e;
+
+	lt_hash_key(pfx, sizeof(pfx), name, kind);
+	e = hash_search(lt.locks, pfx, HASH_FIND, NULL);
+	lt_check_entry(e, name, kind, permits);
+	return e;
+}
+
+/*
+ * lt_reclaim takes back (true, *rev its revision) or waits for a queued
+ * release of k; *timed_out if the deadline passed first. A key taken back
+ * is relied on only within the lease deadline.
+ */
+static bool
+lt_reclaim(const EtcdLockKeys *k, TimestampTz deadline, int64 *rev, bool *timed_out)
+{
+	int64		reclaimed = 0;
+
+	if (!lt_wait_queued(k, &reclaimed, deadline, false, timed_out))
+		return false;
+	*rev = reclaimed;
+	if (lt_lease_lost())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("etcd_lock: the etcd lease of this session expired; its locks were lost")));
+	return true;
+}
+
+/*
+ * lt_give_up removes the keys of an acquire that failed, timed out or (a
+ * try) did not hold: each key that may exist (keysent: put by the txn, or
+ * taken back from a queued release) is released by the worker (by its
+ * revision, or read first if that is unknown), and the entries are
+ * forgotten. Nothing stays held or queued. Entries held before the call
+ * (es[i] NULL, or held) are untouched. denied: etcd refused the request
+ * (permission denied), so a key of unknown revision was never written.
+ * wait: an error path; wait briefly for the worker's deletes
+ * (lt_wait_removed) so nobody queues behind them once the ERROR returns.
+ */
+static void
+lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
+		   const int64 *revs, bool denied, bool wait)
+{
+	TimestampTz giveup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 40);
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		LocalLock  *e = es[i];
+
+		if (e == NULL || e->state == LT_HELD)
+			continue;
+		if (keysent[i] && !(denied && revs[i] == 0))
+		{
+			if (etcd_queue_release(REL_DELETE, ks[i].kind, lt.lease, ks[i].key, ks[i].keylen,
+								   revs[i], false, true))
+			{
+				if (wait)
+					lt_wait_removed(&ks[i], giveup);
+			}
+			else
+				lt_keep_owed(e, revs[i]);	/* the queue is full: never forget it */
+		}
+		if (e->state == LT_WAITING)
+			lt_free_entry(e, LT_GONE_UNUSED);
+	}
+}
+
+/*
+ * lt_won: after the keys of a call were counted as held, a loss that the
+ * worker saw meanwhile is told now (counted first, then checked, so either
+ * the worker saw the count and signals, or we see the loss here).
+ */
+static void
+lt_won(void)
+{
+	if (lt_lease_lost())
+		lt_check_lost();
+}
+
+/*
  * lt_acquire does the work of etcd_acquire within deadline (0: none).
  */
 static bool
@@ -191,9 +286,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 
 	lt_begin_acquire();
 
-	lt_hash_key(pfx, sizeof(pfx), name, kind);
-	e = hash_search(lt.locks, pfx, HASH_FIND, NULL);
-	lt_check_entry(e, name, kind, permits);
+	e = lt_find(name, kind, permits);
 	if (e && e->state == LT_HELD && kind == ETCD_KEY_ELECTION)
 	{
 		/* campaigning again as the leader: proclaim (as Go's Campaign) */
@@ -214,6 +307,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 	lt_ensure_lease();
 	etcd_lock_keys(&k, lt_prefix(), name, lt.lease, kind, permits);
 
+	lt_hash_key(pfx, sizeof(pfx), name, kind);
 	e = lt_enter(pfx, name, &k, xact);
 
 	PG_TRY();
@@ -222,13 +316,8 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		bool		timed_out;
 
 		/* a try waits for an earlier release of its own, too */
-		if (lt_wait_queued(&k, &reclaimed, deadline, false, &timed_out))
+		if (lt_reclaim(&k, deadline, &reclaimed, &timed_out))
 		{
-			/* taken back: rely on it only within the lease deadline */
-			if (lt_lease_lost())
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("etcd_lock: the etcd lease of this session expired; its locks were lost")));
 			held = true;
 			rev = reclaimed;
 		}
@@ -280,20 +369,13 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		 * Interrupted, timed out or failed: our key may exist in etcd (as a
 		 * place in the queue). The worker deletes it (by its revision; if
 		 * that is unknown it reads it first); this backend does not use the
-		 * key again before that release is done. Not when etcd refused the
-		 * request (permission denied): nothing was written then.
+		 * key again before that release is done.
 		 */
-		if (key_sent && geterrcode() == ERRCODE_INSUFFICIENT_PRIVILEGE && rev == 0)
-			key_sent = false;
-		if (key_sent)
-		{
-			if (etcd_queue_release(REL_DELETE, k.kind, lt.lease, k.key, k.keylen, rev, false, true))
-				lt_wait_removed(&k);
-			else
-				lt_keep_owed(e, rev);	/* the queue is full: never forget it */
-		}
-		if (e->state == LT_WAITING)
-			lt_free_entry(e, LT_GONE_UNUSED);
+		bool		sent = key_sent;
+		int64		r = rev;
+
+		lt_give_up(&e, &k, 1, &sent, &r,
+				   geterrcode() == ERRCODE_INSUFFICIENT_PRIVILEGE, true);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -304,13 +386,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		return false;
 	}
 	lt_hold(e, rev, xact);
-
-	/*
-	 * Won just as the lease ran out? Counted first, then checked, so either
-	 * the worker saw the count and signals, or we see the loss here.
-	 */
-	if (lt_lease_lost())
-		lt_check_lost();
+	lt_won();
 	*token = rev;
 	return true;
 }
@@ -506,34 +582,6 @@ etcd_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 }
 
 /*
- * lt_give_up removes the keys of a multi-lock that failed or timed out:
- * each key that may exist (keysent: put by the txn, or taken back from a
- * queued release) is released by the worker (by its revision, or read
- * first if that is unknown), and the entries are forgotten. Nothing stays
- * held or queued. Entries held before the call (es[i] NULL) are untouched.
- */
-static void
-lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
-		   const int64 *revs)
-{
-	int			i;
-
-	for (i = 0; i < n; i++)
-	{
-		LocalLock  *e = es[i];
-
-		if (e == NULL || e->state == LT_HELD)
-			continue;
-		if (keysent[i] &&
-			!etcd_queue_release(REL_DELETE, ks[i].kind, lt.lease, ks[i].key, ks[i].keylen,
-								revs[i], false, true))
-			lt_keep_owed(e, revs[i]);
-		if (e->state == LT_WAITING)
-			lt_free_entry(e, LT_GONE_UNUSED);
-	}
-}
-
-/*
  * lt_acquire_many takes names[0..n-1] (modes kinds[]) all or none, within
  * deadline: the keys not yet held go to etcd in one txn (one create
  * revision for all, so two multi-locks over overlapping names never
@@ -564,11 +612,8 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 
 	for (i = 0; i < n; i++)
 	{
-		LocalLock  *e;
+		LocalLock  *e = lt_find(names[i], kinds[i], 0);
 
-		lt_hash_key(pfx, sizeof(pfx), names[i], kinds[i]);
-		e = hash_search(lt.locks, pfx, HASH_FIND, NULL);
-		lt_check_entry(e, names[i], kinds[i], 0);
 		lt_check_key_free(names[i], kinds[i]);
 		already[i] = e != NULL && e->state == LT_HELD;
 	}
@@ -592,15 +637,11 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 
 			if (already[i])
 				continue;
-			if (lt_wait_queued(&ks[i], &reclaimed, deadline, false, &timed_out))
+			if (lt_reclaim(&ks[i], deadline, &reclaimed, &timed_out))
 			{
 				keysent[i] = true;	/* it exists: given up on failure */
 				revs[i] = reclaimed;
 				held[i] = true;
-				if (lt_lease_lost())
-					ereport(ERROR,
-							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-							 errmsg("etcd_lock: the etcd lease of this session expired; its locks were lost")));
 				continue;
 			}
 			if (timed_out)
@@ -636,7 +677,8 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	}
 	PG_CATCH();
 	{
-		lt_give_up(es, ks, n, keysent, revs);
+		lt_give_up(es, ks, n, keysent, revs,
+				   geterrcode() == ERRCODE_INSUFFICIENT_PRIVILEGE, true);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -644,7 +686,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	if (!all)
 	{
 		/* try: one does not hold at once; none is kept */
-		lt_give_up(es, ks, n, keysent, revs);
+		lt_give_up(es, ks, n, keysent, revs, false, false);
 		return false;
 	}
 	for (i = 0; i < n; i++)
@@ -660,8 +702,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 			lt_hold(es[i], revs[i], xact);
 		tokens[i] = es[i]->token;
 	}
-	if (lt_lease_lost())
-		lt_check_lost();
+	lt_won();
 	return true;
 }
 
