@@ -382,7 +382,13 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 
 	if (!held)
 	{
-		lt_free_entry(e, e->state == LT_WAITING ? LT_GONE_UNUSED : LT_GONE_RELEASED);
+		/*
+		 * A try's own leftover key whose release did not fit the queue is
+		 * kept owed (OWED_SENT) until lt_flush_owed queues it: never
+		 * forgotten. Otherwise nothing of ours is left: forget the entry.
+		 */
+		if (e->state != LT_OWED_SENT)
+			lt_free_entry(e, e->state == LT_WAITING ? LT_GONE_UNUSED : LT_GONE_RELEASED);
 		return false;
 	}
 	lt_hold(e, rev, xact);

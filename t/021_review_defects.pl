@@ -378,6 +378,58 @@ sub auth_etcd
 	$fp->stop;
 }
 
+# --- issue 20, found by the model (spec/): a try-lock that finds its own
+# key in the queue but not holding (a leftover: an earlier acquire applied
+# late) gives that key up; with the release queue full the release is kept
+# owed and queued later. Before, the entry was kept owed and then freed all
+# the same: the key stayed under the session's live lease, and once it was
+# the oldest it blocked the name for everyone until the session ended.
+{
+	my $nt = etcd_node('rev_tryowed', $etcd, 'etcd_lock.lease_ttl' => '30s');
+	my $s = sess($nt);
+	ok_sql($s, "SELECT etcd_lock('/tryowed/warm')");
+	my $lease = ok_sql($s, "SELECT lease_id FROM etcd_locks WHERE name = '/tryowed/warm'");
+	ok_sql($s, "SELECT etcd_unlock('/tryowed/warm')");
+	my $range = ok_sql($s, "SELECT etcd_lock_key('/tryowed/x')");
+	my $sb = sess($b);
+	ok_sql($sb, "SELECT etcd_lock('/tryowed/x')");
+	# the leftover: our own key, under our lease, younger than B's
+	my $mykey = $range . $lease;
+	my $lid = $lease =~ /^[0-9a-f]+$/ ? do { no warnings 'portable'; hex($lease) } : $lease;
+	my $kb = encode_base64($mykey, '');
+	system("curl -s -m 5 $etcd->{endpoint}/v3/kv/put -d '{\"key\":\"$kb\",\"value\":\"eA==\",\"lease\":\"$lid\"}' >/dev/null");
+	ok(exists keys_under('/tryowed/x/')->{$mykey}, "20.found: the session's own key is in the queue behind B ($mykey)");
+	# the worker stopped, fill the release queue (as 22.5 does)
+	my $slots = $nt->safe_psql('postgres', q{SELECT greatest(256, 4 * (current_setting('max_connections')::int
+		+ coalesce(current_setting('autovacuum_worker_slots', true), current_setting('autovacuum_max_workers'))::int
+		+ 2 + current_setting('max_worker_processes')::int + current_setting('max_wal_senders')::int) + 64)});
+	my $wpid = $nt->safe_psql('postgres', 'SELECT worker_pid FROM etcd_lock_status');
+	my @names = map { "'/tryowed/q/$_'" } 1 .. $slots;
+	my $sql = 'BEGIN;';
+	while (my @chunk = splice(@names, 0, 128))
+	{
+		$sql .= ' SELECT etcd_xact_lock_many(ARRAY[' . join(',', @chunk) . ']);';
+	}
+	ok_sql($s, $sql);
+	kill 'STOP', $wpid or die "SIGSTOP $wpid: $!";
+	ok_sql($s, 'ROLLBACK');
+	is(ok_sql($s, "SELECT etcd_try_lock('/tryowed/x')"), 'f', '20.found: the try-lock does not get the name B holds');
+	kill 'CONT', $wpid;
+	ok(wait_until(sub { $nt->safe_psql('postgres', 'SELECT releases_queued + releases_attempted FROM etcd_lock_status') eq '0' }, 30),
+		'20.found: the queued releases drain once the worker runs');
+	run($s, 'SELECT 1');    # owed releases are handed on at the next statement
+	ok(wait_until(sub { !exists keys_under('/tryowed/x/')->{$mykey} }, 20),
+		'20.found: the own key the try gave up is removed (before: it stayed under the live lease)');
+	ok_sql($sb, "SELECT etcd_unlock('/tryowed/x')");
+	my $sc = sess($a);
+	is(ok_sql($sc, "SELECT etcd_try_lock('/tryowed/x')"), 't',
+		'20.found: once B unlocks, another session gets the name (before: the leftover blocked it)');
+	ok_sql($sc, "SELECT etcd_unlock('/tryowed/x')");
+	ok(wait_until(sub { !%{ keys_under('/tryowed/') } }, 30), '20.found: no key left');
+	$_->quit for $s, $sb, $sc;
+	$nt->stop;
+}
+
 # --- issue 24 item 6: a reload that changes etcd_lock.endpoints moves the
 # worker's keepalive stream to the new list. Before, renewals kept going
 # through the old endpoint until it broke: cut off there, the stream
