@@ -2,7 +2,7 @@
 MODULE_big = etcd_lock
 OBJS = src/etcd_lock.o src/guc.o src/transport.o src/gateway.o src/streams.o src/auth.o src/shmem.o src/keys.o \
 	src/lease.o src/lockops.o src/deadlock.o src/election.o src/holders.o \
-	src/locktable.o src/session.o src/acquire.o src/worker.o src/functions.o
+	src/locktable.o src/session.o src/acquire.o src/worker.o src/renewals.o src/releases.o src/functions.o
 EXTENSION = etcd_lock
 # 1.0 and 1.1 are released and never edited again; 1.0--1.1 and 1.1--1.2
 # hold what each added; the full 1.2 script is built from the three, so a
