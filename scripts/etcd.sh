@@ -77,8 +77,14 @@ for part in server:go.etcd.io/etcd/server/v3:etcd ctl:go.etcd.io/etcd/etcdctl/v3
 	cp "$build/$sub/go.mod" "$dir.tmp/$bin.go.mod"
 	cp "$build/$sub/go.sum" "$dir.tmp/$bin.go.sum"
 done
-"$dir.tmp/etcd" --version | grep -q "etcd Version: $ver" ||
-	{ echo "etcd.sh: the built etcd does not say version $ver" >&2; exit 1; }
+# read the whole answer first: with pipefail, "| grep -q" fails when grep
+# exits at the first line and etcd (3.5 writes each line separately) gets
+# SIGPIPE on the next one
+said=$("$dir.tmp/etcd" --version 2>&1 || true)
+case "$said" in
+	*"etcd Version: $ver"*) ;;
+	*) echo "etcd.sh: the built etcd does not say version $ver: $said" >&2; exit 1 ;;
+esac
 rm -rf "$dir"
 mv "$dir.tmp" "$dir"
 touch "$dir/.complete"
