@@ -54,8 +54,8 @@ static bool lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, 
  * worker cannot reach etcd).
  */
 static bool
-lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
-			   bool nowait, bool *timed_out)
+lt_wait_queued(const EtcdLockKeys *k, int64 *token, EtcdMono *late_until,
+			   TimestampTz deadline, bool nowait, bool *timed_out)
 {
 	TimestampTz giveup = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 2 * etcd_lock_request_timeout);
@@ -64,7 +64,8 @@ lt_wait_queued(const EtcdLockKeys *k, int64 *token, TimestampTz deadline,
 	*timed_out = false;
 	for (;;)
 	{
-		EtcdReclaim r = etcd_reclaim_release(lt.lease, k->key, k->keylen, k->kind, token);
+		EtcdReclaim r = etcd_reclaim_release(lt.lease, k->key, k->keylen, k->kind,
+											 token, late_until);
 		TimestampTz now;
 
 		if (r != RECLAIM_WAIT)
@@ -199,15 +200,20 @@ lt_find(const char *name, EtcdKeyKind kind, int permits)
 
 /*
  * lt_reclaim takes back (true, *rev its revision) or waits for a queued
- * release of k; *timed_out if the deadline passed first. A key taken back
- * is relied on only within the lease deadline.
+ * release of k, for entry e; *timed_out if the deadline passed first. A key
+ * taken back is relied on only within the lease deadline. An entry taken
+ * back that watched for a late acquire attempt hands that watch to e.
  */
 static bool
-lt_reclaim(const EtcdLockKeys *k, TimestampTz deadline, int64 *rev, bool *timed_out)
+lt_reclaim(LocalLock *e, const EtcdLockKeys *k, TimestampTz deadline, int64 *rev,
+		   bool *timed_out)
 {
 	int64		reclaimed = 0;
+	EtcdMono	late = 0;
+	bool		taken = lt_wait_queued(k, &reclaimed, &late, deadline, false, timed_out);
 
-	if (!lt_wait_queued(k, &reclaimed, deadline, false, timed_out))
+	e->late_until = Max(e->late_until, late);
+	if (!taken)
 		return false;
 	*rev = reclaimed;
 	if (lt_lease_lost())
@@ -244,7 +250,7 @@ lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
 		if (keysent[i] && !(denied && revs[i] == 0))
 		{
 			if (etcd_queue_release(REL_DELETE, ks[i].kind, lt.lease, ks[i].key, ks[i].keylen,
-								   revs[i], false, true))
+								   revs[i], false, true, e->late_until))
 			{
 				if (wait)
 					lt_wait_removed(&ks[i], giveup);
@@ -252,9 +258,25 @@ lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
 			else
 				lt_keep_owed(e, revs[i]);	/* the queue is full: never forget it */
 		}
+		else if (!lt_settle_late(e))
+			continue;			/* kept owed: a late attempt may still land */
 		if (e->state == LT_WAITING)
 			lt_free_entry(e, LT_GONE_UNUSED);
 	}
+}
+
+/*
+ * lt_note_late: the requests of an acquire of e (since the gateway's count
+ * was resends0) included one resent after an attempt that may have reached
+ * etcd; that attempt may still be applied and put e's key after it was
+ * released or given up: lt_settle_late watches for it until
+ * RESOLVE_SETTLE_MS from now.
+ */
+static void
+lt_note_late(LocalLock *e, uint64 resends0)
+{
+	if (e != NULL && etcd_gateway_late_resends() != resends0)
+		e->late_until = Max(e->late_until, etcd_mono_now() + MONO_MS(RESOLVE_SETTLE_MS));
 }
 
 /*
@@ -283,6 +305,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 	volatile int64 rev = 0;
 	volatile bool key_sent = false;
 	bool		held = false;
+	uint64		resends0 = etcd_gateway_late_resends();
 
 	lt_begin_acquire();
 
@@ -316,7 +339,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		bool		timed_out;
 
 		/* a try waits for an earlier release of its own, too */
-		if (lt_reclaim(&k, deadline, &reclaimed, &timed_out))
+		if (lt_reclaim(e, &k, deadline, &reclaimed, &timed_out))
 		{
 			held = true;
 			rev = reclaimed;
@@ -330,6 +353,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 			key_sent = true;
 			held = etcd_lock_acquire(&k, lt.lease, value ? value : lt_value(), !wait, &r);
 			rev = r;
+			lt_note_late(e, resends0);
 			if (!held && wait)
 			{
 				held = etcd_lock_wait(&k, rev, deadline, lt_lease_ok);
@@ -356,8 +380,10 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 				 * queue is full the entry stays, owed, and never adoptable.
 				 */
 				if (!etcd_queue_release(REL_DELETE, k.kind, lt.lease, k.key, k.keylen,
-										rev, false, true))
+										rev, false, true, e->late_until))
 					lt_keep_owed(e, rev);
+				else
+					e->late_until = 0;	/* the worker watches for it */
 			}
 			if (!held)
 				key_sent = false;	/* no key of ours is left behind */
@@ -374,6 +400,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		bool		sent = key_sent;
 		int64		r = rev;
 
+		lt_note_late(e, resends0);
 		lt_give_up(&e, &k, 1, &sent, &r,
 				   geterrcode() == ERRCODE_INSUFFICIENT_PRIVILEGE, true);
 		PG_RE_THROW();
@@ -387,7 +414,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		 * kept owed (OWED_SENT) until lt_flush_owed queues it: never
 		 * forgotten. Otherwise nothing of ours is left: forget the entry.
 		 */
-		if (e->state != LT_OWED_SENT)
+		if (e->state != LT_OWED_SENT && lt_settle_late(e))
 			lt_free_entry(e, e->state == LT_WAITING ? LT_GONE_UNUSED : LT_GONE_RELEASED);
 		return false;
 	}
@@ -451,6 +478,7 @@ lt_enter(const char *pfx, const char *name, const EtcdLockKeys *k, bool xact)
 		e->acqs = NULL;
 		e->counted = false;
 		e->state = LT_WAITING;
+		e->late_until = 0;
 		e->info = etcd_lockinfo_add(lt_prefix(), name, k->kind, k->permits, lt.lease);
 		etcd_lockinfo_set(e->info, LOCKINFO_WAITING, xact ? 0 : 1, xact ? 1 : 0, 0);
 	}
@@ -613,6 +641,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	bool		all = true;
 	int			i,
 				j;
+	uint64		resends0 = etcd_gateway_late_resends();
 
 	lt_begin_acquire();
 
@@ -643,7 +672,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 
 			if (already[i])
 				continue;
-			if (lt_reclaim(&ks[i], deadline, &reclaimed, &timed_out))
+			if (lt_reclaim(es[i], &ks[i], deadline, &reclaimed, &timed_out))
 			{
 				keysent[i] = true;	/* it exists: given up on failure */
 				revs[i] = reclaimed;
@@ -667,6 +696,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 			{
 				revs[send_idx[j]] = rev;
 				held[send_idx[j]] = h[j];
+				lt_note_late(es[send_idx[j]], resends0);
 			}
 		}
 		for (j = 0; j < nsend && all; j++)
@@ -683,6 +713,8 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	}
 	PG_CATCH();
 	{
+		for (i = 0; i < n; i++)
+			lt_note_late(es[i], resends0);
 		lt_give_up(es, ks, n, keysent, revs,
 				   geterrcode() == ERRCODE_INSUFFICIENT_PRIVILEGE, true);
 		PG_RE_THROW();

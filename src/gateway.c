@@ -277,6 +277,21 @@ gw_error_reply(EtcdStatus *st, long http)
  * ---------------------------------------------------------------------
  */
 
+/* resends of requests whose earlier attempt may still land (gw_request) */
+static uint64 gw_late_resends = 0;
+
+/*
+ * etcd_gateway_late_resends counts this process's requests that were sent
+ * again after an attempt that may have reached etcd (timed out, cut, a
+ * 5xx): that attempt may still be applied, after the resend was answered.
+ * A caller compares the count before and after its request.
+ */
+uint64
+etcd_gateway_late_resends(void)
+{
+	return gw_late_resends;
+}
+
 static bool
 gw_req_cond(void)
 {
@@ -360,6 +375,7 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 	size_t		tlen = 0,
 				tllen = 0;
 	bool		electing = false;	/* a member answered 503: no leader yet */
+	bool		maybe_sent = false; /* an attempt may have reached etcd */
 	long		backoff = GW_ELECTION_BACKOFF_MIN;
 
 	gw_init();
@@ -418,6 +434,16 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 		GW_COUNT(GW_EV_REQUEST);
 		if (attempt > 0)
 			GW_COUNT(GW_EV_FAILOVER);
+		/*
+		 * Sending again what an earlier attempt may have delivered: that
+		 * attempt is not cancelled in etcd and may still be applied after
+		 * this one was answered (etcd_gateway_late_resends).
+		 */
+		if (maybe_sent)
+		{
+			gw_late_resends++;
+			maybe_sent = false;
+		}
 		curl_easy_setopt(gw_req.easy, CURLOPT_URL, url);
 		curl_easy_setopt(gw_req.easy, CURLOPT_POSTFIELDS, body);
 		curl_easy_setopt(gw_req.easy, CURLOPT_POSTFIELDSIZE, (long) strlen(body));
@@ -480,6 +506,9 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 			char		hbuf[sizeof(st->message)];
 
 			GW_COUNT(GW_EV_FAILURE);
+			/* refused or unresolved: nothing of it reached etcd */
+			if (rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST)
+				maybe_sent = true;
 
 			if (rc == CURLE_OK)
 			{

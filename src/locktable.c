@@ -280,6 +280,27 @@ lt_keep_owed(LocalLock *e, int64 rev)
 }
 
 /*
+ * lt_settle_late: e's key is gone as far as etcd answered (its delete was
+ * confirmed, or it was never put), but an attempt of its acquire may still
+ * be applied until e->late_until and put the key again under our lease,
+ * held by nobody. The worker reads the key at that time and deletes what
+ * it finds (etcd_queue_settle). If the queue is full, e stays owed
+ * (OWED_SENT, token 0: read, then deleted) for lt_flush_owed, never
+ * adopted. Returns whether e may be forgotten.
+ */
+bool
+lt_settle_late(LocalLock *e)
+{
+	if (e->late_until == 0 || etcd_mono_now() >= e->late_until ||
+		e->lease_id != lt.lease || lt_lease_lost())
+		return true;			/* nothing can land, or not under a live lease */
+	if (etcd_queue_settle(e->kind, e->lease_id, e->key, e->keylen, e->late_until))
+		return true;
+	lt_keep_owed(e, 0);
+	return false;
+}
+
+/*
  * lt_release_async hands the release of e's key to the worker and forgets
  * e. attempted: the release may already have reached etcd, so it must never
  * be taken back. Never throws, never blocks: used from transaction
@@ -295,7 +316,7 @@ lt_release_async(LocalLock *e, bool attempted)
 	attempted = attempted || e->state == LT_OWED_SENT;
 	if (e->lease_id == lt.lease && !lt_lease_lost() &&
 		!etcd_queue_release(REL_DELETE, e->kind, e->lease_id, e->key, e->keylen, e->token,
-							true, attempted))
+							true, attempted, e->late_until))
 	{
 		lt_set_state(e, attempted ? LT_OWED_SENT : LT_OWED);
 		lt.owed = true;
@@ -360,7 +381,8 @@ lt_release_now(LocalLock *e, const char *name)
 	PG_END_TRY();
 	if (ok)
 	{
-		lt_free_entry(e, LT_GONE_RELEASED);
+		if (lt_settle_late(e))
+			lt_free_entry(e, LT_GONE_RELEASED);
 		return;
 	}
 	(void) lt_release_async(e, true);
@@ -509,7 +531,7 @@ lt_release_sync(LocalLock *e, HASH_SEQ_STATUS *seq)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	if (ok)
+	if (ok && lt_settle_late(e))
 		lt_free_entry(e, LT_GONE_RELEASED);
 	return ok;
 }

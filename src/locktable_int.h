@@ -79,6 +79,12 @@ typedef struct LocalLock
 	EtcdLockInfo *info;			/* our entry in the etcd_locks view */
 	bool		counted;		/* counted in the slot's nheld */
 	LtState		state;
+	EtcdMono	late_until;		/* an attempt of an acquire of the key may
+								 * still be applied until then (a request
+								 * resent after one that may have reached
+								 * etcd): its release, or its giving up,
+								 * has the worker read the key then
+								 * (lt_settle_late); 0: none */
 } LocalLock;
 
 /* this backend's lock-table state (one struct; session.c owns the lease) */
@@ -120,6 +126,7 @@ extern void lt_free_entry(LocalLock *e, LtGone why);
 extern void lt_push_acq(LocalLock *e, bool xact);
 extern void lt_publish(LocalLock *e);
 extern void lt_keep_owed(LocalLock *e, int64 rev);
+extern bool lt_settle_late(LocalLock *e);
 extern void lt_flush_owed(void);
 
 #endif

@@ -246,7 +246,8 @@ finish_release_entry(int index, EtcdAsyncResult *res)
 	EtcdRelease *e = &etcd_shared->releases[index];
 	EtcdMono	now = etcd_mono_now();
 	bool		ok = res->ok,
-				give_up = false;
+				give_up = false,
+				settle;
 	bool		revoke = e->kind == REL_REVOKE;
 
 	if (!ok && revoke && res->st.kind == ETCD_ERROR_REPLY &&
@@ -265,9 +266,26 @@ finish_release_entry(int index, EtcdAsyncResult *res)
 						res->st.grpc_code == GRPC_PERMISSION_DENIED ?
 						"etcd refuses it (permission denied); the lease's end removes the key" :
 						"its lease has expired by now")));
+	/* only this process writes late_until of an entry it is sending */
+	settle = ok && !revoke && now < e->late_until && lease_in_use(e->lease_id);
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 	e->tried = true;
-	if (ok || give_up)
+	if (settle)
+	{
+		/*
+		 * Deleted, but an attempt of the key's acquire may still be
+		 * applied and put it again under a lease that lives on (a request
+		 * the gateway resent, or one cut short): read it again once that
+		 * attempt must have landed, as a queue place found gone is
+		 * (finish_resolve), and delete what is there then.
+		 */
+		e->token = 0;
+		e->held = false;
+		e->settle_at = e->late_until;
+		e->state = REL_PENDING;
+		e->retry_at = e->late_until;
+	}
+	else if (ok || give_up)
 	{
 		e->state = REL_FREE;
 		etcd_shared->npending--;
@@ -308,7 +326,7 @@ finish_resolve(WorkerReq *req, EtcdAsyncResult *res)
 		 * fails.
 		 */
 		if (e->settle_at == 0)
-			e->settle_at = e->queued_at + MONO_MS(RESOLVE_SETTLE_MS);
+			e->settle_at = Max(e->queued_at + MONO_MS(RESOLVE_SETTLE_MS), e->late_until);
 		e->tried = true;		/* nobody waits for the second read */
 		e->state = REL_PENDING;
 		e->retry_at = e->settle_at;

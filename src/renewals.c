@@ -425,7 +425,7 @@ refill_pool(EtcdMono now, EtcdMono *next)
 		empty = p->state == LEASE_NONE;
 		LWLockRelease(etcd_shared->lock);
 		if (stale != 0)
-			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, stale, NULL, 0, 0, false, true);
+			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, stale, NULL, 0, 0, false, true, 0);
 		if (!empty)
 			continue;
 		r = free_req();
@@ -500,7 +500,7 @@ finish_grant(WorkerReq *req, EtcdAsyncResult *res)
 		 * found" counts as done).
 		 */
 		if (res->st.kind == ETCD_ERROR_REPLY)
-			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, req->lease_id, NULL, 0, 0, false, true);
+			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, req->lease_id, NULL, 0, 0, false, true, 0);
 		wk.pool_retry_at = etcd_mono_now() + MONO_MS(KA_STREAM_RETRY_MS);
 		return;
 	}
@@ -525,7 +525,7 @@ finish_grant(WorkerReq *req, EtcdAsyncResult *res)
 		LWLockRelease(etcd_shared->lock);
 	}
 	if (!placed)
-		(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, req->lease_id, NULL, 0, 0, false, true);
+		(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, req->lease_id, NULL, 0, 0, false, true, 0);
 }
 
 /*
@@ -643,7 +643,7 @@ revoke_previous_leases(void)
 			long long	id = strtoll(line, &end, 10);
 
 			if (id > 0 && (*end == '\n' || *end == '\0') &&
-				etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, (int64) id, NULL, 0, 0, false, true))
+				etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, (int64) id, NULL, 0, 0, false, true, 0))
 				n++;
 		}
 	}

@@ -205,7 +205,7 @@ lt_forget_lease(StringInfo lost_names)
 			slot->nheld = 0;
 		}
 		LWLockRelease(etcd_shared->lock);
-		(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, lt.lease, NULL, 0, 0, false, false);
+		(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, lt.lease, NULL, 0, 0, false, false, 0);
 	}
 	lt.lease = 0;
 	lt.xact_acqs = 0;
@@ -428,7 +428,7 @@ lt_ensure_lease(void)
 			LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 			slot->granting_id = 0;
 			LWLockRelease(etcd_shared->lock);
-			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, want, NULL, 0, 0, false, true);
+			(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, want, NULL, 0, 0, false, true, 0);
 			PG_RE_THROW();
 		}
 		PG_END_TRY();

@@ -33,6 +33,10 @@ EtcdReleaseRef etcd_last_queued = {-1, 0};
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
+static bool queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id,
+						  const char *key, int keylen, int64 token, bool held,
+						  bool attempted, EtcdMono late_until, bool settle);
+
 /*
  * etcd_mono_now returns the shared monotonic clock (see EtcdMono). Async
  * signal safe: the backend's lease-deadline timer calls it.
@@ -324,14 +328,49 @@ etcd_wake_worker(void)
  * etcd_queue_release hands a release to the worker and wakes it. Never
  * throws and never waits on the network, so it is safe in transaction
  * callbacks. Returns false if the queue is full (the key then stays until
- * the backend's lease is revoked at exit or expires).
+ * the backend's lease is revoked at exit or expires). late_until (0: none):
+ * an acquire of the key may still be applied until then (a request resent
+ * after an attempt that may have reached etcd); once the delete is
+ * confirmed, the worker reads the key again at that time and deletes what
+ * it finds. A key of unknown revision (token 0: its acquire was cut short)
+ * gets RESOLVE_SETTLE_MS from now at least.
  */
 bool
 etcd_queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id, const char *key,
-				   int keylen, int64 token, bool held, bool attempted)
+				   int keylen, int64 token, bool held, bool attempted,
+				   EtcdMono late_until)
+{
+	return queue_release(kind, keykind, lease_id, key, keylen, token, held,
+						 attempted, late_until, false);
+}
+
+/*
+ * etcd_queue_settle: key is gone as far as etcd answered (its release was
+ * confirmed, or it was never put), but an acquire attempt of it may still
+ * be applied until late_until. The worker reads it at that time and
+ * deletes it if it exists. A new acquire of the key by this session takes
+ * the entry back (etcd_reclaim_release): its txn creates the key or finds
+ * the late one as its own. false: the queue is full.
+ */
+bool
+etcd_queue_settle(int keykind, int64 lease_id, const char *key, int keylen,
+				  EtcdMono late_until)
+{
+	return queue_release(REL_DELETE, keykind, lease_id, key, keylen, 0, false,
+						 false, late_until, true);
+}
+
+static bool
+queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id, const char *key,
+			  int keylen, int64 token, bool held, bool attempted,
+			  EtcdMono late_until, bool settle)
 {
 	int			i;
 	bool		queued = false;
+	EtcdMono	now = etcd_mono_now();
+
+	if (kind == REL_DELETE && token == 0)
+		late_until = Max(late_until, now + MONO_MS(RESOLVE_SETTLE_MS));
 
 	if (keylen >= ETCD_MAX_KEY)
 		return false;
@@ -346,17 +385,23 @@ etcd_queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id, const char
 		r->kind = kind;
 		r->keykind = keykind;
 		r->alone = false;
-		r->settle_at = 0;
 		r->held = held;
 		r->attempted = attempted;
 		r->lease_id = lease_id;
 		r->token = token;
-		r->queued_at = etcd_mono_now();
-		r->retry_at = 0;
-		r->tried = false;
+		r->queued_at = now;
+		r->late_until = late_until;
+		/* a settle read: found gone already; read when the late one landed */
+		r->settle_at = settle ? late_until : 0;
+		r->retry_at = settle ? late_until : 0;
+		r->tried = settle;		/* nobody waits for it */
 		r->seq = ++etcd_shared->next_seq;
-		etcd_last_queued.idx = i;
-		etcd_last_queued.seq = r->seq;
+		if (!settle)
+		{
+			/* what a commit waits for: a settle read is nobody's release */
+			etcd_last_queued.idx = i;
+			etcd_last_queued.seq = r->seq;
+		}
 		r->keylen = keylen;
 		if (keylen > 0)
 			memcpy(r->key, key, keylen);
@@ -404,7 +449,7 @@ etcd_release_settled(const EtcdReleaseRef *ref)
  */
 EtcdReclaim
 etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int keykind,
-					 int64 *token)
+					 int64 *token, EtcdMono *late_until)
 {
 	EtcdReclaim result = RECLAIM_NONE;
 	int			i;
@@ -430,6 +475,8 @@ etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int keykind,
 			if (r->state == REL_PENDING && r->token == 0 && r->settle_at != 0 &&
 				r->keykind == keykind && keykind != ETCD_KEY_ELECTION)
 			{
+				/* the late attempt may still land: the new entry watches for it */
+				*late_until = Max(*late_until, r->late_until);
 				r->state = REL_FREE;
 				etcd_shared->npending--;
 				break;
@@ -444,6 +491,7 @@ etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int keykind,
 				r->keykind == keykind && keykind != ETCD_KEY_ELECTION)
 			{
 				*token = r->token;
+				*late_until = Max(*late_until, r->late_until);
 				r->state = REL_FREE;
 				etcd_shared->npending--;
 				result = RECLAIM_TAKEN;

@@ -66,6 +66,14 @@ typedef struct EtcdLeaseSlot
  * lost even if etcd has not said so. Backends check it themselves; the
  * worker is not trusted to have noticed.
  */
+/*
+ * How long after an acquire request ended one of its attempts may still be
+ * applied by etcd: a proposal gets 5 s plus two election timeouts (7 s by
+ * default), and the request itself lasted request_timeout at most; twice
+ * that, for a member's own delays.
+ */
+#define RESOLVE_SETTLE_MS	(2L * etcd_lock_request_timeout + 7000L)
+
 #define LEASE_MARGIN_MS(ttl)	Max(500L, (long) (ttl) * 100L)
 #define LEASE_DEADLINE(sent, ttl) \
 	((sent) + MONO_MS((long) (ttl) * 1000L - LEASE_MARGIN_MS(ttl)))
@@ -102,6 +110,10 @@ typedef struct EtcdRelease
 	EtcdMono	settle_at;		/* a queue place of unknown revision found
 								 * gone: read again at this time, as its
 								 * acquire may still be applied late */
+	EtcdMono	late_until;		/* an acquire of the key may still be
+								 * applied until then (a resent or cut-short
+								 * request): a delete confirmed before it is
+								 * followed by a read at this time */
 	int			keylen;
 	char		key[ETCD_MAX_KEY];
 } EtcdRelease;
@@ -204,7 +216,9 @@ extern void etcd_wake_worker(void);
 extern void etcd_signal_loss(EtcdLeaseSlot *slot);
 extern bool etcd_queue_release(EtcdReleaseKind kind, int keykind, int64 lease_id,
 							   const char *key, int keylen, int64 token,
-							   bool held, bool attempted);
+							   bool held, bool attempted, EtcdMono late_until);
+extern bool etcd_queue_settle(int keykind, int64 lease_id, const char *key,
+							  int keylen, EtcdMono late_until);
 
 /* One queued release, to wait for its first attempt (etcd_release_settled). */
 typedef struct EtcdReleaseRef
@@ -232,6 +246,7 @@ extern void etcd_lockinfo_remove(EtcdLockInfo *info);
 extern bool etcd_release_pending(int64 lease_id, const char *key, int keylen);
 
 extern EtcdReclaim etcd_reclaim_release(int64 lease_id, const char *key,
-										int keylen, int keykind, int64 *token);
+										int keylen, int keykind, int64 *token,
+										EtcdMono *late_until);
 
 #endif

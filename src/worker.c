@@ -466,7 +466,7 @@ worker_may_exit(EtcdMono now)
 		/* the pool's leases: nobody will adopt them now */
 		for (i = 0; i < ETCD_LEASE_POOL; i++)
 			if (wk.pool_pending[i] != 0 && !wk.pool_granting[i])
-				(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, wk.pool_pending[i], NULL, 0, 0, false, true);
+				(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, wk.pool_pending[i], NULL, 0, 0, false, true, 0);
 		for (i = etcd_shared->nbackends; i < etcd_shared->nslots; i++)
 		{
 			EtcdLeaseSlot *p = &etcd_shared->slots[i];
@@ -481,7 +481,7 @@ worker_may_exit(EtcdMono now)
 			}
 			LWLockRelease(etcd_shared->lock);
 			if (id != 0)
-				(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, id, NULL, 0, 0, false, true);
+				(void) etcd_queue_release(REL_REVOKE, ETCD_KEY_NONE, id, NULL, 0, 0, false, true, 0);
 		}
 	}
 	if (now >= wk.shutdown_at + MONO_MS(Max(5000, 2L * etcd_lock_request_timeout)))

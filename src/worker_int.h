@@ -68,8 +68,6 @@ typedef struct KaSent
 } KaSent;
 
 #define KA_STREAM_RETRY_MS	1000
-/* a queue place of unknown revision found gone is read again this late */
-#define RESOLVE_SETTLE_MS	(2L * etcd_lock_request_timeout + 7000L)
 
 /* the worker's state (one struct; w_shutdown, set by the signal handler, is worker.c's) */
 typedef struct WorkerState
