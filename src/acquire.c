@@ -51,7 +51,10 @@ static bool lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, 
  * takes back a pending release of a held key (returns true, *token set) or
  * waits until the worker has sent it (nowait: reports *timed_out at once).
  * Bounded by the caller's deadline and by twice the request timeout (the
- * worker cannot reach etcd).
+ * worker cannot reach etcd), counted from when a read for a late attempt
+ * of the key is due if there is one (etcd_reclaim_release). *late_until:
+ * how long an acquire attempt of the key may still land, handed on from a
+ * queue entry dropped or taken back.
  */
 static bool
 lt_wait_queued(const EtcdLockKeys *k, int64 *token, EtcdMono *late_until,
@@ -64,8 +67,9 @@ lt_wait_queued(const EtcdLockKeys *k, int64 *token, EtcdMono *late_until,
 	*timed_out = false;
 	for (;;)
 	{
+		EtcdMono	due = 0;
 		EtcdReclaim r = etcd_reclaim_release(lt.lease, k->key, k->keylen, k->kind,
-											 token, late_until);
+											 token, late_until, &due);
 		TimestampTz now;
 
 		if (r != RECLAIM_WAIT)
@@ -74,6 +78,10 @@ lt_wait_queued(const EtcdLockKeys *k, int64 *token, EtcdMono *late_until,
 			break;
 		}
 		now = GetCurrentTimestamp();
+		/* a read for a late attempt is due only at its time: wait for it too */
+		if (due > etcd_mono_now())
+			giveup = Max(giveup, TimestampTzPlusMilliseconds(now, (due - etcd_mono_now()) / 1000 +
+															 2 * etcd_lock_request_timeout));
 		if (nowait || (deadline != 0 && now >= deadline))
 		{
 			*timed_out = true;
@@ -258,7 +266,7 @@ lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
 			else
 				lt_keep_owed(e, revs[i]);	/* the queue is full: never forget it */
 		}
-		else if (!lt_settle_late(e))
+		else if (e->state == LT_WAITING && !lt_settle_late(e, etcd_mono_now()))
 			continue;			/* kept owed: a late attempt may still land */
 		if (e->state == LT_WAITING)
 			lt_free_entry(e, LT_GONE_UNUSED);
@@ -266,11 +274,12 @@ lt_give_up(LocalLock **es, EtcdLockKeys *ks, int n, const bool *keysent,
 }
 
 /*
- * lt_note_late: the requests of an acquire of e (since the gateway's count
- * was resends0) included one resent after an attempt that may have reached
- * etcd; that attempt may still be applied and put e's key after it was
- * released or given up: lt_settle_late watches for it until
- * RESOLVE_SETTLE_MS from now.
+ * lt_note_late: the acquire txn of e (sent since the gateway's count was
+ * resends0) was resent after an attempt that may have reached etcd; that
+ * attempt may still be applied and put e's key after it was released or
+ * given up: lt_settle_late watches for it until RESOLVE_SETTLE_MS from now.
+ * (An acquire txn that failed altogether leaves a key of unknown revision
+ * to the worker, which watches for a late attempt anyway.)
  */
 static void
 lt_note_late(LocalLock *e, uint64 resends0)
@@ -305,7 +314,6 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 	volatile int64 rev = 0;
 	volatile bool key_sent = false;
 	bool		held = false;
-	uint64		resends0 = etcd_gateway_late_resends();
 
 	lt_begin_acquire();
 
@@ -349,6 +357,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		else
 		{
 			int64		r;
+			uint64		resends0 = etcd_gateway_late_resends();
 
 			key_sent = true;
 			held = etcd_lock_acquire(&k, lt.lease, value ? value : lt_value(), !wait, &r);
@@ -400,7 +409,6 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		bool		sent = key_sent;
 		int64		r = rev;
 
-		lt_note_late(e, resends0);
 		lt_give_up(&e, &k, 1, &sent, &r,
 				   geterrcode() == ERRCODE_INSUFFICIENT_PRIVILEGE, true);
 		PG_RE_THROW();
@@ -414,7 +422,7 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 		 * kept owed (OWED_SENT) until lt_flush_owed queues it: never
 		 * forgotten. Otherwise nothing of ours is left: forget the entry.
 		 */
-		if (e->state != LT_OWED_SENT && lt_settle_late(e))
+		if (e->state != LT_OWED_SENT && lt_settle_late(e, etcd_mono_now()))
 			lt_free_entry(e, e->state == LT_WAITING ? LT_GONE_UNUSED : LT_GONE_RELEASED);
 		return false;
 	}
@@ -641,7 +649,6 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	bool		all = true;
 	int			i,
 				j;
-	uint64		resends0 = etcd_gateway_late_resends();
 
 	lt_begin_acquire();
 
@@ -688,6 +695,7 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 		{
 			bool	   *h = palloc0(sizeof(bool) * nsend);
 			int64		rev;
+			uint64		resends0 = etcd_gateway_late_resends();
 
 			for (j = 0; j < nsend; j++)
 				keysent[send_idx[j]] = true;
@@ -713,8 +721,6 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 	}
 	PG_CATCH();
 	{
-		for (i = 0; i < n; i++)
-			lt_note_late(es[i], resends0);
 		lt_give_up(es, ks, n, keysent, revs,
 				   geterrcode() == ERRCODE_INSUFFICIENT_PRIVILEGE, true);
 		PG_RE_THROW();

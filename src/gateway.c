@@ -506,9 +506,15 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 			char		hbuf[sizeof(st->message)];
 
 			GW_COUNT(GW_EV_FAILURE);
-			/* refused or unresolved: nothing of it reached etcd */
-			if (rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST)
-				maybe_sent = true;
+			if (rc != CURLE_OK)
+			{
+				long		sent = 0;
+
+				/* cut or timed out: if any of it went out, etcd may apply it */
+				if (curl_easy_getinfo(gw_req.easy, CURLINFO_REQUEST_SIZE, &sent) != CURLE_OK ||
+					sent > 0)
+					maybe_sent = true;
+			}
 
 			if (rc == CURLE_OK)
 			{
@@ -518,6 +524,9 @@ gw_request(const char *path, const char *body, EtcdParseFn parse,
 				gw_error_reply(&e5, http);
 				if (http == 503 || e5.grpc_code == GRPC_UNAVAILABLE)
 					electing = true;
+				/* "no leader" is said before proposing; "request timed out" after */
+				if (strstr(e5.message, "no leader") == NULL)
+					maybe_sent = true;
 				snprintf(hbuf, sizeof(hbuf), "%s", e5.message);
 				why = why_log = hbuf;
 			}

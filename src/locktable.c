@@ -280,18 +280,19 @@ lt_keep_owed(LocalLock *e, int64 rev)
 }
 
 /*
- * lt_settle_late: e's key is gone as far as etcd answered (its delete was
- * confirmed, or it was never put), but an attempt of its acquire may still
- * be applied until e->late_until and put the key again under our lease,
- * held by nobody. The worker reads the key at that time and deletes what
- * it finds (etcd_queue_settle). If the queue is full, e stays owed
- * (OWED_SENT, token 0: read, then deleted) for lt_flush_owed, never
- * adopted. Returns whether e may be forgotten.
+ * lt_settle_late: e's key is gone as far as etcd answered (its delete, first
+ * sent at since, was confirmed; or it was never put: since is now), but an
+ * attempt of its acquire may still be applied until e->late_until and put
+ * the key again under our lease, held by nobody. The worker reads the key
+ * at that time (at once if it has passed) and deletes what it finds
+ * (etcd_queue_settle). If the queue is full, e stays owed (OWED_SENT,
+ * token 0: read, then deleted) for lt_flush_owed, never adopted. Returns
+ * whether e may be forgotten.
  */
 bool
-lt_settle_late(LocalLock *e)
+lt_settle_late(LocalLock *e, EtcdMono since)
 {
-	if (e->late_until == 0 || etcd_mono_now() >= e->late_until ||
+	if (e->late_until == 0 || since >= e->late_until ||
 		e->lease_id != lt.lease || lt_lease_lost())
 		return true;			/* nothing can land, or not under a live lease */
 	if (etcd_queue_settle(e->kind, e->lease_id, e->key, e->keylen, e->late_until))
@@ -312,11 +313,15 @@ lt_settle_late(LocalLock *e)
 static bool
 lt_release_async(LocalLock *e, bool attempted)
 {
+	EtcdMono	late;
+
 	/* a release that may have been sent stays so: never taken back */
 	attempted = attempted || e->state == LT_OWED_SENT;
+	/* past late_until, only a delete sent before may have missed a late put */
+	late = attempted || etcd_mono_now() < e->late_until ? e->late_until : 0;
 	if (e->lease_id == lt.lease && !lt_lease_lost() &&
 		!etcd_queue_release(REL_DELETE, e->kind, e->lease_id, e->key, e->keylen, e->token,
-							true, attempted, e->late_until))
+							true, attempted, late))
 	{
 		lt_set_state(e, attempted ? LT_OWED_SENT : LT_OWED);
 		lt.owed = true;
@@ -368,6 +373,7 @@ lt_release_now(LocalLock *e, const char *name)
 {
 	EtcdStatus	st;
 	bool		ok;
+	EtcdMono	sent = etcd_mono_now();
 
 	PG_TRY();
 	{
@@ -381,7 +387,7 @@ lt_release_now(LocalLock *e, const char *name)
 	PG_END_TRY();
 	if (ok)
 	{
-		if (lt_settle_late(e))
+		if (lt_settle_late(e, sent))
 			lt_free_entry(e, LT_GONE_RELEASED);
 		return;
 	}
@@ -519,6 +525,7 @@ lt_release_sync(LocalLock *e, HASH_SEQ_STATUS *seq)
 {
 	EtcdStatus	st;
 	bool		ok;
+	EtcdMono	sent = etcd_mono_now();
 
 	PG_TRY();
 	{
@@ -531,7 +538,7 @@ lt_release_sync(LocalLock *e, HASH_SEQ_STATUS *seq)
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	if (ok && lt_settle_late(e))
+	if (ok && lt_settle_late(e, sent))
 		lt_free_entry(e, LT_GONE_RELEASED);
 	return ok;
 }

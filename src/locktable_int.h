@@ -126,7 +126,7 @@ extern void lt_free_entry(LocalLock *e, LtGone why);
 extern void lt_push_acq(LocalLock *e, bool xact);
 extern void lt_publish(LocalLock *e);
 extern void lt_keep_owed(LocalLock *e, int64 rev);
-extern bool lt_settle_late(LocalLock *e);
+extern bool lt_settle_late(LocalLock *e, EtcdMono since);
 extern void lt_flush_owed(void);
 
 #endif

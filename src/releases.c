@@ -266,8 +266,15 @@ finish_release_entry(int index, EtcdAsyncResult *res)
 						res->st.grpc_code == GRPC_PERMISSION_DENIED ?
 						"etcd refuses it (permission denied); the lease's end removes the key" :
 						"its lease has expired by now")));
-	/* only this process writes late_until of an entry it is sending */
-	settle = ok && !revoke && now < e->late_until && lease_in_use(e->lease_id);
+	/*
+	 * A late attempt can land until late_until. When this delete (or the
+	 * backend's before it) first went out is not known here, so any entry
+	 * that carries late_until is read once more, at late_until or at once
+	 * (only this process writes an entry it is sending).
+	 */
+	settle = ok && !revoke && e->late_until != 0 &&
+		!(e->settle_at >= e->late_until && now >= e->settle_at) &&	/* read after it */
+		lease_in_use(e->lease_id);
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 	e->tried = true;
 	if (settle)
@@ -281,9 +288,9 @@ finish_release_entry(int index, EtcdAsyncResult *res)
 		 */
 		e->token = 0;
 		e->held = false;
-		e->settle_at = e->late_until;
+		e->settle_at = Max(e->late_until, now);
 		e->state = REL_PENDING;
-		e->retry_at = e->late_until;
+		e->retry_at = e->settle_at;
 	}
 	else if (ok || give_up)
 	{
@@ -306,13 +313,25 @@ void
 finish_resolve(WorkerReq *req, EtcdAsyncResult *res)
 {
 	EtcdRelease *e = &etcd_shared->releases[req->index];
-	bool		live;
+	bool		live,
+				in_use;
 
 	wk.nreleases_inflight--;
 	note_result(&res->st, res->ok);
-	live = res->ok && req->granted == 0 && lease_in_use(e->lease_id);
+	in_use = lease_in_use(e->lease_id);
+	live = res->ok && req->granted == 0 && in_use;
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-	if (live &&
+	if (!res->ok && !in_use && e->settle_at != 0)
+	{
+		/*
+		 * A read for a late attempt, and nobody renews the lease any more:
+		 * a late put under it fails, and what it put goes with it.
+		 */
+		e->tried = true;
+		e->state = REL_FREE;
+		etcd_shared->npending--;
+	}
+	else if (live &&
 		(e->settle_at == 0 || etcd_mono_now() < e->settle_at))
 	{
 		/*

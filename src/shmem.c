@@ -446,60 +446,75 @@ etcd_release_settled(const EtcdReleaseRef *ref)
  * out, a worker that died mid-send), or of a key that was only a queue
  * place, or that was taken as another kind (keykind), or an election's,
  * must finish first: RECLAIM_WAIT.
+ *
+ * A settle read (a key found gone, kept only in case an acquire attempt of
+ * it lands late: token 0, settle_at set) is dropped: a new acquire of the
+ * key by this session handles that key either way (its txn creates it, or
+ * finds it as its own), and the caller's entry watches for the late attempt
+ * from now on (*late_until). Not for elections, nor across kinds (a lock
+ * and an election share a key): a late key would carry another value.
+ * Such a read is waited for (RECLAIM_WAIT), and nothing is taken back
+ * meanwhile, as its read could delete the key taken back; *wait_until says
+ * when it is due.
  */
 EtcdReclaim
 etcd_reclaim_release(int64 lease_id, const char *key, int keylen, int keykind,
-					 int64 *token, EtcdMono *late_until)
+					 int64 *token, EtcdMono *late_until, EtcdMono *wait_until)
 {
 	EtcdReclaim result = RECLAIM_NONE;
-	int			i;
+	int			i,
+				take = -1;
+	bool		wait = false;
 
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
-	if (etcd_shared->npending > 0)
+	for (i = 0; etcd_shared->npending > 0 && i < etcd_shared->nrelused; i++)
 	{
-		for (i = 0; i < etcd_shared->nrelused; i++)
-		{
-			EtcdRelease *r = &etcd_shared->releases[i];
+		EtcdRelease *r = &etcd_shared->releases[i];
 
-			if (r->state == REL_FREE || r->kind != REL_DELETE ||
-				r->lease_id != lease_id || r->keylen != keylen ||
-				memcmp(r->key, key, keylen) != 0)
-				continue;
-			/*
-			 * A queue place found gone, kept only in case its cut-short
-			 * acquire lands late (settle_at): a new acquire of the key by
-			 * this session handles that key either way (its txn creates it,
-			 * or finds it as its own), so it goes ahead. Not for elections:
-			 * a late key would carry the old candidate's value.
-			 */
-			if (r->state == REL_PENDING && r->token == 0 && r->settle_at != 0 &&
-				r->keykind == keykind && keykind != ETCD_KEY_ELECTION)
+		if (r->state == REL_FREE || r->kind != REL_DELETE ||
+			r->lease_id != lease_id || r->keylen != keylen ||
+			memcmp(r->key, key, keylen) != 0)
+			continue;
+		if (r->state == REL_PENDING && r->token == 0 && r->settle_at != 0)
+		{
+			if (r->keykind == keykind && keykind != ETCD_KEY_ELECTION)
 			{
-				/* the late attempt may still land: the new entry watches for it */
 				*late_until = Max(*late_until, r->late_until);
 				r->state = REL_FREE;
 				etcd_shared->npending--;
-				break;
-			}
-			/*
-			 * Taken back only as what it was: an exclusive lock and an
-			 * election share a key, and an election key carries its
-			 * candidate's value, so neither is adopted by the other kind nor
-			 * by a new campaign (they wait for the delete, then put anew).
-			 */
-			if (r->state == REL_PENDING && r->held && !r->attempted &&
-				r->keykind == keykind && keykind != ETCD_KEY_ELECTION)
-			{
-				*token = r->token;
-				*late_until = Max(*late_until, r->late_until);
-				r->state = REL_FREE;
-				etcd_shared->npending--;
-				result = RECLAIM_TAKEN;
 			}
 			else
-				result = RECLAIM_WAIT;
-			break;
+			{
+				wait = true;
+				*wait_until = Max(*wait_until, r->settle_at);
+			}
+			continue;
 		}
+		if (take >= 0 || wait)
+			continue;			/* the first other release decides */
+		/*
+		 * Taken back only as what it was: an exclusive lock and an
+		 * election share a key, and an election key carries its
+		 * candidate's value, so neither is adopted by the other kind nor
+		 * by a new campaign (they wait for the delete, then put anew).
+		 */
+		if (r->state == REL_PENDING && r->held && !r->attempted &&
+			r->keykind == keykind && keykind != ETCD_KEY_ELECTION)
+			take = i;
+		else
+			wait = true;
+	}
+	if (wait)
+		result = RECLAIM_WAIT;
+	else if (take >= 0)
+	{
+		EtcdRelease *r = &etcd_shared->releases[take];
+
+		*token = r->token;
+		*late_until = Max(*late_until, r->late_until);
+		r->state = REL_FREE;
+		etcd_shared->npending--;
+		result = RECLAIM_TAKEN;
 	}
 	LWLockRelease(etcd_shared->lock);
 	return result;

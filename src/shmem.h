@@ -247,6 +247,6 @@ extern bool etcd_release_pending(int64 lease_id, const char *key, int keylen);
 
 extern EtcdReclaim etcd_reclaim_release(int64 lease_id, const char *key,
 										int keylen, int keykind, int64 *token,
-										EtcdMono *late_until);
+										EtcdMono *late_until, EtcdMono *wait_until);
 
 #endif
