@@ -165,7 +165,7 @@ run_suite() {
 	mkdir -p "$tree"
 	tar -C "$here" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
 		--exclude=fuzz/work --exclude=fuzz/build -cf - . | tar -C "$tree" -xf -
-	if ! make -s -C "$tree" PG_CONFIG="$pgc" COPT="-Werror" \
+	if ! make -s -j2 -C "$tree" PG_CONFIG="$pgc" COPT="-Werror" \
 		> "$work/build$label.log" 2>&1; then
 		echo "build FAILED for PostgreSQL $label:"; cat "$work/build$label.log"
 		return 1
