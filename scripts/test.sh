@@ -10,8 +10,8 @@
 #    support), 3.5 and 3.7: pg_regress and the TAP tests whose requests a
 #    version could answer differently ($LINE_TESTS: locks, waits and
 #    handoff, the Go client and etcdctl as peers, auth and TLS, partial
-#    failures through the fault proxy, elections; on 3.7 and 3.4 also the
-#    review defects t/021, whose token tests branch on the line);
+#    failures through the fault proxy, elections, and the review defects
+#    whose etcd answers differ by line, t/021);
 #  - PostgreSQL 16, 17 and 18, built from ${SHARED_DIR:-../shared}/pg once
 #    per machine (scripts/pg.sh, cached outside the checkout), on etcd 3.6:
 #    pg_regress and the TAP tests of version-specific code ($PG_TESTS: the
@@ -44,7 +44,7 @@ PG_18=18.3
 # PG major/etcd line, in the order they run
 RUNS=${RUNS:-15/3.6 15/3.4 15/3.5 15/3.7 16/3.6 17/3.6 18/3.6}
 # what runs on the other etcd lines, and on the other PostgreSQL majors
-LINE_TESTS="t/001_sessions.pl t/002_go_interop.pl t/004_waiting.pl t/009_security.pl t/011_partial_failure.pl t/018_election.pl t/022_etcdctl.pl"
+LINE_TESTS="t/001_sessions.pl t/002_go_interop.pl t/004_waiting.pl t/009_security.pl t/011_partial_failure.pl t/018_election.pl t/021_review_defects.pl t/022_etcdctl.pl"
 PG_TESTS="t/001_sessions.pl t/005_faults.pl t/013_wait_events.pl"
 # t/014 (timeouts, the executor and utility hooks, COMMIT-time releases) on
 # the newest major too; 15 runs it in full (the time budget: issue 18)
@@ -231,7 +231,6 @@ for run in $RUNS; do
 		tests=""    # everything
 	elif [ "$major" = 15 ]; then
 		tests=$LINE_TESTS
-		case $line in 3.4 | 3.7) tests="$tests t/021_review_defects.pl" ;; esac
 	else
 		tests=$PG_TESTS
 		[ "$major" = 18 ] && tests="$tests $PG_TESTS_NEWEST"
