@@ -20,17 +20,6 @@ my $etcd = start_etcd();
 my $a = etcd_node('rev_a', $etcd);
 my $b = etcd_node('rev_b', $etcd);
 
-# the keys under P (decoded key => value)
-sub keys_under { return etcd_keys($etcd, $_[0]) }
-
-# the IDs of the leases etcd has now
-sub etcd_lease_ids
-{
-	my $j = `curl -s -m 5 $etcd->{endpoint}/v3/lease/leases -d '{}'`;
-	my $r = eval { decode_json($j) } // {};
-	return map { $_->{ID} } @{ $r->{leases} // [] };
-}
-
 # auth_etcd(prefixes...): a new etcd with auth on: user root (password
 # rootpw) and user locker, whose role may write under the prefixes; returns
 # (etcd, etcdctl command, a shell runner that dies on failure, locker's

@@ -30,33 +30,6 @@ sub etcd_lease_ids
 	return map { $_->{ID} } @{ $r->{leases} // [] };
 }
 
-# auth_etcd(prefixes...): a new etcd with auth on: user root (password
-# rootpw) and user locker, whose role may write under the prefixes; returns
-# (etcd, etcdctl command, a shell runner that dies on failure, locker's
-# password, a password file holding it, readable by postgres only)
-sub auth_etcd
-{
-	my @prefixes = @_;
-	my $ea = start_etcd();
-	my $ctl = "ETCDCTL_API=3 etcdctl --endpoints $ea->{endpoint}";
-	my $password = 'pw-' . int(rand(1e9));
-	my $sh = sub { my $c = shift; system("$c >/dev/null 2>&1") == 0 or die "failed: $c" };
-	$sh->("$ctl user add root --new-user-password=rootpw");
-	$sh->("$ctl role add lockrole");
-	$sh->("$ctl role grant-permission lockrole --prefix=true readwrite $_") for @prefixes;
-	$sh->("$ctl user add locker --new-user-password='$password'");
-	$sh->("$ctl user grant-role locker lockrole");
-	$sh->("$ctl auth enable");
-	my $pwdir = PostgreSQL::Test::Utils::tempdir('pw');
-	chmod 0755, $pwdir;
-	my $pwfile = "$pwdir/locker.pw";
-	open(my $pf, '>', $pwfile) or die;
-	print $pf "$password\n";
-	close $pf;
-	chmod 0600, $pwfile;
-	return ($ea, $ctl, $sh, $password, $pwfile);
-}
-
 # --- issue 22 item 1: a multi-lock on a name this session campaigns for is
 # refused before anything is sent; the election key stays, and nobody else
 # becomes leader. Before: the give-up deleted the election key (another
