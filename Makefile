@@ -1,15 +1,16 @@
 # etcd_lock: PostgreSQL extension exposing etcd locks as SQL functions (PGXS)
 MODULE_big = etcd_lock
-OBJS = src/etcd_lock.o src/guc.o src/transport.o src/gateway.o src/streams.o src/auth.o src/shmem.o src/keys.o \
+OBJS = src/etcd_lock.o src/guc.o src/transport.o src/gateway.o src/group.o src/streams.o src/auth.o src/shmem.o src/keys.o \
 	src/lease.o src/lockops.o src/deadlock.o src/election.o src/holders.o \
 	src/locktable.o src/session.o src/acquire.o src/worker.o src/renewals.o src/releases.o src/functions.o
 EXTENSION = etcd_lock
-# 1.0 and 1.1 are released and never edited again; 1.0--1.1 and 1.1--1.2
-# hold what each added; the full 1.2 script is built from the three, so a
-# fresh 1.2 and an updated 1.0 or 1.1 cannot drift apart (t/015 compares
-# their catalogs)
-DATA = sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql sql/etcd_lock--1.1--1.2.sql
-DATA_built = sql/etcd_lock--1.2.sql
+# 1.0, 1.1 and 1.2 are released and never edited again; 1.0--1.1,
+# 1.1--1.2 and 1.2--1.3 hold what each added; the full 1.3 script is built
+# from the four, so a fresh 1.3 and an updated 1.0, 1.1 or 1.2 cannot drift
+# apart (t/015 compares their catalogs)
+DATA = sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql sql/etcd_lock--1.1--1.2.sql \
+	sql/etcd_lock--1.2--1.3.sql
+DATA_built = sql/etcd_lock--1.3.sql
 PGFILEDESC = "etcd_lock - distributed locks stored in etcd"
 
 PG_CPPFLAGS = -I$(srcdir)/src
@@ -33,6 +34,7 @@ include $(PGXS)
 # rebuild every object, or the modules disagree on shared memory layout.
 $(OBJS): $(wildcard $(srcdir)/src/*.h)
 
-sql/etcd_lock--1.2.sql: sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql sql/etcd_lock--1.1--1.2.sql
-	{ echo '/* etcd_lock--1.2.sql: built by make from etcd_lock--1.0.sql, etcd_lock--1.0--1.1.sql and etcd_lock--1.1--1.2.sql; do not edit */'; \
+sql/etcd_lock--1.3.sql: sql/etcd_lock--1.0.sql sql/etcd_lock--1.0--1.1.sql sql/etcd_lock--1.1--1.2.sql \
+		sql/etcd_lock--1.2--1.3.sql
+	{ echo '/* etcd_lock--1.3.sql: built by make from etcd_lock--1.0.sql and the updates to 1.1, 1.2 and 1.3; do not edit */'; \
 	  cat $^; } > $@

@@ -124,7 +124,7 @@ if git -C "$here" rev-parse --git-dir >/dev/null 2>&1; then
 else
 	tar -C "$here" --exclude=.git --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
 		--exclude='tmp_check*' --exclude=results --exclude='regression.*' --exclude=regress.conf \
-		--exclude=sql/etcd_lock--1.2.sql --exclude=fuzz/work --exclude=fuzz/build --exclude=bench/out \
+		--exclude=sql/etcd_lock--1.3.sql --exclude=fuzz/work --exclude=fuzz/build --exclude=bench/out \
 		-cf - . | tar -C "$src" -xf -
 fi
 echo "package.sh: building $pkg (dpkg-buildpackage -us -uc -b in $src)"
@@ -156,7 +156,8 @@ dpkg_retry -i "$deb" >"$work/install.log" || { cat "$work/install.log"; exit 1; 
 stage="checking the package's files"
 default=$(sed -n "s/^[[:space:]]*default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" "$src/etcd_lock.control")
 want=("$libdir/etcd_lock.so" "$extdir/etcd_lock.control" "$extdir/etcd_lock--1.0.sql"
-	"$extdir/etcd_lock--1.0--1.1.sql" "$extdir/etcd_lock--1.1--1.2.sql" "$extdir/etcd_lock--$default.sql")
+	"$extdir/etcd_lock--1.0--1.1.sql" "$extdir/etcd_lock--1.1--1.2.sql" "$extdir/etcd_lock--1.2--1.3.sql"
+	"$extdir/etcd_lock--$default.sql")
 for f in "$src"/sql/etcd_lock--*.sql; do
 	want+=("$extdir/$(basename "$f")")
 done

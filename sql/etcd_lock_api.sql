@@ -111,6 +111,25 @@ SELECT worker_pid > 0 AS worker, etcd_reachable, endpoint <> '' AS has_endpoint,
 SELECT auth_error IS NULL AS no_auth_error, last_error IS DISTINCT FROM '' AS last_error_null_or_set
   FROM etcd_lock_status;
 
+-- etcd_lock_stats (1.3): what the instance's locks cost etcd, since the
+-- last etcd_lock_stats_reset(); one lock and one unlock are one acquire and
+-- one release txn, each its own request here (nobody to batch with)
+SELECT etcd_lock_stats_reset();
+SELECT acquire_txns, release_txns, txn_requests, batches, locks_acquired,
+       latency_p50_ms IS NULL AS no_latency_yet, stats_reset > now() - interval '1 minute' AS reset_now
+  FROM etcd_lock_stats;
+SELECT etcd_lock('/regress/stats') > 0 AS locked;
+SELECT etcd_lock('/regress/stats') > 0 AS reentered_without_etcd;
+SELECT etcd_try_lock('/regress/stats_other') AS tried;
+SELECT etcd_unlock('/regress/stats') AND etcd_unlock('/regress/stats') AS unlocked;
+SELECT etcd_unlock('/regress/stats_other');
+SELECT acquire_txns, release_txns, txn_requests, batches, locks_acquired, locks_busy,
+       lock_timeouts, lock_errors, waits, max_txn_ops,
+       latency_p50_ms > 0 AND latency_p50_ms <= latency_p99_ms AS latency_ok
+  FROM etcd_lock_stats;
+SELECT has_table_privilege('public', 'etcd_lock_stats', 'SELECT') AS public_may_read,
+       has_function_privilege('public', 'etcd_lock_stats_reset()', 'EXECUTE') AS public_may_reset;
+
 -- etcd_locks (1.1): state, the owner's database and the full etcd key
 SELECT etcd_lock('/regress/cols') > 0 AS locked;
 SELECT name, state, database = current_database() AS db_ok,

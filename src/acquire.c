@@ -365,7 +365,10 @@ lt_acquire(const char *name, EtcdKeyKind kind, int permits, const char *value,
 			lt_note_late(e, resends0);
 			if (!held && wait)
 			{
+				etcd_count_call(ETCD_CALL_WAIT);
 				held = etcd_lock_wait(&k, rev, deadline, lt_lease_ok);
+				if (held)
+					etcd_count_call(ETCD_CALL_HANDOFF);
 				if (!held)
 				{
 					EtcdStatus	st;
@@ -549,6 +552,7 @@ lt_timeout_instead(MemoryContext oldcxt, TimestampTz deadline,
 		if (edata->sqlerrcode == ERRCODE_SYSTEM_ERROR)
 		{
 			FlushErrorState();
+			etcd_count_call(ETCD_CALL_TIMED_OUT);
 			lt_raise_timeout(name, kind, by_lock_timeout);
 		}
 		FreeErrorData(edata);
@@ -597,10 +601,13 @@ lt_bounded(const LtCall *c, int64 timeout_ms)
 	PG_CATCH();
 	{
 		lt_timeout_instead(oldcxt, deadline, c->names[0], c->kinds[0], by_lock_timeout);
+		etcd_count_call(geterrcode() == ERRCODE_LOCK_NOT_AVAILABLE ?
+						ETCD_CALL_TIMED_OUT : ETCD_CALL_FAILED);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
 	etcd_gateway_call_deadline(0);
+	etcd_count_call(result ? ETCD_CALL_ACQUIRED : ETCD_CALL_BUSY);
 	return result;
 }
 
@@ -714,8 +721,13 @@ lt_acquire_many(char **names, EtcdKeyKind *kinds, int n, bool xact, bool wait,
 				continue;
 			if (!wait)
 				held[i] = etcd_lock_first(&ks[i], revs[i]);
-			else if (!(held[i] = etcd_lock_wait(&ks[i], revs[i], deadline, lt_lease_ok)))
-				lt_raise_timeout(names[i], kinds[i], by_lock_timeout);
+			else
+			{
+				etcd_count_call(ETCD_CALL_WAIT);
+				if (!(held[i] = etcd_lock_wait(&ks[i], revs[i], deadline, lt_lease_ok)))
+					lt_raise_timeout(names[i], kinds[i], by_lock_timeout);
+				etcd_count_call(ETCD_CALL_HANDOFF);
+			}
 			all = held[i];
 		}
 	}

@@ -22,6 +22,7 @@
 #include "utils/timestamp.h"
 
 #include "etcd_lock.h"
+#include "group.h"
 #include "guc.h"
 #include "lockops.h"
 #include "locktable.h"
@@ -60,6 +61,8 @@ PG_FUNCTION_INFO_V1(etcd_resign_sql);
 PG_FUNCTION_INFO_V1(etcd_leader_sql);
 PG_FUNCTION_INFO_V1(etcd_observe_sql);
 PG_FUNCTION_INFO_V1(etcd_lock_key_sql);
+PG_FUNCTION_INFO_V1(etcd_lock_stats_sql);
+PG_FUNCTION_INFO_V1(etcd_lock_stats_reset_sql);
 
 static void
 check_preloaded(void)
@@ -767,6 +770,79 @@ etcd_lock_status_sql(PG_FUNCTION_ARGS)
 	if (tupdesc->natts != 14 && tupdesc->natts != 16)
 		elog(ERROR, "etcd_lock_status: %d columns, expected 14 or 16", tupdesc->natts);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * etcd_lock_stats_sql: what this instance's locks cost etcd, since the last
+ * etcd_lock_stats_reset (1.3): the acquire and release txns and the etcd
+ * requests they took (group commit's batches, their sizes), lock calls by
+ * outcome, waits and handoffs, the instance's HTTP requests, failures,
+ * failovers and lost leases, and the txns' latency percentiles.
+ */
+#define STATS_COLS 23
+Datum
+etcd_lock_stats_sql(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[STATS_COLS];
+	bool		nulls[STATS_COLS] = {0};
+	EtcdGroupStats g;
+	EtcdStatsBase base;
+	EtcdCounters *c = NULL;
+	int			i = 0;
+	double		q[3] = {0.5, 0.9, 0.99};
+
+	check_preloaded();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (tupdesc->natts != STATS_COLS)
+		elog(ERROR, "etcd_lock_stats: %d columns, expected %d", tupdesc->natts, STATS_COLS);
+	etcd_group_stats(&g);
+	LWLockAcquire(etcd_shared->lock, LW_SHARED);
+	base = etcd_shared->stats_base;
+	LWLockRelease(etcd_shared->lock);
+	c = &etcd_shared->counters;
+
+	values[i++] = Int64GetDatum((int64) g.txns[ETCD_GROUP_ACQUIRE]);
+	values[i++] = Int64GetDatum((int64) g.txns[ETCD_GROUP_RELEASE]);
+	values[i++] = Int64GetDatum((int64) g.requests);
+	values[i++] = Int64GetDatum((int64) g.batches);
+	values[i++] = Int64GetDatum((int64) g.members);
+	nulls[i] = g.batches == 0;
+	values[i++] = Float8GetDatum(g.batches ? (double) g.members / (double) g.batches : 0);
+	values[i++] = Int32GetDatum(g.max_members);
+	values[i++] = Int64GetDatum((int64) g.resent_alone);
+	values[i++] = Int32GetDatum(g.max_ops);
+	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls_acquired));
+	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls_busy));
+	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls_timed_out));
+	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls_failed));
+	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->waits));
+	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->handoffs));
+	values[i++] = Int64GetDatum((int64) (pg_atomic_read_u64(&c->requests) - base.requests));
+	values[i++] = Int64GetDatum((int64) (pg_atomic_read_u64(&c->failures) - base.failures));
+	values[i++] = Int64GetDatum((int64) (pg_atomic_read_u64(&c->failovers) - base.failovers));
+	values[i++] = Int64GetDatum((int64) (pg_atomic_read_u64(&c->leases_lost) - base.leases_lost));
+	for (int j = 0; j < 3; j++)
+	{
+		double		ms = etcd_group_percentile(&g, q[j]);
+
+		nulls[i] = ms < 0;
+		values[i++] = Float8GetDatum(ms);
+	}
+	values[i++] = TimestampTzGetDatum(base.reset_at);
+	Assert(i == STATS_COLS);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* etcd_lock_stats_reset: etcd_lock_stats counts from now */
+Datum
+etcd_lock_stats_reset_sql(PG_FUNCTION_ARGS)
+{
+	check_preloaded();
+	etcd_group_stats_reset();
+	etcd_stats_reset();
+	PG_RETURN_VOID();
 }
 
 /*

@@ -292,6 +292,16 @@ etcd_gateway_late_resends(void)
 	return gw_late_resends;
 }
 
+/*
+ * etcd_gateway_count_late_resend: a request of this process that another
+ * process sent for it (a batch, group.c) was resent so.
+ */
+void
+etcd_gateway_count_late_resend(void)
+{
+	gw_late_resends++;
+}
+
 static bool
 gw_req_cond(void)
 {

@@ -21,6 +21,7 @@ int			etcd_lock_lease_ttl = 10;
 int			etcd_lock_request_timeout = 5000;
 int			etcd_lock_on_lease_loss = ON_LOSS_CANCEL;
 bool		etcd_lock_verify_on_commit = false;
+bool		etcd_lock_group_commit = true;
 int			etcd_lock_release_wait = 1000;
 bool		etcd_lock_allow_session_locks = true;
 int			etcd_lock_max_locks = 0;
@@ -265,6 +266,14 @@ etcd_lock_define_gucs(void)
 							 "If a lock was lost, the COMMIT fails and the transaction rolls back.",
 							 &etcd_lock_verify_on_commit,
 							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("etcd_lock.group_commit",
+							 "Send this session's acquire and release requests together with those of other sessions of the instance.",
+							 "While another session's acquire or release is in flight, this one waits for it and then goes "
+							 "with every other waiting one in one etcd txn of nested txns (group commit); alone, it is sent at once.",
+							 &etcd_lock_group_commit,
+							 true,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
 	DefineCustomIntVariable("etcd_lock.release_wait",

@@ -29,6 +29,7 @@
 
 #include "gateway.h"
 #include "lockops.h"
+#include "group.h"
 #include "keys.h"
 
 /* ---- acquire ---- */
@@ -272,13 +273,19 @@ parse_acquire(json_t *root, void *arg)
  * event while it is out.
  */
 static void
-acquire_request(const char *body, EtcdParseFn parse, void *arg, const char *what)
+acquire_request(const char *body, EtcdParseFn parse, void *arg, const char *what,
+				const EtcdLockKeys *k)
 {
 	int			prev = etcd_gateway_wait_kind(ETCD_WAIT_ACQUIRE);
 
 	PG_TRY();
 	{
-		etcd_request_or_error("/v3/kv/txn", body, parse, arg, what);
+		EtcdStatus	st;
+
+		/* one name's txn (2 ops a branch) may go in a batch (group.c) */
+		if (!etcd_group_request(ETCD_GROUP_ACQUIRE, body, parse, arg,
+								k ? k->pfx : NULL, k ? k->pfxlen : 0, &st))
+			etcd_report_status(&st, what);
 	}
 	PG_FINALLY();
 	{
@@ -349,7 +356,7 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 	r.k = k;
 	r.key_b64 = key64.data;
 	r.try_only = try_only;
-	acquire_request(b.data, parse_acquire, &r, "acquire a lock");
+	acquire_request(b.data, parse_acquire, &r, "acquire a lock", k);
 	pfree(b.data);
 	pfree(key64.data);
 	*rev = r.rev;
@@ -511,7 +518,7 @@ etcd_lock_acquire_many(EtcdLockKeys *ks, int n, int64 lease_id,
 	r.with_oldest = 2 * n <= ETCD_MAX_TXN_NAMES;
 	r.held = held;
 	memset(held, 0, sizeof(bool) * n);
-	acquire_request(b.data, parse_acquire_many, &r, "acquire locks");
+	acquire_request(b.data, parse_acquire_many, &r, "acquire locks", NULL);
 	pfree(b.data);
 	pfree(val64.data);
 	if (r.mixed || r.rev <= 0)
@@ -1247,9 +1254,17 @@ etcd_lock_release(const char *key, int keylen, int64 token, EtcdStatus *st)
 {
 	char	   *body;
 	const char *path = etcd_release_request(key, keylen, token, &body);
+	int			namelen = keylen;
 	bool		ok;
 
-	ok = etcd_request(path, body, NULL, NULL, st);
+	while (namelen > 0 && key[namelen - 1] != '/')
+		namelen--;
+
+	/* a compare-and-delete may go in a batch, under its name (group.c) */
+	if (token != 0 && namelen > 0)
+		ok = etcd_group_request(ETCD_GROUP_RELEASE, body, NULL, NULL, key, namelen, st);
+	else
+		ok = etcd_request(path, body, NULL, NULL, st);
 	pfree(body);
 	return ok;
 }

@@ -22,6 +22,7 @@
 
 #include "compat.h"
 #include "gateway.h"
+#include "group.h"
 #include "lockops.h"
 #include "shmem.h"
 
@@ -72,7 +73,9 @@ etcd_shmem_size(void)
 
 	sz = add_size(sz, MAXALIGN(mul_size(MaxBackends + ETCD_LEASE_POOL, sizeof(EtcdLeaseSlot))));
 	sz = add_size(sz, MAXALIGN(mul_size(etcd_nreleases(), sizeof(EtcdRelease))));
-	sz = add_size(sz, mul_size(etcd_ninfos(), sizeof(EtcdLockInfo)));
+	sz = add_size(sz, MAXALIGN(mul_size(etcd_ninfos(), sizeof(EtcdLockInfo))));
+	/* the group commit's queue and slots (group.c), last */
+	sz = add_size(sz, etcd_group_shmem_size());
 	return sz;
 }
 
@@ -110,6 +113,13 @@ etcd_shmem_startup(void)
 		pg_atomic_init_u64(&etcd_shared->counters.leases_lost, 0);
 		pg_atomic_init_u32(&etcd_shared->counters.owed, 0);
 		pg_atomic_init_u32(&etcd_shared->counters.unshown, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.calls_acquired, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.calls_busy, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.calls_timed_out, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.calls_failed, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.waits, 0);
+		pg_atomic_init_u64(&etcd_shared->counters.handoffs, 0);
+		etcd_shared->stats_base.reset_at = GetCurrentTimestamp();
 		ConditionVariableInit(&etcd_shared->release_cv);
 		etcd_shared->nslots = MaxBackends + ETCD_LEASE_POOL;
 		etcd_shared->nbackends = MaxBackends;
@@ -124,7 +134,66 @@ etcd_shmem_startup(void)
 		etcd_shared->ninfos = etcd_ninfos();
 		etcd_shared->infos = (EtcdLockInfo *) p;
 	}
+	etcd_group_shmem_init((char *) etcd_shared + etcd_shmem_size() - etcd_group_shmem_size(),
+						  found);
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/* etcd_count_call counts one lock call's outcome (etcd_lock_stats) */
+void
+etcd_count_call(EtcdCallCount what)
+{
+	pg_atomic_uint64 *c;
+
+	if (etcd_shared == NULL)
+		return;
+	switch (what)
+	{
+		case ETCD_CALL_ACQUIRED:
+			c = &etcd_shared->counters.calls_acquired;
+			break;
+		case ETCD_CALL_BUSY:
+			c = &etcd_shared->counters.calls_busy;
+			break;
+		case ETCD_CALL_TIMED_OUT:
+			c = &etcd_shared->counters.calls_timed_out;
+			break;
+		case ETCD_CALL_FAILED:
+			c = &etcd_shared->counters.calls_failed;
+			break;
+		case ETCD_CALL_WAIT:
+			c = &etcd_shared->counters.waits;
+			break;
+		default:
+			c = &etcd_shared->counters.handoffs;
+			break;
+	}
+	pg_atomic_fetch_add_u64(c, 1);
+}
+
+/*
+ * etcd_stats_reset: etcd_lock_stats counts from now (the call counters go
+ * to zero; the request counters etcd_lock_status shows keep counting, the
+ * statistics show them less what they were now).
+ */
+void
+etcd_stats_reset(void)
+{
+	EtcdCounters *c = &etcd_shared->counters;
+
+	pg_atomic_write_u64(&c->calls_acquired, 0);
+	pg_atomic_write_u64(&c->calls_busy, 0);
+	pg_atomic_write_u64(&c->calls_timed_out, 0);
+	pg_atomic_write_u64(&c->calls_failed, 0);
+	pg_atomic_write_u64(&c->waits, 0);
+	pg_atomic_write_u64(&c->handoffs, 0);
+	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
+	etcd_shared->stats_base.reset_at = GetCurrentTimestamp();
+	etcd_shared->stats_base.requests = pg_atomic_read_u64(&c->requests);
+	etcd_shared->stats_base.failures = pg_atomic_read_u64(&c->failures);
+	etcd_shared->stats_base.failovers = pg_atomic_read_u64(&c->failovers);
+	etcd_shared->stats_base.leases_lost = pg_atomic_read_u64(&c->leases_lost);
+	LWLockRelease(etcd_shared->lock);
 }
 
 void

@@ -159,7 +159,24 @@ typedef struct EtcdCounters
 	pg_atomic_uint64 leases_lost;
 	pg_atomic_uint32 owed;		/* releases that did not fit the queue */
 	pg_atomic_uint32 unshown;	/* locks not in etcd_locks (registry full) */
+	/* lock calls by outcome (etcd_lock_stats; reset by etcd_lock_stats_reset) */
+	pg_atomic_uint64 calls_acquired;	/* the lock(s) held */
+	pg_atomic_uint64 calls_busy;	/* a try answered "taken" */
+	pg_atomic_uint64 calls_timed_out;	/* timeout, lock_timeout (55P03) */
+	pg_atomic_uint64 calls_failed;	/* any other error */
+	pg_atomic_uint64 waits;		/* waits behind another holder */
+	pg_atomic_uint64 handoffs;	/* ... that ended holding */
 } EtcdCounters;
+
+/* what etcd_lock_stats counts from (etcd_lock_stats_reset) */
+typedef struct EtcdStatsBase
+{
+	TimestampTz reset_at;
+	uint64		requests;
+	uint64		failures;
+	uint64		failovers;
+	uint64		leases_lost;
+} EtcdStatsBase;
 
 typedef struct EtcdShared
 {
@@ -187,6 +204,7 @@ typedef struct EtcdShared
 	char		auth_token[ETCD_MAX_TOKEN];
 
 	EtcdCounters counters;
+	EtcdStatsBase stats_base;	/* under lock */
 	bool		leases_recovered;	/* the previous run's leases are revoked */
 	uint64		next_seq;		/* EtcdRelease.seq of the next release queued */
 
@@ -203,6 +221,19 @@ typedef struct EtcdShared
 } EtcdShared;
 
 extern EtcdShared *etcd_shared;
+
+typedef enum EtcdCallCount
+{
+	ETCD_CALL_ACQUIRED,
+	ETCD_CALL_BUSY,
+	ETCD_CALL_TIMED_OUT,
+	ETCD_CALL_FAILED,
+	ETCD_CALL_WAIT,
+	ETCD_CALL_HANDOFF
+} EtcdCallCount;
+
+extern void etcd_count_call(EtcdCallCount what);
+extern void etcd_stats_reset(void);
 
 extern void etcd_shmem_install_hooks(void);
 extern bool etcd_shared_token_get(const char *user, char *buf, size_t len);

@@ -1,10 +1,10 @@
 # Versioned SQL and upgrades (PostgreSQL 15 only):
 #  a. a 1.0 extension holding session and transaction locks is updated to
-#     the current version (1.2, through 1.1) in place; the locks stay held,
-#     reported and releasable, the 1.1 and 1.2 objects work, and the current
+#     the current version (1.3, through 1.1 and 1.2) in place; the locks stay held,
+#     reported and releasable, the 1.1, 1.2 and 1.3 objects work, and the current
 #     regression suite passes on an extension that was created as 1.0 and
 #     updated;
-#  b. a fresh 1.2, a 1.0-then-UPDATE and a 1.1-then-UPDATE have identical
+#  b. a fresh 1.3, a 1.0-, 1.1- and 1.2-then-UPDATE have identical
 #     catalogs;
 #  c. every C symbol any version's SQL names is exported by the installed
 #     library, and the 1.0 script is the released one, unedited;
@@ -111,15 +111,15 @@ sub exported
 my $etcd = start_etcd();
 my $new = etcd_node('v11', $etcd, 'etcd_lock.request_timeout' => '3s');
 like(loaded_library($new), qr{^\Q$pkglibdir\E/etcd_lock\.so$}, "node v11 runs the installed library ($pkglibdir)");
-is(ext_version($new, 'postgres'), '1.2', 'CREATE EXTENSION makes 1.2 (the default version)');
+is(ext_version($new, 'postgres'), '1.3', 'CREATE EXTENSION makes 1.3 (the default version)');
 
 # ---------------------------------------------------------------- (c)
 {
 	my @sql = sort(glob("$srcdir/sql/etcd_lock--*.sql"), glob("$sharedir/extension/etcd_lock--*.sql"));
 	my $sym = sql_symbols(@sql);
 	ok(grep(m{/etcd_lock--1\.0\.sql$}, @sql) && grep(m{/etcd_lock--1\.0--1\.1\.sql$}, @sql)
-		  && grep(m{/etcd_lock--1\.1--1\.2\.sql$}, @sql),
-		'the 1.0, 1.0--1.1 and 1.1--1.2 scripts are there (tree, installed): ' . join(' ', map { s{.*/}{}r } @sql));
+		  && grep(m{/etcd_lock--1\.1--1\.2\.sql$}, @sql) && grep(m{/etcd_lock--1\.2--1\.3\.sql$}, @sql),
+		'the 1.0, 1.0--1.1, 1.1--1.2 and 1.2--1.3 scripts are there (tree, installed): ' . join(' ', map { s{.*/}{}r } @sql));
 	ok(scalar(keys %$sym) >= 10, scalar(keys %$sym) . ' distinct C symbols named by the SQL scripts');
 	my $exp = exported("$pkglibdir/etcd_lock.so");
 	my @missing = grep { !$exp->{$_} || !$exp->{"pg_finfo_$_"} } sort keys %$sym;
@@ -147,8 +147,10 @@ is($new->safe_psql('upg', "SELECT to_regclass('etcd_lock_status') IS NULL"), 't'
 	$new->safe_psql('upg',
 		"CREATE VIEW my_holders AS SELECT name, waiters FROM etcd_lock_holders('/upg/')");
 	$new->safe_psql('upg', 'ALTER EXTENSION etcd_lock UPDATE');
-	is(ext_version($new, 'upg'), '1.2', 'ALTER EXTENSION etcd_lock UPDATE goes to 1.2 (with a user view on etcd_lock_holders)');
+	is(ext_version($new, 'upg'), '1.3', 'ALTER EXTENSION etcd_lock UPDATE goes to 1.3 (with a user view on etcd_lock_holders)');
 	is($new->safe_psql('upg', "SELECT etcd_lock_key('/upg/s')"), '/upg/s/', 'the 1.2 etcd_lock_key works after the update');
+	is($new->safe_psql('upg', "SELECT locks_acquired >= 2 AND acquire_txns >= 2 FROM etcd_lock_stats"), 't',
+		'the 1.3 etcd_lock_stats works after the update (it counted the 1.0 session\'s locks)');
 	is($new->safe_psql('upg', "SELECT string_agg(name, ',' ORDER BY name) FROM my_holders"), '/upg/s,/upg/x',
 		'the user view on the 1.0 etcd_lock_holders still works after the update');
 	is($new->safe_psql('upg', "SELECT string_agg(name || ':' || mode, ',' ORDER BY name) FROM etcd_lock_holders('/upg/')"),
@@ -201,7 +203,7 @@ is($new->safe_psql('upg', "SELECT to_regclass('etcd_lock_status') IS NULL"), 't'
 	my @cmd = ($pg_regress, "--inputdir=$dir", "--outputdir=$dir", "--bindir=$bindir",
 		'--host=' . $new->host, '--port=' . $new->port, '--dbname=contrib_regression', @tests);
 	my $ok = run_log(\@cmd);
-	ok($ok, 'the regression suite (' . join(' ', @tests) . ') passes on 1.0 updated to 1.2');
+	ok($ok, 'the regression suite (' . join(' ', @tests) . ') passes on 1.0 updated to 1.3');
 	diag(slurp_file("$dir/regression.diffs")) if !$ok && -f "$dir/regression.diffs";
 }
 
@@ -216,7 +218,12 @@ is($new->safe_psql('upg', "SELECT to_regclass('etcd_lock_status') IS NULL"), 't'
 	$new->safe_psql('cat_upd11', "CREATE EXTENSION etcd_lock VERSION '1.1'");
 	is(ext_version($new, 'cat_upd11'), '1.1', 'CREATE EXTENSION ... VERSION 1.1');
 	$new->safe_psql('cat_upd11', 'ALTER EXTENSION etcd_lock UPDATE');
-	is(ext_version($new, 'cat_upd11'), '1.2', 'a 1.1 extension updates to 1.2');
+	is(ext_version($new, 'cat_upd11'), '1.3', 'a 1.1 extension updates to 1.3');
+	$new->safe_psql('postgres', 'CREATE DATABASE cat_upd12');
+	$new->safe_psql('cat_upd12', "CREATE EXTENSION etcd_lock VERSION '1.2'");
+	is(ext_version($new, 'cat_upd12'), '1.2', 'CREATE EXTENSION ... VERSION 1.2');
+	$new->safe_psql('cat_upd12', 'ALTER EXTENSION etcd_lock UPDATE');
+	is(ext_version($new, 'cat_upd12'), '1.3', 'a 1.2 extension updates to 1.3');
 	my $members = q{
 		SELECT classid, objid, objsubid FROM pg_depend
 		WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
@@ -249,9 +256,11 @@ is($new->safe_psql('upg', "SELECT to_regclass('etcd_lock_status') IS NULL"), 't'
 		my $fresh = $new->safe_psql('cat_fresh', $q{$what});
 		my $upd = $new->safe_psql('cat_upd', $q{$what});
 		my $upd11 = $new->safe_psql('cat_upd11', $q{$what});
-		ok($fresh ne '', "fresh 1.2 has $what");
-		is($upd, $fresh, "$what: 1.0 + UPDATE is identical to a fresh 1.2");
-		is($upd11, $fresh, "$what: 1.1 + UPDATE is identical to a fresh 1.2");
+		my $upd12 = $new->safe_psql('cat_upd12', $q{$what});
+		ok($fresh ne '', "fresh 1.3 has $what");
+		is($upd, $fresh, "$what: 1.0 + UPDATE is identical to a fresh 1.3");
+		is($upd11, $fresh, "$what: 1.1 + UPDATE is identical to a fresh 1.3");
+		is($upd12, $fresh, "$what: 1.2 + UPDATE is identical to a fresh 1.3");
 	}
 }
 

@@ -15,7 +15,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(start_etcd start_etcd_cluster etcd_leader run_etcd stop_etcd etcd_node session start_query finish_query
-  query_done etcd_keys etcd_put wait_until sleep_full sess run ok_sql sess_waiting);
+  query_done etcd_keys etcd_put wait_until sleep_full sess run ok_sql sess_waiting one_batch);
 
 my @etcd_pids;
 
@@ -302,6 +302,27 @@ sub etcd_put
 	my $k = encode_base64($key, '');
 	my $v = encode_base64($value, '');
 	system("curl -s $etcd->{endpoint}/v3/kv/put -d '{\"key\":\"$k\",\"value\":\"$v\"}' >/dev/null");
+}
+
+# one_batch(fp, [sessions], [sqls], delay_ms): group commit made to happen
+# (issue 21): sends sqls->[0] on sessions->[0] while the fault proxy fp
+# delays every chunk by delay_ms, so that its request is in flight for
+# twice that, then each other one 100 ms apart: they queue behind it and
+# go, in that order, as one batch led by sessions->[1]. Returns the
+# markers (finish_query each). The delay stays on: end it with
+# $fp->delay(0) once the calls are done.
+sub one_batch
+{
+	my ($fp, $sessions, $sqls, $delay_ms) = @_;
+	$fp->delay($delay_ms // 300);
+	my @m = (start_query($sessions->[0], $sqls->[0]));
+	Time::HiRes::usleep(100_000);
+	for my $i (1 .. $#$sessions)
+	{
+		push @m, start_query($sessions->[$i], $sqls->[$i]);
+		Time::HiRes::usleep(100_000);
+	}
+	return @m;
 }
 
 1;
