@@ -55,6 +55,9 @@ else:
 CHILDREN = set()
 
 
+GC_OFF = "-c etcd_lock.group_commit=off"
+
+
 def log(msg):
     print(time.strftime("[%H:%M:%S] ") + msg, file=sys.stderr, flush=True)
 
@@ -137,8 +140,19 @@ def save_samples(name, vals):
 
 # ------------------------------------------------------------ tools
 
-def pgbench(tag, script, clients, transactions=None, seconds=None):
-    """Runs pgbench with a per-transaction log; returns stats + latencies (us)."""
+def pgbench(tag, script, clients, transactions=None, seconds=None, pgoptions=None):
+    """Runs pgbench with a per-transaction log; returns stats + latencies (us).
+    pgoptions: PGOPTIONS for its sessions (e.g. group commit off)."""
+    if pgoptions is not None:
+        old = os.environ.get("PGOPTIONS")
+        os.environ["PGOPTIONS"] = pgoptions
+        try:
+            return pgbench(tag, script, clients, transactions, seconds)
+        finally:
+            if old is None:
+                os.environ.pop("PGOPTIONS", None)
+            else:
+                os.environ["PGOPTIONS"] = old
     prefix = os.path.join(RAW, tag)
     for f in glob.glob(prefix + ".*"):
         os.unlink(f)
@@ -248,6 +262,13 @@ def etcd_metrics():
         m = re.search(pat, text, re.M)
         res[k] = float(m.group(1)) if m else None
     return res
+
+
+def etcd_txns():
+    """etcd's own count of the Txn requests it handled (every gRPC code)."""
+    with urllib.request.urlopen(ETCD + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(m) for m in re.findall(r'^grpc_server_handled_total\{[^}]*grpc_method="Txn"[^}]*\} (\S+)', text, re.M))
 
 
 def etcd_post(path, body):
@@ -442,11 +463,12 @@ def wl_pair(R):
         "shared": write_script("pair_shared.sql", "SELECT etcd_lock_shared('%s/pairsh');\nSELECT etcd_unlock_shared('%s/pairsh');\n" % (LP, LP)),
         "semaphore": write_script("pair_sem.sql", "SELECT etcd_semaphore('%s/pairsem', 3);\nSELECT etcd_unlock_semaphore('%s/pairsem');\n" % (LP, LP)),
     }
-    rounds = {k: [] for k in ("etcd_lock", "etcd_try_lock", "advisory", "xact", "shared", "semaphore", "go", "floor", "shapes")}
-    samples = {k: [] for k in ("etcd_lock", "etcd_try_lock", "advisory", "xact", "shared", "semaphore")}
+    scripts["etcd_lock_gc_off"] = scripts["etcd_lock"]
+    rounds = {k: [] for k in ("etcd_lock", "etcd_lock_gc_off", "etcd_try_lock", "advisory", "xact", "shared", "semaphore", "go", "floor", "shapes")}
+    samples = {k: [] for k in ("etcd_lock", "etcd_lock_gc_off", "etcd_try_lock", "advisory", "xact", "shared", "semaphore")}
     for r in range(CFG["rounds"]):
         log("pair round %d/%d" % (r + 1, CFG["rounds"]))
-        for k in ("etcd_lock", "go", "floor", "etcd_try_lock", "advisory", "xact", "shapes", "shared", "semaphore"):
+        for k in ("etcd_lock", "go", "floor", "etcd_lock_gc_off", "etcd_try_lock", "advisory", "xact", "shapes", "shared", "semaphore"):
             c0 = cpu_snap()
             if k == "go":
                 res = go_mutex("pair", n, lock=LP + "/gopair")
@@ -455,7 +477,8 @@ def wl_pair(R):
             elif k == "shapes":
                 res = shapes(n, LP + "/shapes")
             else:
-                res, lat = pgbench("pair_%s_r%d" % (k, r), scripts[k], 1, transactions=xn if k == "xact" else n)
+                res, lat = pgbench("pair_%s_r%d" % (k, r), scripts[k], 1, transactions=xn if k == "xact" else n,
+                                   pgoptions=GC_OFF if k.endswith("_gc_off") else None)
                 samples[k] += lat
             res["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), res["n"])
             res["round"] = r + 1
@@ -486,6 +509,9 @@ def wl_pair(R):
     for k in ("shared", "semaphore"):
         s[k]["vs_exclusive"] = ratio(s[k]["p50_us"], s["etcd_lock"]["p50_us"])
         s[k]["vs_exclusive_by_round"] = [ratio(a["p50_us"], b["p50_us"]) for a, b in zip(rounds[k], rounds["etcd_lock"])]
+    # group commit adds no wait to a session alone (issue 21): on / off
+    s["etcd_lock"]["vs_gc_off"] = ratio(s["etcd_lock"]["p50_us"], s["etcd_lock_gc_off"]["p50_us"])
+    s["etcd_lock"]["vs_gc_off_by_round"] = [ratio(a["p50_us"], b["p50_us"]) for a, b in zip(rounds["etcd_lock"], rounds["etcd_lock_gc_off"])]
     s["xact"]["vs_go"] = ratio(s["xact"]["p50_us"], s["go"]["p50_us"])
     s["xact"]["vs_floor"] = ratio(s["xact"]["p50_us"], s["floor"]["p50_us"])
     s["shapes"]["vs_floor"] = ratio(s["shapes"]["p50_us"], s["floor"]["p50_us"])
@@ -545,6 +571,9 @@ def wl_contend(R):
             st["round"] = r + 1
             rounds["pgbench"].append(st)
             pb_samples += lat
+            off, _ = pgbench("contend_gcoff_c%d_r%d" % (c, r), script, c, seconds=CFG["contend_secs"], pgoptions=GC_OFF)
+            off["round"] = r + 1
+            rounds.setdefault("pgbench_gc_off", []).append(off)
             ev = os.path.join(RAW, "contend_events_c%d_r%d.txt" % (c, r))
             out = run([CLIENT, "contend", "-c", str(c), "-T", str(CFG["contend_secs"]), "-lock", LP + "/bcl", "-out", ev],
                       CFG["contend_secs"] * 3 + 90)
@@ -580,6 +609,9 @@ def wl_contend(R):
         go["cpu_per_op"] = cpu_median(rounds["go"])
         e["vs_go"] = ratio(e["handoffs_per_s"], go["ops_per_s"])
         e["vs_go_by_round"] = [ratio(a["ops_per_s"], g["ops_per_s"]) for a, g in zip(rounds["pgbench"], rounds["go"])]
+        e["handoffs_per_s_gc_off"] = med([x["ops_per_s"] for x in rounds["pgbench_gc_off"]])
+        e["vs_gc_off"] = ratio(e["handoffs_per_s"], e["handoffs_per_s_gc_off"])
+        e["vs_gc_off_by_round"] = [ratio(a["ops_per_s"], b["ops_per_s"]) for a, b in zip(rounds["pgbench"], rounds["pgbench_gc_off"])]
         e["rounds_pgbench"] = rounds["pgbench"]
         e["rounds_client"] = rounds["client"]
         # one SQL round trip: half the advisory-lock pair (two statements)
@@ -609,12 +641,20 @@ def wl_distinct(R):
         samples = []
         for r in range(CFG["rounds"]):
             log("distinct c=%d round %d/%d" % (c, r + 1, CFG["rounds"]))
-            c0 = cpu_snap()
+            c0, t0 = cpu_snap(), etcd_txns()
             st, lat = pgbench("distinct_c%d_r%d" % (c, r), script, c, seconds=CFG["distinct_secs"])
             st["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), st["n"])
+            st["etcd_txns_per_op"] = (etcd_txns() - t0) / st["n"] if st["n"] else None
             st["round"] = r + 1
             rounds["ext"].append(st)
             samples += lat
+            # the same without group commit (issue 21: the capacity table)
+            c0, t0 = cpu_snap(), etcd_txns()
+            off, _ = pgbench("distinct_gcoff_c%d_r%d" % (c, r), script, c, seconds=CFG["distinct_secs"], pgoptions=GC_OFF)
+            off["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), off["n"])
+            off["etcd_txns_per_op"] = (etcd_txns() - t0) / off["n"] if off["n"] else None
+            off["round"] = r + 1
+            rounds.setdefault("ext_gc_off", []).append(off)
             c0 = cpu_snap()
             g = go_mutex("distinct", CFG["distinct_go_n"][c], c=c, lock=LP + "/godistinct")
             g["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), g["n"])
@@ -632,9 +672,16 @@ def wl_distinct(R):
         e["vs_floor"] = ratio(e["ops_per_s"], floor_s["ops_per_s"])
         e["vs_floor_by_round"] = [ratio(a["ops_per_s"], f["ops_per_s"]) for a, f in zip(rounds["ext"], rounds["floor"])]
         e["cpu_per_op"], go["cpu_per_op"] = cpu_median(rounds["ext"]), cpu_median(rounds["go"])
+        e["etcd_txns_per_op"] = med([x["etcd_txns_per_op"] for x in rounds["ext"]])
+        off = summarize(rounds["ext_gc_off"])
+        off["cpu_per_op"] = cpu_median(rounds["ext_gc_off"])
+        off["etcd_txns_per_op"] = med([x["etcd_txns_per_op"] for x in rounds["ext_gc_off"]])
+        e["vs_gc_off"] = ratio(e["ops_per_s"], off["ops_per_s"])
+        ee, ge = (e["cpu_per_op"] or {}).get("etcd_us"), (go["cpu_per_op"] or {}).get("etcd_us")
+        e["etcd_cpu_vs_go"] = ratio(ee, ge) if ee and ge else None
         e["vs_go"] = ratio(e["ops_per_s"], go["ops_per_s"])
         e["vs_go_by_round"] = [ratio(a["ops_per_s"], g["ops_per_s"]) for a, g in zip(rounds["ext"], rounds["go"])]
-        res["c%d" % c] = dict(ext=e, go=go, floor=floor_s)
+        res["c%d" % c] = dict(ext=e, ext_gc_off=off, go=go, floor=floor_s)
     res["config"] = dict(seconds=CFG["distinct_secs"], go_n_per_session=CFG["distinct_go_n"], rounds=CFG["rounds"])
     R["distinct"] = res
 
@@ -874,6 +921,40 @@ def targets(R):
             if k in d:
                 add("distinct c=%d: acquisitions/s / distinct floor" % cc, d[k]["ext"].get("vs_floor"), ">=", lim, "x")
                 add("distinct c=%d: acquisitions/s / go (gateway-bound, for readers)" % cc, d[k]["ext"]["vs_go"], None, None, "x")
+    # issue 21 (group commit): its table, every figure from this run
+    if d:
+        for cc, lim in ((8, 1.0), (32, 1.2)):
+            k = "c%d" % cc
+            if k in d:
+                add("21: distinct c=%d: acquisitions/s / go's client" % cc, d[k]["ext"]["vs_go"], ">=", lim, "x")
+        if "c32" in d:
+            add("21: distinct c=32: etcd Txn requests per lock+unlock (etcd's counter)", d["c32"]["ext"].get("etcd_txns_per_op"), "<=", 0.5)
+            add("21: distinct c=32: etcd CPU per lock+unlock / go's client's", d["c32"]["ext"].get("etcd_cpu_vs_go"), "<=", 1.0, "x")
+            add("21: distinct c=32: acquisitions/s, group commit on / off (for readers)", d["c32"]["ext"].get("vs_gc_off"), None, None, "x")
+    if d:
+        # capacity: lock+unlock pairs per second one etcd core serves, from
+        # etcd's CPU per pair in this run (one member, local disk)
+        for cc in (8, 32):
+            k = "c%d" % cc
+            if k not in d:
+                continue
+            for label, side in (("on", d[k]["ext"]), ("off", d[k].get("ext_gc_off", {})), ("go client", d[k]["go"])):
+                us = (side.get("cpu_per_op") or {}).get("etcd_us")
+                add("21: capacity c=%d, group commit %s: lock+unlock/s per etcd core" % (cc, label) if label != "go client"
+                    else "21: capacity c=%d, etcd's Go client: lock+unlock/s per etcd core" % cc,
+                    1e6 / us if us else None, None, None, "/s")
+    if p and "vs_gc_off" in p["etcd_lock"]:
+        add("21: pair p50, group commit on / off (same run: no added wait)", p["etcd_lock"]["vs_gc_off"], "<=", 1.03, "x")
+        prev = R.get("previous", {}).get("pair_p50_us")
+        if prev:
+            add("21: pair p50 / the previous full run's (%s us; machine drift included)" % fmt(prev),
+                ratio(p["etcd_lock"]["p50_us"], prev), None, None, "x")
+    if c:
+        for cc in (4, 16):
+            k = "c%d" % cc
+            if k in c and "vs_gc_off" in c[k]["ext"]:
+                add("21: contend c=%d: handoffs/s, group commit on / off (same run: not lower)" % cc,
+                    c[k]["ext"]["vs_gc_off"], ">=", 0.97, "x")
     i = R.get("idle")
     if i:
         # a lease renewed exactly once per TTL/3 shows k or k+1 renewals in
@@ -1147,6 +1228,16 @@ def main():
     R = dict(command=ENV.get("BENCH_COMMAND", "bash bench/run.sh"), quick=QUICK,
              started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), config=CFG,
              machine=machine_info(), lock_prefix=LP, errors={})
+    # the previous full run's figures (bench/latest), for issue 21's "vs the
+    # previous full run" (reported; the judged figure is on / off in this run)
+    try:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "latest", "results.json")) as f:
+            prev = json.load(f)
+        R["previous"] = dict(started_at=prev.get("started_at"),
+                             pair_p50_us=prev.get("pair", {}).get("etcd_lock", {}).get("p50_us"),
+                             contend_handoffs_per_s={k: v["ext"]["handoffs_per_s"] for k, v in prev.get("contend", {}).items() if k.startswith("c")})
+    except (OSError, ValueError, KeyError, TypeError):
+        R["previous"] = {}
     t_start = time.monotonic()
     bg0 = all_proc_ticks()
     R["lease_ttl_s"] = lease_ttl_s()
