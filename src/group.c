@@ -82,7 +82,8 @@ typedef struct GroupSlot
 	bool		late;			/* an attempt of the batch may still land */
 	int			next;			/* queue link, -1: last */
 	Latch	   *latch;
-	uint32		taghash;
+	uint32		taghash[ETCD_GROUP_MAX_TAGS];
+	int			ntags;
 	int			nops;
 	int			bodylen;
 	int			anslen;			/* -1: too large for the slot */
@@ -435,7 +436,8 @@ lead_batch(int me)
 	StringInfoData b;
 	BatchCtx	ctx;
 	EtcdStatus	st;
-	uint32		tags[GROUP_MAX_OPS];
+	uint32		tags[GROUP_MAX_OPS * ETCD_GROUP_MAX_TAGS];
+	int			ntaken = 0;
 	int			maxnops,
 				bytes;
 	uint64		late0;
@@ -446,7 +448,8 @@ lead_batch(int me)
 	SpinLockAcquire(&grp->mutex);
 	my->state = G_FLIGHT;
 	g_members[0] = me;
-	tags[0] = my->taghash;
+	for (int t = 0; t < my->ntags; t++)
+		tags[ntaken++] = my->taghash[t];
 	g_nmembers = 1;
 	maxnops = my->nops;
 	bytes = my->bodylen;
@@ -459,13 +462,15 @@ lead_batch(int me)
 		if (g_nmembers + 1 + Max(maxnops, s->nops) > grp->max_ops ||
 			bytes + s->bodylen + 32 > grp->max_bytes)
 			break;
-		for (int j = 0; j < g_nmembers && !clash; j++)
-			clash = tags[j] == s->taghash;
+		for (int j = 0; j < ntaken && !clash; j++)
+			for (int t = 0; t < s->ntags && !clash; t++)
+				clash = tags[j] == s->taghash[t];
 		if (!clash)
 		{
 			q_remove(i);
 			s->state = G_FLIGHT;
-			tags[g_nmembers] = s->taghash;
+			for (int t = 0; t < s->ntags; t++)
+				tags[ntaken++] = s->taghash[t];
 			g_members[g_nmembers++] = i;
 			maxnops = Max(maxnops, s->nops);
 			bytes += s->bodylen + 32;
@@ -628,7 +633,8 @@ no_time(EtcdStatus *st, bool sent)
 
 static bool
 group_request(const char *body, EtcdParseFn parse, void *arg,
-			  const char *tag, int taglen, int nops, EtcdStatus *st)
+			  char *const *tags, const int *taglens, int ntags, int nops,
+			  EtcdStatus *st)
 {
 	int			me = ETCD_MY_SLOT_INDEX();
 	size_t		bodylen = strlen(body);
@@ -640,7 +646,7 @@ group_request(const char *body, EtcdParseFn parse, void *arg,
 	char	   *answer = NULL;
 	volatile int gave_up = 0;	/* 1: never sent, 2: left in flight */
 
-	if (!etcd_lock_group_commit || tag == NULL ||
+	if (!etcd_lock_group_commit || ntags < 1 || ntags > ETCD_GROUP_MAX_TAGS ||
 		MyBackendType != B_BACKEND || me < 0 || me >= grp->nslots ||
 		bodylen >= GROUP_BODY_MAX || nops < 1 || nops > 16 || !nested_auth_ok())
 	{
@@ -675,7 +681,9 @@ group_request(const char *body, EtcdParseFn parse, void *arg,
 	/* the slot is free: only this process touches it until queued */
 	memcpy(my->body, body, bodylen + 1);
 	my->bodylen = (int) bodylen;
-	my->taghash = hash_bytes((const unsigned char *) tag, taglen);
+	for (int t = 0; t < ntags; t++)
+		my->taghash[t] = hash_bytes((const unsigned char *) tags[t], taglens[t]);
+	my->ntags = ntags;
 	my->nops = nops;
 	my->latch = MyLatch;
 	my->anslen = 0;
@@ -814,7 +822,8 @@ group_request(const char *body, EtcdParseFn parse, void *arg,
  */
 bool
 etcd_group_request(EtcdGroupKind kind, const char *body, EtcdParseFn parse,
-				   void *arg, const char *tag, int taglen, EtcdStatus *st)
+				   void *arg, char *const *tags, const int *taglens, int ntags,
+				   EtcdStatus *st)
 {
 	TimestampTz t0 = GetCurrentTimestamp();
 	bool		ok;
@@ -822,8 +831,8 @@ etcd_group_request(EtcdGroupKind kind, const char *body, EtcdParseFn parse,
 
 	if (grp == NULL)
 		return etcd_request("/v3/kv/txn", body, parse, arg, st);
-	ok = group_request(body, parse, arg, tag, taglen,
-					   kind == ETCD_GROUP_ACQUIRE ? 2 : 1, st);
+	ok = group_request(body, parse, arg, tags, taglens, ntags,
+					   kind == ETCD_GROUP_ACQUIRE ? 2 * ntags : 1, st);
 	b = hist_bucket(GetCurrentTimestamp() - t0);
 	SpinLockAcquire(&grp->mutex);
 	grp->stats.txns[kind == ETCD_GROUP_ACQUIRE ? 0 : 1]++;

@@ -10,11 +10,12 @@
 
 /*
  * etcd_group_request is etcd_request for a txn body (POST /v3/kv/txn) that
- * may travel in a batch with other backends' txns. tag names what the txn
- * writes (a lock name's key range): two members with one tag never share a
- * batch, since a txn gives every key it puts the same create_revision and a
- * name's keys must be ordered by it. nops is the longest operation list of
- * the txn (etcd counts it against --max-txn-ops). tag NULL: sent alone.
+ * may travel in a batch with other backends' txns. tags name what the txn
+ * writes (lock names' key ranges, at most ETCD_GROUP_MAX_TAGS): two members
+ * with a tag in common never share a batch, since a txn gives every key it
+ * puts the same create_revision and a name's keys must be ordered by it.
+ * An acquire txn has 2 operations a name in its longest list, a release 1
+ * (etcd counts them against --max-txn-ops). ntags 0: sent alone.
  * The answer the parse callback gets is the member's own txn answer, as if
  * it had been sent alone (with the batch's header).
  */
@@ -24,9 +25,12 @@ typedef enum EtcdGroupKind
 	ETCD_GROUP_RELEASE			/* a compare-and-delete txn: 1 */
 } EtcdGroupKind;
 
+#define ETCD_GROUP_MAX_TAGS	8	/* names of one member (a multi-lock) */
+
 extern bool etcd_group_request(EtcdGroupKind kind, const char *body,
 							   EtcdParseFn parse, void *arg,
-							   const char *tag, int taglen, EtcdStatus *st);
+							   char *const *tags, const int *taglens,
+							   int ntags, EtcdStatus *st);
 
 #define ETCD_GROUP_HIST		128 /* latency buckets: 4 per power of 2 µs */
 

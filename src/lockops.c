@@ -269,12 +269,12 @@ parse_acquire(json_t *root, void *arg)
 }
 
 /*
- * acquire_request sends an acquire txn, shown as the EtcdLockAcquire wait
+ * acquire_send sends an acquire txn, shown as the EtcdLockAcquire wait
  * event while it is out.
  */
 static void
-acquire_request(const char *body, EtcdParseFn parse, void *arg, const char *what,
-				const EtcdLockKeys *k)
+acquire_send(const char *body, EtcdParseFn parse, void *arg, const char *what,
+			 char *const *tags, const int *taglens, int ntags)
 {
 	int			prev = etcd_gateway_wait_kind(ETCD_WAIT_ACQUIRE);
 
@@ -282,9 +282,8 @@ acquire_request(const char *body, EtcdParseFn parse, void *arg, const char *what
 	{
 		EtcdStatus	st;
 
-		/* one name's txn (2 ops a branch) may go in a batch (group.c) */
 		if (!etcd_group_request(ETCD_GROUP_ACQUIRE, body, parse, arg,
-								k ? k->pfx : NULL, k ? k->pfxlen : 0, &st))
+								tags, taglens, ntags, &st))
 			etcd_report_status(&st, what);
 	}
 	PG_FINALLY();
@@ -292,6 +291,23 @@ acquire_request(const char *body, EtcdParseFn parse, void *arg, const char *what
 		etcd_gateway_wait_kind(prev);
 	}
 	PG_END_TRY();
+}
+
+/* ks[0..n-1]: the names it writes; a batch never holds two txns of one */
+static void
+acquire_request(const char *body, EtcdParseFn parse, void *arg, const char *what,
+				const EtcdLockKeys *ks, int n)
+{
+	char	   *tags[ETCD_GROUP_MAX_TAGS];
+	int			taglens[ETCD_GROUP_MAX_TAGS];
+	int			ntags = n <= ETCD_GROUP_MAX_TAGS ? n : 0;
+
+	for (int i = 0; i < ntags; i++)
+	{
+		tags[i] = ks[i].pfx;
+		taglens[i] = ks[i].pfxlen;
+	}
+	acquire_send(body, parse, arg, what, tags, taglens, ntags);
 }
 
 /*
@@ -356,7 +372,7 @@ etcd_lock_acquire(const EtcdLockKeys *k, int64 lease_id, const char *value,
 	r.k = k;
 	r.key_b64 = key64.data;
 	r.try_only = try_only;
-	acquire_request(b.data, parse_acquire, &r, "acquire a lock", k);
+	acquire_request(b.data, parse_acquire, &r, "acquire a lock", k, 1);
 	pfree(b.data);
 	pfree(key64.data);
 	*rev = r.rev;
@@ -517,8 +533,11 @@ etcd_lock_acquire_many(EtcdLockKeys *ks, int n, int64 lease_id,
 	r.n = n;
 	r.with_oldest = 2 * n <= ETCD_MAX_TXN_NAMES;
 	r.held = held;
-	memset(held, 0, sizeof(bool) * n);
-	acquire_request(b.data, parse_acquire_many, &r, "acquire locks", NULL);
+	memset(held, 0, sizeof(bool) * (size_t) Max(n, 0));
+	/* a multi-lock of a few names may go in a batch: its keys still share one
+	 * revision, and no other txn of these names is in that batch */
+	acquire_request(b.data, parse_acquire_many, &r, "acquire locks", ks,
+					r.with_oldest ? n : 0);
 	pfree(b.data);
 	pfree(val64.data);
 	if (r.mixed || r.rev <= 0)
@@ -1262,7 +1281,11 @@ etcd_lock_release(const char *key, int keylen, int64 token, EtcdStatus *st)
 
 	/* a compare-and-delete may go in a batch, under its name (group.c) */
 	if (token != 0 && namelen > 0)
-		ok = etcd_group_request(ETCD_GROUP_RELEASE, body, NULL, NULL, key, namelen, st);
+	{
+		char	   *tag = unconstify(char *, key);
+
+		ok = etcd_group_request(ETCD_GROUP_RELEASE, body, NULL, NULL, &tag, &namelen, 1, st);
+	}
 	else
 		ok = etcd_request(path, body, NULL, NULL, st);
 	pfree(body);

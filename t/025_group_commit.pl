@@ -183,6 +183,30 @@ my $one_key_each = sub {
 	ok($st->{release_txns} == 4 && $st->{batches} >= 1, "21: ... counted: 4 release txns, $st->{txn_requests} requests");
 	is(scalar(keys %{ keys_under('/gcu/') }), 0, '21: ... every key is gone when the calls return');
 }
+# 5: never two txns of one name in a batch (a txn gives all its puts one
+# create_revision, and a name's holder is its oldest key): a try-lock of
+# /gcm/a queued ahead of a multi-lock of /gcm/a and /gcm/b. The try goes in
+# the batch, the multi-lock in the next request: it finds the try's key
+# older and waits for it (in one batch both keys would have one revision
+# and the multi-lock could hold /gcm/a beside the try's holder)
+{
+	$nf->safe_psql('postgres', 'SELECT etcd_lock_stats_reset()');
+	my @m = one_batch($fp, \@s, [ "SELECT etcd_lock('/gcm/z') > 0", "SELECT etcd_try_lock('/gcm/a')",
+		"SELECT etcd_lock_many(ARRAY['/gcm/a', '/gcm/b'])", "SELECT etcd_lock('/gcm/c') > 0" ]);
+	my @r = map { [ finish_query($s[$_], $m[$_], 60) ] } 0, 1, 3;
+	$fp->delay(0);
+	is(join(',', map { $_->[0] } @r), 't,t,t', '21: a try-lock and a lock in a batch both hold');
+	ok(wait_until(sub { sess_waiting($s[2], '/gcm/a') }, 10), '21: the multi-lock of the same name waits behind the try');
+	my $try_tok = ok_sql($s[1], "SELECT etcd_lock_token('/gcm/a')");
+	ok_sql($s[1], "SELECT etcd_unlock('/gcm/a')");
+	my ($out, $err) = finish_query($s[2], $m[2], 30);
+	like($out, qr/^\{\d+,\d+\}$/, "21: ... and holds both names once the try's holder unlocks: $out$err");
+	my ($ta, $tb) = $out =~ /(\d+),(\d+)/;
+	ok(defined $ta && $ta == $tb && $ta > $try_tok, '21: ... with one token for both, above the try\'s');
+	ok(stats($nf)->{batches} >= 1, '21: (a batch was sent)');
+	ok_sql($_, 'SELECT etcd_unlock_all()') for @s;
+	ok(wait_until(sub { !%{ keys_under('/gcm/') } }, 30), '21: no key is left');
+}
 $_->quit for @s;
 $nf->stop;
 $fp->stop;
