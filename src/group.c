@@ -71,8 +71,10 @@ typedef enum GroupOutcome
 {
 	OUT_ANSWERED,				/* answer holds the member's own answer */
 	OUT_ALONE,					/* send the txn again alone */
-	OUT_LEAD_ALONE				/* the lead, and no one to batch with: send
+	OUT_LEAD_ALONE,				/* the lead, and no one to batch with: send
 								 * alone, then hand the lead on */
+	OUT_SEND_NOW				/* never sent; a txn of one of its names is in
+								 * the batch: send alone now, beside it */
 } GroupOutcome;
 
 typedef struct GroupSlot
@@ -438,6 +440,8 @@ lead_batch(int me)
 	EtcdStatus	st;
 	uint32		tags[GROUP_MAX_OPS * ETCD_GROUP_MAX_TAGS];
 	int			ntaken = 0;
+	Latch	   *wake[GROUP_MAX_OPS];
+	int			nwake = 0;
 	int			maxnops,
 				bytes;
 	uint64		late0;
@@ -465,7 +469,23 @@ lead_batch(int me)
 		for (int j = 0; j < ntaken && !clash; j++)
 			for (int t = 0; t < s->ntags && !clash; t++)
 				clash = tags[j] == s->taghash[t];
-		if (!clash)
+		if (clash)
+		{
+			/*
+			 * It may not share this txn, but need not wait for it either:
+			 * it goes now, alone, as it would without group commit (or
+			 * with the next batch, past what can be woken from here).
+			 */
+			if (nwake < GROUP_MAX_OPS)
+			{
+				q_remove(i);
+				s->outcome = OUT_SEND_NOW;
+				s->late = false;
+				s->state = G_DONE;
+				wake[nwake++] = s->latch;
+			}
+		}
+		else
 		{
 			q_remove(i);
 			s->state = G_FLIGHT;
@@ -485,6 +505,8 @@ lead_batch(int me)
 		grp->stats.max_members = Max(grp->stats.max_members, g_nmembers);
 	}
 	SpinLockRelease(&grp->mutex);
+	for (int i = 0; i < nwake; i++)
+		SetLatch(wake[i]);
 
 	if (g_nmembers == 1)
 	{
