@@ -126,6 +126,27 @@ gw_ep_answered(int idx)
 }
 
 /*
+ * etcd_gateway_follow_endpoint: start the next request at the endpoint the
+ * instance last got an answer from, if another process moved there since
+ * this one last looked (a batch's leader sends for many backends: it should
+ * not spend their time on an endpoint another process found dead).
+ */
+void
+etcd_gateway_follow_endpoint(void)
+{
+	int			idx;
+
+	if (gw_endpoints() <= 1 || !gw_hooks || !gw_hooks->endpoint_get || !gw_ep.source)
+		return;
+	idx = gw_hooks->endpoint_get(gw_ep.source);
+	if (idx >= 0 && idx < gw_ep.n && idx != gw_ep.hint)
+	{
+		gw_ep.cur = idx;
+		gw_ep.hint = idx;
+	}
+}
+
+/*
  * etcd_endpoints_ok says, without raising, whether etcd_lock.endpoints can
  * be used (errbuf: why not).
  */

@@ -63,6 +63,7 @@ extern int	etcd_gateway_wait_kind(int kind);
 extern void etcd_gateway_call_deadline(TimestampTz deadline);
 extern uint64 etcd_gateway_late_resends(void);
 extern void etcd_gateway_count_late_resend(void);
+extern void etcd_gateway_follow_endpoint(void);
 
 /*
  * What the gateway tells, and asks of, the rest of the extension without

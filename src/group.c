@@ -536,6 +536,7 @@ lead_batch(int me)
 	late0 = etcd_gateway_late_resends();
 	PG_TRY();
 	{
+		etcd_gateway_follow_endpoint();
 		ok = etcd_request("/v3/kv/txn", b.data, parse_batch, &ctx, &st);
 	}
 	PG_CATCH();

@@ -395,6 +395,16 @@ note "faults injected: " . join(', ', map { "$_=" . ($injected{$_} // 0) } @kind
 note "proxy status: " . JSON::PP->new->canonical->encode($fp->status);
 
 ok($nclean_a > 0 && $nclean_b > 0, 'both nodes completed critical sections not told lost');
+# group commit (issue 21) was on: the checks above held with batches of
+# several sessions' txns in flight, through the faults on node A too
+{
+	my %b = map { my ($n, $x) = @$_; ($n => $x->safe_psql('postgres', 'SELECT batches || \' batches, max \' || max_batch || \', \' || resent_alone || \' sent again alone\' FROM etcd_lock_stats')) }
+	  ([ 'node A', $na ], [ 'node B', $nb ]);
+	note "group commit: node A: $b{'node A'}; node B: $b{'node B'}";
+	my $sum = 0;
+	$sum += ($_ =~ /^(\d+)/)[0] for values %b;
+	cmp_ok($sum, '>', 0, 'batches of several sessions\' txns were sent during the run');
+}
 ok($nlong_ok_b > 0, 'sections longer than the lease TTL complete (the worker renews)');
 is(q1(q{SELECT count(*) FROM nm_log WHERE kind = 'S' AND lost AND who LIKE 'b%'}), '0',
 	'node B (direct to a healthy etcd) was never told a lock was lost');
