@@ -468,7 +468,11 @@ def wl_pair(R):
     samples = {k: [] for k in ("etcd_lock", "etcd_lock_gc_off", "etcd_try_lock", "advisory", "xact", "shared", "semaphore")}
     for r in range(CFG["rounds"]):
         log("pair round %d/%d" % (r + 1, CFG["rounds"]))
-        for k in ("etcd_lock", "go", "floor", "etcd_lock_gc_off", "etcd_try_lock", "advisory", "xact", "shapes", "shared", "semaphore"):
+        order = ["etcd_lock", "go", "floor", "etcd_lock_gc_off", "etcd_try_lock", "advisory", "xact", "shapes", "shared", "semaphore"]
+        if r % 2 == 1:
+            # group commit on and off in ABBA order over the rounds
+            order[0], order[3] = order[3], order[0]
+        for k in order:
             c0 = cpu_snap()
             if k == "go":
                 res = go_mutex("pair", n, lock=LP + "/gopair")
@@ -564,6 +568,9 @@ def wl_contend(R):
         pb_samples, r2a_samples = [], []
         for r in range(CFG["rounds"]):
             log("contend c=%d round %d/%d" % (c, r + 1, CFG["rounds"]))
+            # group commit off beside on, in ABBA order over the rounds
+            if r % 2 == 1:
+                off, _ = pgbench("contend_gcoff_c%d_r%d" % (c, r), script, c, seconds=CFG["contend_secs"], pgoptions=GC_OFF)
             c0 = cpu_snap()
             st, lat = pgbench("contend_c%d_r%d" % (c, r), script, c, seconds=CFG["contend_secs"])
             st["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), st["n"])
@@ -571,7 +578,8 @@ def wl_contend(R):
             st["round"] = r + 1
             rounds["pgbench"].append(st)
             pb_samples += lat
-            off, _ = pgbench("contend_gcoff_c%d_r%d" % (c, r), script, c, seconds=CFG["contend_secs"], pgoptions=GC_OFF)
+            if r % 2 == 0:
+                off, _ = pgbench("contend_gcoff_c%d_r%d" % (c, r), script, c, seconds=CFG["contend_secs"], pgoptions=GC_OFF)
             off["round"] = r + 1
             rounds.setdefault("pgbench_gc_off", []).append(off)
             ev = os.path.join(RAW, "contend_events_c%d_r%d.txt" % (c, r))
@@ -641,20 +649,20 @@ def wl_distinct(R):
         samples = []
         for r in range(CFG["rounds"]):
             log("distinct c=%d round %d/%d" % (c, r + 1, CFG["rounds"]))
-            c0, t0 = cpu_snap(), etcd_txns()
-            st, lat = pgbench("distinct_c%d_r%d" % (c, r), script, c, seconds=CFG["distinct_secs"])
-            st["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), st["n"])
-            st["etcd_txns_per_op"] = (etcd_txns() - t0) / st["n"] if st["n"] else None
-            st["round"] = r + 1
-            rounds["ext"].append(st)
-            samples += lat
-            # the same without group commit (issue 21: the capacity table)
-            c0, t0 = cpu_snap(), etcd_txns()
-            off, _ = pgbench("distinct_gcoff_c%d_r%d" % (c, r), script, c, seconds=CFG["distinct_secs"], pgoptions=GC_OFF)
-            off["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), off["n"])
-            off["etcd_txns_per_op"] = (etcd_txns() - t0) / off["n"] if off["n"] else None
-            off["round"] = r + 1
-            rounds.setdefault("ext_gc_off", []).append(off)
+            # with group commit and without (issue 21: the capacity table),
+            # in ABBA order over the rounds
+            for gc in ((True, False) if r % 2 == 0 else (False, True)):
+                c0, t0 = cpu_snap(), etcd_txns()
+                st, lat = pgbench("distinct_%sc%d_r%d" % ("" if gc else "gcoff_", c, r), script, c,
+                                  seconds=CFG["distinct_secs"], pgoptions=None if gc else GC_OFF)
+                st["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), st["n"])
+                st["etcd_txns_per_op"] = (etcd_txns() - t0) / st["n"] if st["n"] else None
+                st["round"] = r + 1
+                if gc:
+                    rounds["ext"].append(st)
+                    samples += lat
+                else:
+                    rounds.setdefault("ext_gc_off", []).append(st)
             c0 = cpu_snap()
             g = go_mutex("distinct", CFG["distinct_go_n"][c], c=c, lock=LP + "/godistinct")
             g["cpu_per_op"] = cpu_per_op(c0, cpu_snap(), g["n"])

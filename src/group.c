@@ -56,6 +56,8 @@
 #define GROUP_MAX_OPS		128 /* etcd's default --max-txn-ops */
 #define GROUP_MAX_BYTES		(512 * 1024)	/* under the default
 											 * --max-request-bytes (1.5 MiB) */
+#define GROUP_MAX_LANES		16	/* etcd_lock.group_commit_inflight's maximum */
+#define GROUP_LANE_TAGS		16	/* names of a request in flight kept */
 
 typedef enum GroupState
 {
@@ -83,6 +85,7 @@ typedef struct GroupSlot
 	int			outcome;		/* GroupOutcome, with G_DONE */
 	bool		late;			/* an attempt of the batch may still land */
 	int			next;			/* queue link, -1: last */
+	int			lane;			/* G_LEADER: the lane handed with the lead */
 	Latch	   *latch;
 	uint32		taghash[ETCD_GROUP_MAX_TAGS];
 	int			ntags;
@@ -96,7 +99,11 @@ typedef struct GroupSlot
 typedef struct GroupShared
 {
 	slock_t		mutex;
-	bool		busy;			/* a group request is in flight */
+	int			inflight;		/* lanes in use: requests in flight whose
+								 * senders lead (etcd_lock.group_commit_inflight) */
+	bool		lane_used[GROUP_MAX_LANES];
+	int			lane_ntags[GROUP_MAX_LANES];	/* -1: too many to keep */
+	uint32		lane_tags[GROUP_MAX_LANES][GROUP_LANE_TAGS];
 	int			head;			/* the queue, oldest first; -1: empty */
 	int			tail;
 	int			max_ops;		/* lowered when etcd refuses a batch */
@@ -112,6 +119,7 @@ static GroupShared *grp = NULL;
 
 /* what this process leads (for the exit callback) */
 static bool g_leading = false;
+static int	g_lane = -1;		/* the lane this process leads in */
 static int	g_members[GROUP_MAX_OPS];
 static int	g_nmembers = 0;
 static bool g_exit_registered = false;
@@ -254,6 +262,52 @@ q_remove(int idx)
 }
 
 /*
+ * lane_take: a free lane for this process's request (caller holds the
+ * mutex), its names noted; false if etcd_lock.group_commit_inflight are
+ * in flight.
+ */
+static bool
+lane_take(const uint32 *tags, int ntags)
+{
+	int			lanes = Min(Max(etcd_lock_group_commit_inflight, 1), GROUP_MAX_LANES);
+
+	if (grp->inflight >= lanes)
+		return false;
+	for (int l = 0; l < GROUP_MAX_LANES; l++)
+	{
+		if (grp->lane_used[l])
+			continue;
+		grp->lane_used[l] = true;
+		grp->inflight++;
+		grp->lane_ntags[l] = Min(ntags, GROUP_LANE_TAGS);
+		memcpy(grp->lane_tags[l], tags, sizeof(uint32) * grp->lane_ntags[l]);
+		g_lane = l;
+		return true;
+	}
+	return false;
+}
+
+/*
+ * inflight_clash: a request in flight writes one of these names (caller
+ * holds the mutex). Then this txn could not share the next batch with it
+ * anyway, nor need it wait: it goes alone at once.
+ */
+static bool
+inflight_clash(const uint32 *tags, int ntags)
+{
+	for (int l = 0; l < GROUP_MAX_LANES; l++)
+	{
+		if (!grp->lane_used[l])
+			continue;
+		for (int i = 0; i < grp->lane_ntags[l]; i++)
+			for (int t = 0; t < ntags; t++)
+				if (grp->lane_tags[l][i] == tags[t])
+					return true;
+	}
+	return false;
+}
+
+/*
  * pass_on ends this process's lead: the first queued backend leads next,
  * or the group is idle. Never throws.
  */
@@ -264,6 +318,12 @@ pass_on(void)
 
 	if (!g_leading)
 		return;
+	if (g_lane < 0 || g_lane >= GROUP_MAX_LANES)
+	{
+		g_leading = false;		/* cannot be: never leave the queue stuck */
+		elog(WARNING, "etcd_lock: group commit lead without a lane");
+		return;
+	}
 	SpinLockAcquire(&grp->mutex);
 	if (grp->head >= 0)
 	{
@@ -271,12 +331,18 @@ pass_on(void)
 
 		q_remove(idx);
 		grp->slots[idx].state = G_LEADER;
+		grp->slots[idx].lane = g_lane;
+		grp->lane_ntags[g_lane] = 0;
 		wake = grp->slots[idx].latch;
 	}
 	else
-		grp->busy = false;
+	{
+		grp->lane_used[g_lane] = false;
+		grp->inflight--;
+	}
 	SpinLockRelease(&grp->mutex);
 	g_leading = false;
+	g_lane = -1;
 	if (wake)
 		SetLatch(wake);
 }
@@ -337,6 +403,7 @@ group_exit(int code, Datum arg)
 			break;
 		case G_LEADER:
 			g_leading = true;
+			g_lane = grp->slots[idx].lane;
 			grp->slots[idx].state = G_FREE;
 			break;
 		case G_FLIGHT:
@@ -450,6 +517,7 @@ lead_batch(int me)
 
 	g_leading = true;
 	SpinLockAcquire(&grp->mutex);
+	g_lane = my->lane;
 	my->state = G_FLIGHT;
 	g_members[0] = me;
 	for (int t = 0; t < my->ntags; t++)
@@ -497,6 +565,10 @@ lead_batch(int me)
 		}
 		i = next;
 	}
+	/* the names now in flight in this lane */
+	grp->lane_ntags[g_lane] = ntaken <= GROUP_LANE_TAGS ? ntaken : -1;
+	if (ntaken <= GROUP_LANE_TAGS)
+		memcpy(grp->lane_tags[g_lane], tags, sizeof(uint32) * ntaken);
 	if (g_nmembers > 1)
 	{
 		grp->stats.requests++;
@@ -589,6 +661,7 @@ member_leave(int me)
 		case G_LEADER:
 			/* handed the lead but leaving before taking it: hand it on */
 			g_leading = true;
+			g_lane = my->lane;
 			my->state = G_FREE;
 			break;
 		case G_FLIGHT:
@@ -668,6 +741,8 @@ group_request(const char *body, EtcdParseFn parse, void *arg,
 	bool		late;
 	char	   *answer = NULL;
 	volatile int gave_up = 0;	/* 1: never sent, 2: left in flight */
+	uint32		hashes[ETCD_GROUP_MAX_TAGS];
+	bool		clash;
 
 	if (!etcd_lock_group_commit || ntags < 1 || ntags > ETCD_GROUP_MAX_TAGS ||
 		MyBackendType != B_BACKEND || me < 0 || me >= grp->nslots ||
@@ -683,6 +758,8 @@ group_request(const char *body, EtcdParseFn parse, void *arg,
 	}
 	my = &grp->slots[me];
 
+	for (int t = 0; t < ntags; t++)
+		hashes[t] = hash_bytes((const unsigned char *) tags[t], taglens[t]);
 	SpinLockAcquire(&grp->mutex);
 	if (my->state != G_FREE)
 	{
@@ -691,30 +768,32 @@ group_request(const char *body, EtcdParseFn parse, void *arg,
 		count_sent(1);
 		return etcd_request("/v3/kv/txn", body, parse, arg, st);
 	}
-	lead = !grp->busy;
-	if (lead)
-		grp->busy = true;
+	lead = lane_take(hashes, ntags);
+	clash = !lead && inflight_clash(hashes, ntags);
 	SpinLockRelease(&grp->mutex);
 	if (lead)
 	{
 		g_leading = true;
 		return lead_alone(body, parse, arg, st);
 	}
+	if (clash)
+	{
+		/* a txn of one of its names is in flight: alone, at once */
+		count_sent(1);
+		return etcd_request("/v3/kv/txn", body, parse, arg, st);
+	}
 
 	/* the slot is free: only this process touches it until queued */
 	memcpy(my->body, body, bodylen + 1);
 	my->bodylen = (int) bodylen;
-	for (int t = 0; t < ntags; t++)
-		my->taghash[t] = hash_bytes((const unsigned char *) tags[t], taglens[t]);
+	memcpy(my->taghash, hashes, sizeof(uint32) * ntags);
 	my->ntags = ntags;
 	my->nops = nops;
 	my->latch = MyLatch;
 	my->anslen = 0;
 	SpinLockAcquire(&grp->mutex);
-	lead = !grp->busy;
-	if (lead)
-		grp->busy = true;
-	else
+	lead = lane_take(hashes, ntags);
+	if (!lead)
 	{
 		q_push(me);
 		my->state = G_QUEUED;

@@ -22,6 +22,7 @@ int			etcd_lock_request_timeout = 5000;
 int			etcd_lock_on_lease_loss = ON_LOSS_CANCEL;
 bool		etcd_lock_verify_on_commit = false;
 bool		etcd_lock_group_commit = true;
+int			etcd_lock_group_commit_inflight = 2;
 int			etcd_lock_release_wait = 1000;
 bool		etcd_lock_allow_session_locks = true;
 int			etcd_lock_max_locks = 0;
@@ -276,6 +277,14 @@ etcd_lock_define_gucs(void)
 							 true,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+	DefineCustomIntVariable("etcd_lock.group_commit_inflight",
+							"How many acquire and release requests of the instance may be in flight before the next ones wait to go together.",
+							"Below this many a session's txn is sent at once, alone; at it, txns queue and each request that "
+							"returns hands the queue, as one batch, to the first of them. 1: one request in flight at a time.",
+							&etcd_lock_group_commit_inflight,
+							2, 1, 16,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("etcd_lock.release_wait",
 							"How long COMMIT and ROLLBACK wait for the worker to send the releases of the locks they end.",
 							"The worker sends them (no network I/O in commit); the ending transaction waits for its "

@@ -28,6 +28,7 @@ extern char *etcd_lock_username;
 extern char *etcd_lock_password_file;
 extern bool etcd_lock_verify_on_commit;
 extern bool etcd_lock_group_commit;
+extern int	etcd_lock_group_commit_inflight;
 extern int	etcd_lock_release_wait;
 extern bool etcd_lock_allow_session_locks;
 extern int	etcd_lock_max_locks;

@@ -48,7 +48,11 @@ srand($seed);
 my $etcd = start_etcd();
 my $fp = FaultProxy->start($etcd->{endpoint});
 note "proxy " . $fp->endpoint . " -> etcd $etcd->{endpoint}; fault log $fp->{log}";
-my %conf = ('etcd_lock.lease_ttl' => '3s', 'etcd_lock.request_timeout' => '1s');
+# one acquire or release request of an instance in flight at a time
+# (etcd_lock.group_commit_inflight = 1, default 2), so that the nemesis's
+# few sessions form batches of each other's txns (issue 21)
+my %conf = ('etcd_lock.lease_ttl' => '3s', 'etcd_lock.request_timeout' => '1s',
+	'etcd_lock.group_commit_inflight' => '1');
 my $na = etcd_node('node_a', { endpoint => $fp->endpoint }, %conf);
 my $nb = etcd_node('node_b', $etcd, %conf);
 

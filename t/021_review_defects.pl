@@ -173,7 +173,8 @@ ok(!$a->log_contains('terminated by signal') && !$b->log_contains('terminated by
 	my $root = "$ctl --user root:rootpw";
 	my $fp = FaultProxy->start($ea->{endpoint});
 	my $na = etcd_node('gc_refused', { endpoint => $fp->endpoint }, 'etcd_lock.username' => 'locker',
-		'etcd_lock.password_file' => $pwfile, 'etcd_lock.request_timeout' => '3s');
+		'etcd_lock.password_file' => $pwfile, 'etcd_lock.request_timeout' => '3s',
+		'etcd_lock.group_commit_inflight' => '1');
 	my @s = map { sess($na) } 1 .. 4;
 	ok_sql($_, "SELECT etcd_lock('/gok/w$_->{pid}'); SELECT etcd_unlock('/gok/w$_->{pid}')") for @s;
 	$na->safe_psql('postgres', 'SELECT etcd_lock_stats_reset()');

@@ -80,10 +80,13 @@ sub stats
 
 # --- the faults of a batch, through a fault proxy; four sessions: the
 # first one's txn alone (delayed in the proxy), the three others queued
-# behind it and sent as one batch led by the second
+# behind it and sent as one batch led by the second (one request in flight
+# at a time: etcd_lock.group_commit_inflight = 1, so that the batch forms
+# the same way every run; with 2, the default, the second would go alone
+# beside the first)
 my $fp = FaultProxy->start($etcd->{endpoint});
 my $nf = etcd_node('gc_fault', { endpoint => $fp->endpoint },
-	'etcd_lock.request_timeout' => '3s', 'etcd_lock.lease_ttl' => '30s');
+	'etcd_lock.request_timeout' => '3s', 'etcd_lock.lease_ttl' => '30s', 'etcd_lock.group_commit_inflight' => '1');
 my @s = map { sess($nf) } 1 .. 4;
 ok_sql($_, "SELECT etcd_lock('/gcw/$_->{pid}'); SELECT etcd_unlock('/gcw/$_->{pid}')") for @s;    # leases
 my $names = sub { my $p = shift; map { "/$p/$_" } 0 .. 3 };
@@ -235,7 +238,7 @@ $fp->stop;
 {
 	my @fp = (FaultProxy->start($etcd->{endpoint}), FaultProxy->start($etcd->{endpoint}));
 	my $n2 = etcd_node('gc_late', { endpoint => join(',', map { $_->endpoint } @fp) },
-		'etcd_lock.request_timeout' => '3s', 'etcd_lock.lease_ttl' => '30s');
+		'etcd_lock.request_timeout' => '3s', 'etcd_lock.lease_ttl' => '30s', 'etcd_lock.group_commit_inflight' => '1');
 	my @t = map { sess($n2) } 1 .. 4;
 	ok_sql($_, "SELECT etcd_lock('/gcw/$_->{pid}'); SELECT etcd_unlock('/gcw/$_->{pid}')") for @t;
 	$fp[0]->drop_reply('request_txn', 'late=3000');
