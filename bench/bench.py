@@ -1243,7 +1243,8 @@ def main():
             prev = json.load(f)
         R["previous"] = dict(started_at=prev.get("started_at"),
                              pair_p50_us=prev.get("pair", {}).get("etcd_lock", {}).get("p50_us"),
-                             contend_handoffs_per_s={k: v["ext"]["handoffs_per_s"] for k, v in prev.get("contend", {}).items() if k.startswith("c")})
+                             contend_handoffs_per_s={k: v["ext"]["handoffs_per_s"] for k, v in prev.get("contend", {}).items()
+                                                     if re.fullmatch(r"c\d+", k)})
     except (OSError, ValueError, KeyError, TypeError):
         R["previous"] = {}
     t_start = time.monotonic()

@@ -4,14 +4,17 @@
  *		instance sent as one etcd txn of nested txns (issue 21).
  *
  * As PostgreSQL's own group commit (XLogFlush, ProcArrayGroupClearXid): a
- * backend about to send its txn while another backend of the instance has
- * one in flight queues it here, in its own slot, and sleeps. When the
- * request in flight returns, its sender hands the lead to the first queued
- * backend, which takes every queued txn it can (etcd's --max-txn-ops, a
- * byte cap, never two of one lock name), sends them as one txn whose
- * success branch is the members' txns, gives each member its own answer
- * (the nested response_txn, with the batch's header) and wakes it. A
- * backend alone sends at once: no timer, no added wait.
+ * backend about to send its txn while etcd_lock.group_commit_inflight
+ * requests of the instance are in flight (each holds a lane) queues it
+ * here, in its own slot, and sleeps. When a request in flight returns, its
+ * sender hands the lead (and the lane) to the first queued backend, which
+ * takes every queued txn it can (etcd's --max-txn-ops, a byte cap, never
+ * two of one lock name), sends them as one txn whose success branch is the
+ * members' txns, gives each member its own answer (the nested
+ * response_txn, with the batch's header) and wakes it. Below that many in
+ * flight a backend sends at once: no timer, no added wait; a txn whose name
+ * a request in flight writes goes at once too (it could not share a batch
+ * with it).
  *
  * What a member's request is, and why resending it is safe, does not
  * change (src/README.md "The invariant"): its txn is the same, nested.
