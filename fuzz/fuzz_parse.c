@@ -46,6 +46,19 @@
 #include "../src/election.c"
 #include "../src/holders.c"
 
+/*
+ * Group commit (src/group.c) lives in shared memory: here every txn goes
+ * alone, as a backend's does with etcd_lock.group_commit off (a member's
+ * answer is parsed by the same callbacks, fuzzed through this path).
+ */
+bool
+etcd_group_request(EtcdGroupKind kind, const char *body, EtcdParseFn parse,
+				   void *arg, char *const *tags, const int *taglens, int ntags,
+				   EtcdStatus *st)
+{
+	return etcd_request("/v3/kv/txn", body, parse, arg, st);
+}
+
 #include <fcntl.h>
 #include <stdint.h>
 
