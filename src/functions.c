@@ -813,12 +813,9 @@ etcd_lock_stats_sql(PG_FUNCTION_ARGS)
 	values[i++] = Int32GetDatum(g.max_members);
 	values[i++] = Int64GetDatum((int64) g.resent_alone);
 	values[i++] = Int32GetDatum(g.max_ops);
-	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls_acquired));
-	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls_busy));
-	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls_timed_out));
-	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls_failed));
-	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->waits));
-	values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->handoffs));
+	/* acquired, busy, timed out, failed, waits, handoffs: the view's order */
+	for (int k = 0; k < ETCD_CALL_NKINDS; k++)
+		values[i++] = Int64GetDatum((int64) pg_atomic_read_u64(&c->calls[k]));
 	values[i++] = Int64GetDatum((int64) (pg_atomic_read_u64(&c->requests) - base.requests));
 	values[i++] = Int64GetDatum((int64) (pg_atomic_read_u64(&c->failures) - base.failures));
 	values[i++] = Int64GetDatum((int64) (pg_atomic_read_u64(&c->failovers) - base.failovers));

@@ -388,6 +388,8 @@ finish_members(int outcome, bool late, const bool *answered, int skip)
 }
 
 /* at exit: what this process leads goes on, its queued txn goes away */
+static void member_leave(int me);
+
 static void
 group_exit(int code, Datum arg)
 {
@@ -397,27 +399,7 @@ group_exit(int code, Datum arg)
 		return;
 	if (g_nmembers > 0)
 		finish_members(OUT_ALONE, true, NULL, idx);
-	SpinLockAcquire(&grp->mutex);
-	switch (grp->slots[idx].state)
-	{
-		case G_QUEUED:
-			q_remove(idx);
-			grp->slots[idx].state = G_FREE;
-			break;
-		case G_LEADER:
-			g_leading = true;
-			g_lane = grp->slots[idx].lane;
-			grp->slots[idx].state = G_FREE;
-			break;
-		case G_FLIGHT:
-			grp->slots[idx].state = G_ABANDONED;
-			break;
-		case G_DONE:
-			grp->slots[idx].state = G_FREE;
-			break;
-	}
-	SpinLockRelease(&grp->mutex);
-	pass_on();
+	member_leave(idx);
 }
 
 /* what the batch's answer parse gives each member */
@@ -648,7 +630,7 @@ lead_batch(int me)
 	pass_on();
 }
 
-/* leave the group on an error: never throws */
+/* leave the group (an error, or exit): never throws */
 static void
 member_leave(int me)
 {

@@ -113,12 +113,8 @@ etcd_shmem_startup(void)
 		pg_atomic_init_u64(&etcd_shared->counters.leases_lost, 0);
 		pg_atomic_init_u32(&etcd_shared->counters.owed, 0);
 		pg_atomic_init_u32(&etcd_shared->counters.unshown, 0);
-		pg_atomic_init_u64(&etcd_shared->counters.calls_acquired, 0);
-		pg_atomic_init_u64(&etcd_shared->counters.calls_busy, 0);
-		pg_atomic_init_u64(&etcd_shared->counters.calls_timed_out, 0);
-		pg_atomic_init_u64(&etcd_shared->counters.calls_failed, 0);
-		pg_atomic_init_u64(&etcd_shared->counters.waits, 0);
-		pg_atomic_init_u64(&etcd_shared->counters.handoffs, 0);
+		for (int k = 0; k < ETCD_CALL_NKINDS; k++)
+			pg_atomic_init_u64(&etcd_shared->counters.calls[k], 0);
 		etcd_shared->stats_base.reset_at = GetCurrentTimestamp();
 		ConditionVariableInit(&etcd_shared->release_cv);
 		etcd_shared->nslots = MaxBackends + ETCD_LEASE_POOL;
@@ -143,32 +139,8 @@ etcd_shmem_startup(void)
 void
 etcd_count_call(EtcdCallCount what)
 {
-	pg_atomic_uint64 *c;
-
-	if (etcd_shared == NULL)
-		return;
-	switch (what)
-	{
-		case ETCD_CALL_ACQUIRED:
-			c = &etcd_shared->counters.calls_acquired;
-			break;
-		case ETCD_CALL_BUSY:
-			c = &etcd_shared->counters.calls_busy;
-			break;
-		case ETCD_CALL_TIMED_OUT:
-			c = &etcd_shared->counters.calls_timed_out;
-			break;
-		case ETCD_CALL_FAILED:
-			c = &etcd_shared->counters.calls_failed;
-			break;
-		case ETCD_CALL_WAIT:
-			c = &etcd_shared->counters.waits;
-			break;
-		default:
-			c = &etcd_shared->counters.handoffs;
-			break;
-	}
-	pg_atomic_fetch_add_u64(c, 1);
+	if (etcd_shared != NULL && what >= 0 && what < ETCD_CALL_NKINDS)
+		pg_atomic_fetch_add_u64(&etcd_shared->counters.calls[what], 1);
 }
 
 /*
@@ -181,12 +153,8 @@ etcd_stats_reset(void)
 {
 	EtcdCounters *c = &etcd_shared->counters;
 
-	pg_atomic_write_u64(&c->calls_acquired, 0);
-	pg_atomic_write_u64(&c->calls_busy, 0);
-	pg_atomic_write_u64(&c->calls_timed_out, 0);
-	pg_atomic_write_u64(&c->calls_failed, 0);
-	pg_atomic_write_u64(&c->waits, 0);
-	pg_atomic_write_u64(&c->handoffs, 0);
+	for (int k = 0; k < ETCD_CALL_NKINDS; k++)
+		pg_atomic_write_u64(&c->calls[k], 0);
 	LWLockAcquire(etcd_shared->lock, LW_EXCLUSIVE);
 	etcd_shared->stats_base.reset_at = GetCurrentTimestamp();
 	etcd_shared->stats_base.requests = pg_atomic_read_u64(&c->requests);

@@ -150,6 +150,18 @@ typedef struct EtcdLockInfo
 #define ETCD_MAX_USER		256
 
 /* Counters for etcd_lock_status, instance-wide since start. */
+typedef enum EtcdCallCount
+{
+	/* the lock call ended: */
+	ETCD_CALL_ACQUIRED,
+	ETCD_CALL_BUSY,
+	ETCD_CALL_TIMED_OUT,
+	ETCD_CALL_FAILED,
+	ETCD_CALL_WAIT,				/* it waited behind another holder */
+	ETCD_CALL_HANDOFF,			/* ... and then held */
+	ETCD_CALL_NKINDS
+} EtcdCallCount;
+
 typedef struct EtcdCounters
 {
 	pg_atomic_uint64 requests;	/* HTTP requests sent to etcd */
@@ -159,13 +171,9 @@ typedef struct EtcdCounters
 	pg_atomic_uint64 leases_lost;
 	pg_atomic_uint32 owed;		/* releases that did not fit the queue */
 	pg_atomic_uint32 unshown;	/* locks not in etcd_locks (registry full) */
-	/* lock calls by outcome (etcd_lock_stats; reset by etcd_lock_stats_reset) */
-	pg_atomic_uint64 calls_acquired;	/* the lock(s) held */
-	pg_atomic_uint64 calls_busy;	/* a try answered "taken" */
-	pg_atomic_uint64 calls_timed_out;	/* timeout, lock_timeout (55P03) */
-	pg_atomic_uint64 calls_failed;	/* any other error */
-	pg_atomic_uint64 waits;		/* waits behind another holder */
-	pg_atomic_uint64 handoffs;	/* ... that ended holding */
+	/* lock calls by outcome, waits, handoffs (EtcdCallCount; etcd_lock_stats,
+	 * reset by etcd_lock_stats_reset) */
+	pg_atomic_uint64 calls[ETCD_CALL_NKINDS];
 } EtcdCounters;
 
 /* what etcd_lock_stats counts from (etcd_lock_stats_reset) */
@@ -222,15 +230,6 @@ typedef struct EtcdShared
 
 extern EtcdShared *etcd_shared;
 
-typedef enum EtcdCallCount
-{
-	ETCD_CALL_ACQUIRED,
-	ETCD_CALL_BUSY,
-	ETCD_CALL_TIMED_OUT,
-	ETCD_CALL_FAILED,
-	ETCD_CALL_WAIT,
-	ETCD_CALL_HANDOFF
-} EtcdCallCount;
 
 extern void etcd_count_call(EtcdCallCount what);
 extern void etcd_stats_reset(void);
